@@ -1,0 +1,1 @@
+"""Network definitions: generator, video encoders and their building blocks."""

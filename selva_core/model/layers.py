@@ -1,0 +1,98 @@
+"""Small building blocks shared by the generator and the video encoder."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def swiglu_hidden(hidden_dim: int, multiple_of: int = 256) -> int:
+    """SwiGLU width: two thirds of the nominal hidden size, rounded up to `multiple_of`."""
+    hidden = int(2 * hidden_dim / 3)
+    return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+
+class ChannelLastConv1d(nn.Conv1d):
+    """Conv1d applied to (B, N, C) sequences. Still an nn.Conv1d, so LoRA does not target it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward without biases: w2(silu(w1 x) * w3 x)."""
+
+    def __init__(self, dim: int, hidden_dim: int, multiple_of: int = 256):
+        super().__init__()
+        hidden = swiglu_hidden(hidden_dim, multiple_of)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class ConvMLP(nn.Module):
+    """SwiGLU feed-forward whose projections are channel-last convolutions over time."""
+
+    def __init__(
+        self,
+        dim: int,
+        hidden_dim: int,
+        multiple_of: int = 256,
+        kernel_size: int = 3,
+        padding: int = 1,
+    ):
+        super().__init__()
+        hidden = swiglu_hidden(hidden_dim, multiple_of)
+        self.w1 = ChannelLastConv1d(dim, hidden, kernel_size, padding=padding, bias=False)
+        self.w2 = ChannelLastConv1d(hidden, dim, kernel_size, padding=padding, bias=False)
+        self.w3 = ChannelLastConv1d(dim, hidden, kernel_size, padding=padding, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of t in [0, 1] ([cos, sin] order), then a 2-layer MLP.
+
+    v1 uses 256 frequencies with max period 10000; v2 uses `dim` frequencies with max period 1.
+    """
+
+    def __init__(self, dim: int, frequency_embedding_size: int = 256, max_period: float = 10000):
+        super().__init__()
+        self.dim = dim
+        self.frequency_embedding_size = frequency_embedding_size
+        self.max_period = max_period
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, dim),
+            nn.SiLU(),
+            nn.Linear(dim, dim),
+        )
+        self.register_buffer("freqs", self._frequencies(), persistent=False)
+
+    def _frequencies(self) -> torch.Tensor:
+        half = self.frequency_embedding_size // 2
+        return torch.exp(
+            -math.log(self.max_period) * torch.arange(half, dtype=torch.float32) / half
+        )
+
+    def _apply(self, fn, recurse=True):
+        # Keep the frequency table in fp32 whatever dtype the module is cast to.
+        result = super()._apply(fn, recurse)
+        self.freqs = self.freqs.float()
+        return result
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        freqs = self.freqs.to(device=t.device, dtype=torch.float32)
+        args = t[:, None].float() * freqs[None]
+        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(embedding.to(self.mlp[0].weight.dtype))

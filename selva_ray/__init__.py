@@ -1,0 +1,1 @@
+"""Ray distribution, I/O and job logic for SelVA batch work."""

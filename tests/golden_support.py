@@ -1,0 +1,134 @@
+"""Access to the official-code fixtures in SELVA_GOLDEN_DIR (default ../shared/golden).
+
+Tests discover fixtures by file-name prefix and build modules from each fixture's `config`
+metadata, so the same tests pass on any fixture set made the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def golden_dir() -> Path:
+    env = os.environ.get("SELVA_GOLDEN_DIR")
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "golden"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"golden fixture folder not found at {path}: set SELVA_GOLDEN_DIR to the folder that "
+            "holds generator_*.safetensors, textsynch_*, vae*, bigvgan*, mel*, seqcfg.json"
+        )
+    return path
+
+
+def find_fixtures(prefix: str) -> list[Path]:
+    """Fixture files whose name starts with `prefix` (at least one must exist)."""
+    found = sorted(p for p in golden_dir().glob(f"{prefix}*.safetensors"))
+    if not found:
+        raise FileNotFoundError(f"no fixture named {prefix}*.safetensors in {golden_dir()}")
+    return found
+
+
+def fixture_ids(paths: list[Path]) -> list[str]:
+    return [p.stem for p in paths]
+
+
+@dataclass
+class Fixture:
+    path: Path
+    config: dict
+    groups: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        return self.groups.get(prefix, {})
+
+    @property
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.group("state")
+
+    @property
+    def inputs(self) -> dict[str, torch.Tensor]:
+        return self.group("in")
+
+    @property
+    def outputs(self) -> dict[str, torch.Tensor]:
+        return self.group("out")
+
+
+def load_fixture(path: Path) -> Fixture:
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), "pt") as f:
+        config = json.loads((f.metadata() or {}).get("config", "{}"))
+        for key in f.keys():
+            prefix, _, name = key.partition(".")
+            groups.setdefault(prefix, {})[name] = f.get_tensor(key)
+    return Fixture(path=path, config=config, groups=groups)
+
+
+def rel_l2(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
+    return float((got - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def assert_golden_close(
+    got: torch.Tensor,
+    ref: torch.Tensor,
+    name: str,
+    *,
+    rel_tol: float = 1e-5,
+    peak_tol: float = 2e-5,
+) -> None:
+    """The fixture README's check: rel_l2 <= 1e-5 and max|a-b| <= 2e-5 * max|ref|."""
+    assert got.shape == ref.shape, f"{name}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    if ref.dtype in (torch.bool, torch.uint8) or not ref.is_floating_point():
+        assert torch.equal(got.cpu().to(ref.dtype), ref), f"{name}: exact mismatch"
+        return
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    r = rel_l2(got, ref)
+    peak = float((got.detach().double().cpu() - ref.double()).abs().max())
+    bound = peak_tol * float(ref.double().abs().max())
+    assert r <= rel_tol and peak <= bound, (
+        f"{name}: rel_l2={r:.3e} (tol {rel_tol:.0e}), peak={peak:.3e} (tol {bound:.3e})"
+    )
+
+
+def key_table(name: str) -> dict:
+    """A real-size state-dict table from the fixture folder's keys/ (file stem or name)."""
+    path = golden_dir() / "keys" / (name if name.endswith(".json") else f"{name}.json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def assert_state_matches_table(state: dict[str, torch.Tensor], table: dict) -> None:
+    """Exact key set and shapes, float32 dtype, as the published checkpoint holds them."""
+    expected = table["keys"]
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    assert not missing and not extra, (
+        f"{table.get('module')}: missing {missing[:8]} ({len(missing)}), "
+        f"unexpected {extra[:8]} ({len(extra)})"
+    )
+    wrong = [
+        (k, list(state[k].shape), expected[k]["shape"])
+        for k in expected
+        if list(state[k].shape) != list(expected[k]["shape"])
+    ]
+    assert not wrong, f"{table.get('module')}: shape mismatches {wrong[:8]} ({len(wrong)})"
+    bad_dtype = [k for k in expected if str(state[k].dtype).replace("torch.", "") != expected[k]["dtype"]]
+    assert not bad_dtype, f"dtype mismatches: {bad_dtype[:8]}"
+
+
+def zeros_from_table(table: dict) -> dict[str, torch.Tensor]:
+    """A checkpoint of zeros with the table's exact keys and shapes (for loader round trips)."""
+    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    return {
+        k: torch.zeros(v["shape"], dtype=dtypes.get(v["dtype"], torch.float32))
+        for k, v in table["keys"].items()
+    }
