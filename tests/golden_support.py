@@ -121,7 +121,9 @@ def assert_state_matches_table(state: dict[str, torch.Tensor], table: dict) -> N
         if list(state[k].shape) != list(expected[k]["shape"])
     ]
     assert not wrong, f"{table.get('module')}: shape mismatches {wrong[:8]} ({len(wrong)})"
-    bad_dtype = [k for k in expected if str(state[k].dtype).replace("torch.", "") != expected[k]["dtype"]]
+    bad_dtype = [
+        k for k in expected if str(state[k].dtype).replace("torch.", "") != expected[k]["dtype"]
+    ]
     assert not bad_dtype, f"dtype mismatches: {bad_dtype[:8]}"
 
 

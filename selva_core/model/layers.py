@@ -79,11 +79,14 @@ class TimestepEmbedder(nn.Module):
         )
         self.register_buffer("freqs", self._frequencies(), persistent=False)
 
-    def _frequencies(self) -> torch.Tensor:
+    def _frequencies(self, device: torch.device | None = None) -> torch.Tensor:
         half = self.frequency_embedding_size // 2
-        return torch.exp(
-            -math.log(self.max_period) * torch.arange(half, dtype=torch.float32) / half
-        )
+        steps = torch.arange(half, dtype=torch.float32, device=device)
+        return torch.exp(-math.log(self.max_period) * steps / half)
+
+    def reset_frequencies(self) -> None:
+        """Recompute the table beside the weights (after loading into a meta-built module)."""
+        self.freqs = self._frequencies(self.mlp[0].weight.device)
 
     def _apply(self, fn, recurse=True):
         # Keep the frequency table in fp32 whatever dtype the module is cast to.
