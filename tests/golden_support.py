@@ -66,7 +66,7 @@ def load_fixture(path: Path) -> Fixture:
     groups: dict[str, dict[str, torch.Tensor]] = {}
     with safe_open(str(path), "pt") as f:
         config = json.loads((f.metadata() or {}).get("config", "{}"))
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - safe_open handles are not iterable
             prefix, _, name = key.partition(".")
             groups.setdefault(prefix, {})[name] = f.get_tensor(key)
     return Fixture(path=path, config=config, groups=groups)
