@@ -1,14 +1,23 @@
-"""Build ready-to-run modules for a model spec: published weights, or seeded random for `tiny`."""
+"""Build ready-to-run modules for a model spec: published weights, or seeded random for `tiny`.
+
+Every builder returns a frozen module in eval mode on the requested device and dtype.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
+from .audio import bigvgan, vae
+from .audio.mel import MEL_16K, MEL_44K, MelConverter
 from .model.generator import Generator
+from .model.motionformer import MotionFormerConfig
+from .model.synchformer import Synchformer, load_synchformer
+from .model.textsynch import TextSynch, TextSynchConfig, load_textsynch, random_textsynch
 from .random_init import randomize_
-from .variants import ModelSpec, get_spec
+from .variants import TINY_SYNC_DIM, TINY_T5_DIM, ModelSpec, get_spec
 from .weights import WeightsError, WeightStore, load_verified
 
 # Fixed seeds so every process (Ray actor, train rank) builds identical tiny weights.
@@ -70,3 +79,86 @@ def load_generator(
         )
     model.set_sequence(spec.sequence(duration))
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _frozen(module: nn.Module, dtype: torch.dtype, device: torch.device | str) -> nn.Module:
+    return module.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def load_sync_encoder(
+    spec: ModelSpec | str,
+    store: WeightStore | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    window_chunk: int | None = 1,
+) -> TextSynch | Synchformer:
+    """TextSynch for SelVA variants, the plain Synchformer video tower for MMAudio ones."""
+    spec = get_spec(spec)
+    if spec.is_tiny:
+        config = TextSynchConfig.tiny(width=TINY_SYNC_DIM, text_dim=TINY_T5_DIM)
+        if spec.uses_text_sync:
+            model = random_textsynch(config, seed=TINY_SEEDS["sync_encoder"])
+        else:
+            model = Synchformer(config.video)
+            randomize_(model, TINY_SEEDS["sync_encoder"])
+    else:
+        store = store or WeightStore()
+        key = "textsynch" if spec.uses_text_sync else "synchformer"
+        state = load_verified(store, key)
+        if spec.uses_text_sync:
+            model = load_textsynch(state, TextSynchConfig.depth1())
+        else:
+            model = load_synchformer(state, MotionFormerConfig())
+    model.window_chunk = window_chunk
+    return _frozen(model, dtype, device)
+
+
+def load_vae(
+    spec: ModelSpec | str,
+    store: WeightStore | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    with_encoder: bool = False,
+) -> vae.VAE:
+    """The latent codec; the encoder is only kept when audio must be encoded (training)."""
+    spec = get_spec(spec)
+    if spec.is_tiny:
+        model = vae.random_vae(
+            vae.VAE_CONFIGS[f"tiny_{spec.mode}"],
+            TINY_SEEDS["vae"],
+            decoder_only=not with_encoder,
+        )
+    else:
+        store = store or WeightStore()
+        state = load_verified(store, f"vae_{spec.mode}")
+        model = vae.load_vae(state, vae.VAE_CONFIGS[spec.mode], decoder_only=not with_encoder)
+    return _frozen(model, dtype, device)
+
+
+def load_vocoder(
+    spec: ModelSpec | str,
+    store: WeightStore | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> bigvgan.BigVGAN:
+    """BigVGAN (16 kHz, Make-An-Audio 2) or BigVGAN-v2 (44.1 kHz, NVIDIA's hub release)."""
+    spec = get_spec(spec)
+    if spec.is_tiny:
+        config = bigvgan.BIGVGAN_TINY_16K if spec.mode == "16k" else bigvgan.BIGVGAN_TINY_44K
+        model = bigvgan.random_vocoder(config, TINY_SEEDS["vocoder"])
+    else:
+        store = store or WeightStore()
+        if spec.mode == "16k":
+            model = bigvgan.load_bigvgan_16k(store.resolve("bigvgan_16k"))
+        else:
+            model = bigvgan.load_bigvgan_v2(store.resolve("bigvgan_v2_44k"))
+    return _frozen(model, dtype, device)
+
+
+def mel_converter(spec: ModelSpec | str, device: torch.device | str = "cpu") -> MelConverter:
+    """The log-mel front end (no weights; always computes in fp32)."""
+    spec = get_spec(spec)
+    return MelConverter(MEL_16K if spec.mode == "16k" else MEL_44K).to(device).eval()

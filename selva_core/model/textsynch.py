@@ -52,10 +52,10 @@ class TextSynchConfig:
         return cls(num_sup_text_tokens=num_sup_text_tokens, **kwargs)
 
     @classmethod
-    def tiny(cls, **kwargs) -> TextSynchConfig:
+    def tiny(cls, width: int = 64, text_dim: int = 64, **kwargs) -> TextSynchConfig:
         """A few-MB model for tests and the demo (head dim 64 as in the real model)."""
-        video = MotionFormerConfig(embed_dim=64, num_heads=1, depth=2)
-        return cls(video=video, text_dim=64, **kwargs)
+        video = MotionFormerConfig(embed_dim=width, num_heads=max(1, width // 64), depth=2)
+        return cls(video=video, text_dim=text_dim, **kwargs)
 
     @property
     def width(self) -> int:

@@ -1,5 +1,5 @@
 """Sub-commands of `selva-ray`; each module has `add_parser(subparsers)` setting `run`."""
 
-from . import weights
+from . import generate_one, weights
 
-COMMANDS = [weights]
+COMMANDS = [generate_one, weights]
