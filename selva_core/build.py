@@ -162,3 +162,39 @@ def mel_converter(spec: ModelSpec | str, device: torch.device | str = "cpu") -> 
     """The log-mel front end (no weights; always computes in fp32)."""
     spec = get_spec(spec)
     return MelConverter(MEL_16K if spec.mode == "16k" else MEL_44K).to(device).eval()
+
+
+def encoder_fingerprint(
+    spec: ModelSpec | str, store: WeightStore | None = None, *, with_vae: bool = False
+) -> str:
+    """A short hash naming the exact feature-encoder weights, stored beside every feature.
+
+    Published files are identified by their digests (cached per file by the store); tiny
+    variants by their seeds and the code version that draws them.
+    """
+    import hashlib
+    import json
+
+    from . import __version__
+    from .weights import HubSnapshot
+
+    spec = get_spec(spec)
+    if spec.is_tiny:
+        payload: dict = {"variant": spec.name, "seeds": TINY_SEEDS, "code": __version__}
+    else:
+        store = store or WeightStore()
+        keys = [k for k in spec.weight_keys if k.startswith(("textsynch", "synchformer"))]
+        keys += ["clip_dfn5b"] + (["flan_t5_base"] if spec.uses_text_sync else [])
+        keys += [f"vae_{spec.mode}"] if with_vae else []
+        payload = {}
+        for key in keys:
+            path = store.resolve(key)
+            if isinstance(store.entry(key), HubSnapshot):
+                files = sorted(
+                    p for p in path.rglob("*") if p.is_file() and ".cache" not in p.parts
+                )
+                payload[key] = {str(p.relative_to(path)): store.digest(p) for p in files}
+            else:
+                payload[key] = store.digest(path)
+    blob = json.dumps(payload, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

@@ -71,6 +71,27 @@ class PipelineConfig:
     window_chunk: int | None = None
     with_audio_encoder: bool = False
     frame_rule: str = "official"
+    # False: only the feature encoders are loaded (no generator, vocoder or VAE decoder use),
+    # as on feature-extraction actors.
+    generation: bool = True
+
+
+@dataclass
+class ClipInput:
+    """Decoded frames and audio of one clip, as the feature encoders need them.
+
+    `DecodedClip` has these fields too; this plain form travels between Ray stages.
+    """
+
+    path: str
+    start: float
+    duration: float
+    sync_frames: torch.Tensor  # (Ts, 3, 224, 224) uint8
+    clip_frames: torch.Tensor  # (Tc, 3, 384, 384) uint8; may be empty for SelVA
+    audio: torch.Tensor | None = None
+    has_audio: bool = False
+    padded: bool = False
+    source_fps: float = 0.0
 
 
 def default_window_chunk(device: str | torch.device) -> int | None:
@@ -90,12 +111,12 @@ def _fit(x: torch.Tensor, length: int, dim: int = 0) -> torch.Tensor:
 class Components:
     """The modules a pipeline runs; built by `load_components` or by hand (benchmarks)."""
 
-    generator: torch.nn.Module
+    generator: torch.nn.Module | None
     sync_encoder: torch.nn.Module
     clip: torch.nn.Module
     t5: torch.nn.Module | None
-    vae: torch.nn.Module
-    vocoder: torch.nn.Module
+    vae: torch.nn.Module | None
+    vocoder: torch.nn.Module | None
     mel: torch.nn.Module
 
 
@@ -105,13 +126,17 @@ def load_components(config: PipelineConfig, store: WeightStore | None = None) ->
     chunk = config.window_chunk
     if chunk is None:
         chunk = default_window_chunk(config.device)
+    gen = config.generation
+    need_vae = gen or config.with_audio_encoder
     return Components(
-        generator=build.load_generator(spec, store, **kw),
+        generator=build.load_generator(spec, store, **kw) if gen else None,
         sync_encoder=build.load_sync_encoder(spec, store, window_chunk=chunk, **kw),
         clip=load_clip(spec, store, **kw),
         t5=load_t5(spec, store, **kw) if spec.uses_text_sync else None,
-        vae=build.load_vae(spec, store, with_encoder=config.with_audio_encoder, **kw),
-        vocoder=build.load_vocoder(spec, store, **kw),
+        vae=build.load_vae(spec, store, with_encoder=config.with_audio_encoder, **kw)
+        if need_vae
+        else None,
+        vocoder=build.load_vocoder(spec, store, **kw) if gen else None,
         mel=build.mel_converter(spec, config.device),
     )
 
@@ -162,7 +187,11 @@ class Pipeline:
             start=start,
             max_duration=max_duration,
             audio_rate=self.sampling_rate if with_audio else None,
-            config=DecodeConfig(family=self.spec.family, frame_rule=self.config.frame_rule),
+            config=DecodeConfig(
+                family=self.spec.family,
+                frame_rule=self.config.frame_rule,
+                keep_clip_frames=self.spec.uses_clip_frames,
+            ),
         )
 
     @torch.no_grad()
@@ -188,7 +217,7 @@ class Pipeline:
     @torch.no_grad()
     def features_from_decoded(
         self,
-        clips: Sequence[DecodedClip],
+        clips: Sequence[DecodedClip | ClipInput],
         prompts: Sequence[str],
         with_audio_latents: bool = False,
     ) -> list[Features]:

@@ -594,3 +594,15 @@ def test_error_details(bad_inputs):
         read_audio(bad_inputs["text"][0], sample_rate=16000, num_samples=10)
     with pytest.raises(ValueError, match="start"):
         decode_clip(bad_inputs["start_past_end"][0], start=-1.0)
+
+
+def test_count_only_clip_slots_keep_duration_and_sync_frames(tmp_path):
+    """SelVA skips the 384 px CLIP frames; the official duration rule must not change."""
+    from selva_core.video.decode import DecodeConfig
+
+    path = write_video(tmp_path / "v.mp4", duration=3.0, fps=25, size=(64, 48))
+    full = decode_clip(path)
+    lean = decode_clip(path, config=DecodeConfig(keep_clip_frames=False))
+    assert lean.duration == full.duration and lean.clip_times == full.clip_times
+    assert torch.equal(lean.sync_frames, full.sync_frames)
+    assert lean.clip_frames.shape == (0, 3, 384, 384) and full.clip_frames.shape[0] > 0

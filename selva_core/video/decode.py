@@ -108,6 +108,9 @@ class DecodeConfig:
     # False: damaged/cut-off video data raises CorruptVideoError. True: keep the frames decoded
     # before the damage (the official reader, with threaded decoding, silently does this).
     allow_corrupt: bool = False
+    # False: CLIP slots are counted (they bound the duration, as officially) but not resized or
+    # stored; `clip_frames` comes back empty. SelVA never looks at them.
+    keep_clip_frames: bool = True
 
     def __post_init__(self) -> None:
         if self.family not in ("selva", "mmaudio"):
@@ -254,33 +257,38 @@ class _Slots:
     its target time. "official": float targets accumulated like the official reader;
     "exact": rational targets start + k/fps. Frames go straight into a preallocated buffer."""
 
-    def __init__(self, fps: float, start, end, exact: bool, transform, size: int) -> None:
+    def __init__(
+        self, fps: float, start, end, exact: bool, transform, size: int, store: bool = True
+    ) -> None:
         self.step = 1 / Fraction(fps) if exact else 1 / fps
         self.next = start
         self.end = end
         self.transform = transform
+        self.size = size
         # targets <= end: at most floor((end - start) * fps) + 1 slots; +1 for float drift
-        capacity = int((end - start) * fps) + 2
-        self.buffer = torch.empty((capacity, 3, size, size), dtype=torch.uint8)
+        self.capacity = int((end - start) * fps) + 2
+        rows = self.capacity if store else 0  # count-only slots keep no pixels
+        self.buffer = torch.empty((rows, 3, size, size), dtype=torch.uint8)
         self.count = 0
         self.times: list[float] = []
 
     @property
     def open(self) -> bool:
-        return self.next <= self.end and self.count < self.buffer.shape[0]
+        return self.next <= self.end and self.count < self.capacity
 
     def due(self, t) -> int:
         n, nxt = 0, self.next
-        while t >= nxt and self.count + n < self.buffer.shape[0]:
+        while t >= nxt and self.count + n < self.capacity:
             n += 1
             nxt += self.step
         return n
 
     def fill(self, rgb: torch.Tensor, t_float: float, n: int) -> None:
         first = self.count
-        self.buffer[first].copy_(self.transform(rgb))
-        for k in range(first + 1, first + n):
-            self.buffer[k].copy_(self.buffer[first])
+        if self.buffer.shape[0]:
+            self.buffer[first].copy_(self.transform(rgb))
+            for k in range(first + 1, first + n):
+                self.buffer[k].copy_(self.buffer[first])
         self.count += n
         self.times.extend([t_float] * n)
         for _ in range(n):
@@ -290,6 +298,9 @@ class _Slots:
         """The first `n` frames (at least 1), repeated at the end up to `pad_to` frames."""
         n = max(1, min(n, self.count))
         total = max(n, pad_to)
+        times = tuple(self.times[:n]) + (self.times[n - 1],) * (total - n)
+        if not self.buffer.shape[0]:  # count-only
+            return torch.empty((0, 3, self.size, self.size), dtype=torch.uint8), times
         if total <= self.buffer.shape[0]:
             out = self.buffer[:total]
             if total < self.buffer.shape[0] // 2:
@@ -299,7 +310,7 @@ class _Slots:
             out[:n] = self.buffer[:n]
         out[n:] = out[n - 1]
         self.buffer = None  # type: ignore[assignment]
-        return out, tuple(self.times[:n]) + (self.times[n - 1],) * (total - n)
+        return out, times
 
 
 def _transforms(cfg: DecodeConfig):
@@ -369,7 +380,9 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
     end_x = Fraction(start) + Fraction(max_duration) if exact else start + max_duration
     sync_tf, clip_tf = _transforms(cfg)
     sync = _Slots(cfg.sync_fps, start_x, end_x, exact, sync_tf, cfg.sync_size)
-    clip = _Slots(cfg.clip_fps, start_x, end_x, exact, clip_tf, cfg.clip_size)
+    clip = _Slots(
+        cfg.clip_fps, start_x, end_x, exact, clip_tf, cfg.clip_size, store=cfg.keep_clip_frames
+    )
     # one reformatter for all frames (same conversion as frame.to_ndarray(format="rgb24"),
     # which would build a new swscale context per frame)
     to_rgb = VideoReformatter()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+from ..runtime import DTYPES, resolve_device, resolve_dtype
 
 
 def add_model_args(p: argparse.ArgumentParser, *, default_variant: str) -> None:
@@ -27,22 +27,6 @@ def add_model_args(p: argparse.ArgumentParser, *, default_variant: str) -> None:
         action="store_true",
         help="never download; fail with the fetch command when a file is missing",
     )
-
-
-def resolve_device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def resolve_dtype(precision: str | None, device: str):
-    import torch
-
-    if precision is None:
-        precision = "fp32" if device == "cpu" else "bf16"
-    return getattr(torch, DTYPES[precision])
 
 
 def resolve_store(args: argparse.Namespace):

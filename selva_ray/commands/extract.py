@@ -1,0 +1,95 @@
+"""`selva-ray extract`: dataset feature precomputation on Ray (resumable, into Parquet)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .common import add_model_args
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="extract features of a video catalog into Parquet, on Ray",
+        description=(
+            "Decode every clip of a catalog on CPU tasks, encode it on model actors (GPUs when "
+            "the cluster has them) and write one Parquet row per clip: sync features, CLIP text "
+            "features, CLIP frame features (MMAudio variants) and, with --with-audio-latents, "
+            "the VAE latent of the clip's own audio (LoRA training targets). Bad clips go to "
+            "OUTPUT/errors/. Rerunning skips finished clips; deleted part files are redone."
+        ),
+        epilog=(
+            "INPUT is a folder (recursive; .mp4 .mov .mkv .webm .avi; optional prompts.txt with "
+            "'filename: description' lines, else the parent folder name is the prompt) or a "
+            "manifest (.csv, .jsonl or .parquet) with columns video, prompt and optional id, "
+            "negative_prompt, start, duration, seed. Paths may be URIs (s3://, gs://)."
+        ),
+    )
+    p.add_argument("--input", required=True, help="catalog folder or manifest (path or URI)")
+    p.add_argument("--output", required=True, help="output folder (path or URI)")
+    add_model_args(p, default_variant="small_16k")
+    p.add_argument(
+        "--with-audio-latents",
+        action="store_true",
+        help="also store the VAE posterior of each clip's audio track (for LoRA training)",
+    )
+    p.add_argument("--max-duration", type=float, default=8.0, help="seconds per clip (default 8)")
+    p.add_argument(
+        "--storage-dtype",
+        choices=["float16", "bfloat16", "float32"],
+        default="float16",
+        help="dtype of the stored features (default float16)",
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="clips per encoder call (default 8)")
+    p.add_argument("--actors", type=int, help="encoder actors (default: one per GPU, else 1)")
+    p.add_argument("--gpus-per-actor", type=float, default=1.0, help="default 1")
+    p.add_argument("--actor-memory-gb", type=float, help="heap reserved per encoder actor")
+    p.add_argument("--shard-size", type=int, default=64, help="clips per committed shard")
+    p.add_argument("--retry-errors", action="store_true", help="redo clips that failed before")
+    p.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help="exit 1 if any clip failed (default: only if every clip failed)",
+    )
+    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument("--no-progress", action="store_true", help="no Ray Data progress output")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from selva_core.variants import UnknownVariantError
+
+    from ..catalog import CatalogError
+    from ..extract_job import ExtractConfig, run_extract
+    from ..output_dir import SettingsMismatchError
+
+    config = ExtractConfig(
+        input=args.input,
+        output=args.output,
+        variant=args.variant,
+        with_audio_latents=args.with_audio_latents,
+        max_duration=args.max_duration,
+        storage_dtype=args.storage_dtype,
+        precision=args.precision,
+        device=args.device,
+        batch_size=args.batch_size,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        actor_memory_gb=args.actor_memory_gb,
+        shard_size=args.shard_size,
+        fail_on_error=args.fail_on_error,
+        retry_errors=args.retry_errors,
+        weights_dir=args.weights_dir,
+        offline=args.offline,
+        ray_address=args.ray_address,
+        progress=not args.no_progress,
+    )
+    try:
+        summary = run_extract(config)
+    except (CatalogError, SettingsMismatchError, UnknownVariantError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in summary.lines():
+        print(line)
+    return summary.exit_code(args.fail_on_error)

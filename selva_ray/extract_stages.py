@@ -1,0 +1,306 @@
+"""The three Ray Data stages of feature extraction: decode (CPU tasks), encode (actors holding
+the models, on GPUs when there are any), write (CPU tasks staging Parquet fragments).
+
+Every stage catches per-clip failures and passes the clip on as an error row (status, stage,
+error type, message), so one bad video never costs its neighbours in the block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import traceback
+from collections import defaultdict
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from .catalog import resolve
+from .feature_schema import ERROR_SCHEMA, FeatureLayout, tensor_array, to_storage
+from .output_dir import OutputDir
+
+log = logging.getLogger(__name__)
+
+CLIP_COLUMNS = ("id", "shard", "row", "source", "prompt", "negative_prompt", "seed", "start")
+EMPTY_FRAMES = np.zeros((0, 3, 1, 1), dtype=np.uint8)
+EMPTY_AUDIO = np.zeros((0,), dtype=np.float32)
+
+
+def _rows(batch: dict[str, np.ndarray]) -> Iterator[dict]:
+    n = len(batch["id"])
+    for i in range(n):
+        yield {k: _plain(v[i]) for k, v in batch.items()}
+
+
+def _plain(value):
+    """numpy scalars to Python values; a missing optional field (NaN after numpy) to None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def _error(row: dict, stage: str, exc: BaseException) -> dict:
+    message = str(exc) or type(exc).__name__
+    log.warning("clip %s (%s) failed at %s: %s", row.get("id"), row.get("source"), stage, message)
+    log.debug("%s", "".join(traceback.format_exception(exc)))
+    return {"status": "error", "stage": stage, "error_type": type(exc).__name__, "message": message}
+
+
+@contextlib.contextmanager
+def local_copy(source: str):
+    """A local path for a source: itself, or a temporary download of a remote object."""
+    fs, path = resolve(source)
+    if fs.type_name == "local":
+        yield path
+        return
+    suffix = os.path.splitext(path)[1]
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        with fs.open_input_stream(path) as src:
+            while chunk := src.read(8 << 20):
+                tmp.write(chunk)
+        tmp.flush()
+        yield tmp.name
+
+
+# ---- stage 1: decode ------------------------------------------------------------------------
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    *,
+    family: str,
+    max_duration: float,
+    frame_rule: str,
+    audio_rate: int | None,
+) -> dict[str, list]:
+    """Catalog rows -> uint8 frames (and mono audio) at the model's rates."""
+    from selva_core.video.decode import DecodeConfig, decode_clip
+
+    config = DecodeConfig(
+        family=family, frame_rule=frame_rule, keep_clip_frames=family == "mmaudio"
+    )
+    out: dict[str, list] = defaultdict(list)
+    for row in _rows(batch):
+        result = {"status": "ok", "stage": "", "error_type": "", "message": ""}
+        frames = clip_frames = EMPTY_FRAMES
+        audio, duration, fps, has_audio, padded = EMPTY_AUDIO, 0.0, 0.0, False, False
+        try:
+            with local_copy(row["source"]) as path:
+                clip = decode_clip(
+                    path,
+                    start=row["start"],
+                    max_duration=row["duration"] or max_duration,
+                    audio_rate=audio_rate,
+                    config=config,
+                )
+            frames, clip_frames = clip.sync_frames.numpy(), clip.clip_frames.numpy()
+            if clip.audio is not None:
+                audio = clip.audio.numpy()
+            duration, fps = clip.duration, clip.source_fps
+            has_audio, padded = clip.has_audio, clip.padded
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
+            result = _error(row, "decode", exc)
+        for key in CLIP_COLUMNS:
+            out[key].append(row.get(key))
+        for key, value in result.items():
+            out[key].append(value)
+        out["duration"].append(duration)
+        out["fps"].append(fps)
+        out["has_audio"].append(has_audio)
+        out["padded"].append(padded)
+        out["sync_frames"].append(frames)
+        out["clip_frames"].append(clip_frames)
+        out["audio"].append(audio)
+    return dict(out)
+
+
+# ---- stage 2: encode ------------------------------------------------------------------------
+
+
+class FeatureEncoder:
+    """Callable-class actor: loads the feature encoders once, then encodes batches of clips."""
+
+    def __init__(
+        self,
+        *,
+        layout: FeatureLayout,
+        device: str = "auto",
+        precision: str | None = None,
+        weights_dir: str | None = None,
+        allow_download: bool | None = None,
+    ):
+        from selva_core.build import encoder_fingerprint
+        from selva_core.pipeline import Pipeline, PipelineConfig
+        from selva_core.weights import WeightStore
+
+        from .runtime import resolve_device, resolve_dtype
+
+        self.layout = layout
+        device = resolve_device(device)
+        store = WeightStore(weights_dir, allow_download=allow_download)
+        self.pipe = Pipeline(
+            PipelineConfig(
+                variant=layout.variant,
+                dtype=resolve_dtype(precision, device),
+                device=device,
+                generation=False,
+                with_audio_encoder=layout.with_audio_latents,
+                frame_rule=layout.frame_rule,
+            ),
+            store,
+        )
+        self.checksum = encoder_fingerprint(
+            layout.variant, store, with_vae=layout.with_audio_latents
+        )
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        from selva_core.pipeline import ClipInput
+
+        rows = list(_rows(batch))
+        inputs = {}
+        for i, row in enumerate(rows):
+            if row["status"] == "ok":
+                inputs[i] = ClipInput(
+                    path=row["source"],
+                    start=row["start"],
+                    duration=row["duration"],
+                    sync_frames=torch.from_numpy(np.asarray(row["sync_frames"])),
+                    clip_frames=torch.from_numpy(np.asarray(row["clip_frames"])),
+                    audio=torch.from_numpy(np.asarray(row["audio"])) if row["has_audio"] else None,
+                    has_audio=row["has_audio"],
+                    padded=row["padded"],
+                    source_fps=row["fps"],
+                )
+        features = self._encode(rows, inputs)
+        return self._output(rows, features)
+
+    def _encode(self, rows: list[dict], inputs: dict[int, object]) -> dict[int, object]:
+        """Encode as one batch; if that fails, clip by clip so only the bad ones fail."""
+        order = list(inputs)
+        audio = self.layout.with_audio_latents
+        try:
+            encoded = self.pipe.features_from_decoded(
+                [inputs[i] for i in order], [rows[i]["prompt"] for i in order], audio
+            )
+            return dict(zip(order, encoded, strict=True))
+        except Exception:  # noqa: BLE001 - isolate the failing clip(s) below
+            pass
+        result: dict[int, object] = {}
+        for i in order:
+            try:
+                result[i] = self.pipe.features_from_decoded(
+                    [inputs[i]], [rows[i]["prompt"]], audio
+                )[0]
+            except Exception as exc:  # noqa: BLE001
+                rows[i].update(_error(rows[i], "encode", exc))
+        return result
+
+    def _output(self, rows: list[dict], features: dict[int, object]) -> dict[str, list]:
+        lay = self.layout
+        shapes = lay.tensor_shapes()
+        dtype = lay.storage_dtype
+        out: dict[str, list] = defaultdict(list)
+        for i, row in enumerate(rows):
+            for key in (*CLIP_COLUMNS, "status", "stage", "error_type", "message"):
+                out[key].append(row[key])
+            for key in ("duration", "fps", "has_audio", "padded"):
+                out[key].append(row[key])
+            f = features.get(i)
+            tensors = _tensors(f, lay) if f is not None else {}
+            for name, shape in shapes.items():
+                t = tensors.get(name, torch.zeros(shape))
+                out[name].append(to_storage(_pad(t, shape[0]), dtype))
+            out["sync_len"].append(tensors["sync_f"].shape[0] if f is not None else 0)
+            if lay.clip_len:
+                out["clip_len"].append(tensors["clip_f"].shape[0] if f is not None else 0)
+            if lay.latent_len:
+                latent = tensors.get("latent_mean")
+                out["latent_len"].append(latent.shape[0] if latent is not None else 0)
+            dropped = f.info.get("tokens_dropped", {}) if f is not None else {}
+            truncated = any(dropped.values())
+            out["prompt_truncated"].append(truncated)
+            out["encoder_checksum"].append(self.checksum)
+        return dict(out)
+
+
+def _tensors(f, layout: FeatureLayout) -> dict[str, torch.Tensor]:
+    tensors = {"sync_f": f.sync_f, "text_f": f.text_f}
+    if layout.clip_len:
+        tensors["clip_f"] = f.clip_f
+    if layout.latent_len and f.latent is not None:
+        tensors["latent_mean"] = f.latent.mean
+        tensors["latent_std"] = f.latent.std
+    return tensors
+
+
+def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    if t.shape[0] >= length:
+        return t[:length]
+    return torch.cat([t, t.new_zeros(length - t.shape[0], *t.shape[1:])])
+
+
+# ---- stage 3: write -------------------------------------------------------------------------
+
+
+def write_batch(
+    batch: dict[str, np.ndarray], *, output: str, layout: FeatureLayout
+) -> dict[str, list]:
+    """Stage each shard's rows of this batch as Parquet fragments; report (shard, id, status)."""
+    out_dir = OutputDir(output)
+    settings = layout.settings_hash
+    rows = list(_rows(batch))
+    by_shard: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_shard[row["shard"]].append(i)
+    for shard, idx in by_shard.items():
+        ok = [i for i in idx if rows[i]["status"] == "ok"]
+        bad = [i for i in idx if rows[i]["status"] != "ok"]
+        if ok:
+            out_dir.stage(shard, "features", feature_table(batch, ok, layout))
+        if bad:
+            out_dir.stage(shard, "errors", error_table([rows[i] for i in bad], settings))
+    return {
+        "shard": [r["shard"] for r in rows],
+        "id": [r["id"] for r in rows],
+        "status": [r["status"] for r in rows],
+    }
+
+
+def feature_table(batch: dict[str, np.ndarray], idx: list[int], layout: FeatureLayout) -> pa.Table:
+    schema = layout.arrow_schema()
+    values = {}
+    for f in schema:
+        if isinstance(f.type, pa.FixedShapeTensorType):
+            array = np.stack([np.asarray(batch[f.name][i]) for i in idx])
+            values[f.name] = tensor_array(array, tuple(f.type.shape))
+        elif f.name == "settings_hash":
+            values[f.name] = pa.array([layout.settings_hash] * len(idx), f.type)
+        elif f.name in ("family", "variant"):
+            values[f.name] = pa.array([getattr(layout, f.name)] * len(idx), f.type)
+        else:
+            values[f.name] = pa.array([_plain(batch[f.name][i]) for i in idx], f.type)
+    return pa.table(values, schema=schema)
+
+
+def error_table(rows: list[dict], settings_hash: str) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {
+                "id": r["id"],
+                "source": r["source"],
+                "row": r.get("row"),
+                "stage": r["stage"],
+                "error_type": r["error_type"],
+                "message": r["message"],
+                "settings_hash": settings_hash,
+            }
+            for r in rows
+        ],
+        schema=ERROR_SCHEMA,
+    )

@@ -1,0 +1,222 @@
+"""The versioned Parquet schema of extracted features, and tensor (de)coding.
+
+One row per clip. Tensor columns are Arrow's canonical fixed-shape tensor extension type
+(`arrow.fixed_shape_tensor`), padded to the run's max duration; `*_len` columns give the valid
+rows. bfloat16 has no Arrow type, so bf16 features are stored as their raw 16-bit patterns
+(uint16) with the field metadata `selva.dtype = bfloat16`; `read_tensor` undoes that.
+
+Schema version 1 columns:
+  id, source, prompt, negative_prompt, seed, start, duration, fps, has_audio, padded,
+  prompt_truncated, family, variant, encoder_checksum, settings_hash        (scalars)
+  sync_f   (sync_len_max, sync_dim)     text-conditioned (SelVA) or plain (MMAudio) sync features
+  sync_len                              valid rows of sync_f (8 per 0.32 s window)
+  text_f   (77, text_dim)               CLIP per-token text features of the prompt
+  clip_f   (clip_len_max, clip_dim)     CLIP frame features at 8 fps (MMAudio family only)
+  clip_len
+  latent_mean, latent_std (latent_len_max, latent_dim)   VAE posterior of the clip's own audio
+  latent_len                            (only with --with-audio-latents; 0 when no audio)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from selva_core.variants import ModelSpec
+
+SCHEMA_VERSION = 1
+STORAGE_DTYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
+DTYPE_KEY = b"selva.dtype"
+
+SCALARS = [
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("prompt", pa.string()),
+    ("negative_prompt", pa.string()),
+    ("seed", pa.int64()),
+    ("start", pa.float64()),
+    ("duration", pa.float64()),
+    ("fps", pa.float64()),
+    ("has_audio", pa.bool_()),
+    ("padded", pa.bool_()),
+    ("prompt_truncated", pa.bool_()),
+    ("family", pa.string()),
+    ("variant", pa.string()),
+    ("encoder_checksum", pa.string()),
+    ("settings_hash", pa.string()),
+]
+
+ERROR_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("stage", pa.string()),  # catalog | decode | encode
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+        ("settings_hash", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class FeatureLayout:
+    """Everything that fixes the on-disk shape of a run's features."""
+
+    variant: str
+    family: str
+    max_duration: float
+    storage_dtype: str
+    with_audio_latents: bool
+    frame_rule: str
+    sync_len: int
+    sync_dim: int
+    text_len: int
+    text_dim: int
+    clip_len: int  # 0: no clip_f column (SelVA)
+    clip_dim: int
+    latent_len: int  # 0: no latent columns
+    latent_dim: int
+    schema_version: int = SCHEMA_VERSION
+
+    @classmethod
+    def for_run(
+        cls,
+        spec: ModelSpec,
+        *,
+        max_duration: float,
+        storage_dtype: str = "float16",
+        with_audio_latents: bool = False,
+        frame_rule: str = "official",
+    ) -> FeatureLayout:
+        if storage_dtype not in STORAGE_DTYPES:
+            raise ValueError(f"storage dtype must be one of {list(STORAGE_DTYPES)}")
+        seq, g = spec.sequence(max_duration), spec.generator_config
+        return cls(
+            variant=spec.name,
+            family=spec.family,
+            max_duration=float(max_duration),
+            storage_dtype=storage_dtype,
+            with_audio_latents=with_audio_latents,
+            frame_rule=frame_rule,
+            sync_len=seq.sync_seq_len,
+            sync_dim=g.sync_dim,
+            text_len=g.text_seq_len,
+            text_dim=g.text_dim,
+            clip_len=seq.clip_seq_len if spec.uses_clip_frames else 0,
+            clip_dim=g.clip_dim,
+            latent_len=seq.latent_seq_len if with_audio_latents else 0,
+            latent_dim=g.latent_dim,
+        )
+
+    @property
+    def settings_hash(self) -> str:
+        """Identifies the settings: features are reused only when this matches."""
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def tensor_shapes(self) -> dict[str, tuple[int, int]]:
+        shapes = {
+            "sync_f": (self.sync_len, self.sync_dim),
+            "text_f": (self.text_len, self.text_dim),
+        }
+        if self.clip_len:
+            shapes["clip_f"] = (self.clip_len, self.clip_dim)
+        if self.latent_len:
+            shapes["latent_mean"] = (self.latent_len, self.latent_dim)
+            shapes["latent_std"] = (self.latent_len, self.latent_dim)
+        return shapes
+
+    def length_columns(self) -> list[str]:
+        names = ["sync_len"]
+        if self.clip_len:
+            names.append("clip_len")
+        if self.latent_len:
+            names.append("latent_len")
+        return names
+
+    def arrow_schema(self) -> pa.Schema:
+        fields = [pa.field(n, t) for n, t in SCALARS]
+        fields += [pa.field(n, pa.int32()) for n in self.length_columns()]
+        value_type = pa.from_numpy_dtype(STORAGE_DTYPES[self.storage_dtype])
+        meta = {DTYPE_KEY: self.storage_dtype.encode()}
+        fields += [
+            pa.field(n, pa.fixed_shape_tensor(value_type, list(shape)), metadata=meta)
+            for n, shape in self.tensor_shapes().items()
+        ]
+        return pa.schema(fields, metadata={b"selva.schema_version": str(SCHEMA_VERSION).encode()})
+
+    def describe(self) -> dict:
+        """Human-readable layout for `_meta.json`."""
+        return {
+            "schema_version": self.schema_version,
+            "settings": asdict(self),
+            "settings_hash": self.settings_hash,
+            "tensors": {
+                n: {"shape": list(s), "dtype": self.storage_dtype}
+                for n, s in self.tensor_shapes().items()
+            },
+            "scalars": [n for n, _ in SCALARS] + self.length_columns(),
+        }
+
+
+def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
+    """A float tensor as the numpy array that Parquet stores (bf16 as raw uint16 bits)."""
+    if storage_dtype == "bfloat16":
+        return x.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
+    return x.detach().float().cpu().numpy().astype(STORAGE_DTYPES[storage_dtype])
+
+
+def from_storage(array: np.ndarray, storage_dtype: str) -> torch.Tensor:
+    """Stored values back to a float32 tensor."""
+    if storage_dtype == "bfloat16":
+        raw = torch.from_numpy(np.ascontiguousarray(array).view(np.int16))
+        return raw.view(torch.bfloat16).float()
+    return torch.from_numpy(np.ascontiguousarray(array)).float()
+
+
+def tensor_array(array: np.ndarray, shape: tuple[int, ...]) -> pa.Array:
+    """(B, *shape) numpy -> a canonical fixed-shape tensor Arrow array."""
+    if array.shape[1:] != tuple(shape):
+        raise ValueError(f"tensor of shape {array.shape[1:]} does not fit {tuple(shape)}")
+    return pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(array))
+
+
+def read_tensor(table: pa.Table, column: str) -> torch.Tensor:
+    """A stored tensor column as float32 (B, *shape), honouring the storage dtype."""
+    field = table.schema.field(column)
+    dtype = (field.metadata or {}).get(DTYPE_KEY, b"float32").decode()
+    chunked = table.column(column)
+    arrays = [chunk.to_numpy_ndarray() for chunk in chunked.chunks]
+    if not arrays:
+        return torch.empty(0)
+    return from_storage(np.concatenate(arrays), dtype)
+
+
+def feature_files(output: str) -> list[str]:
+    """The committed feature part files of an extraction folder (not errors/, not staging)."""
+    from .output_dir import OutputDir
+
+    return OutputDir(output).part_files()
+
+
+def read_features(output: str, columns: list[str] | None = None) -> pa.Table:
+    """All committed features of an extraction folder as one Arrow table.
+
+    `pyarrow.dataset` or `ray.data.read_parquet` on the folder itself would also pick up the
+    error table under errors/; pass them `feature_files(output)` instead.
+    """
+    import pyarrow.parquet as pq
+
+    from .output_dir import OutputDir
+
+    out = OutputDir(output)
+    tables = [pq.read_table(p, columns=columns, filesystem=out.fs) for p in out.part_files()]
+    if not tables:
+        raise FileNotFoundError(f"no feature files in {output}")
+    return pa.concat_tables(tables)

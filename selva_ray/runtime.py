@@ -1,0 +1,49 @@
+"""Process-level setup shared by jobs: device and precision choice, Ray connection."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def resolve_device(name: str = "auto") -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def resolve_dtype(precision: str | None, device: str):
+    """Named precision, or the default: bf16 on GPU (as the official demo), fp32 on CPU."""
+    import torch
+
+    if precision is None:
+        precision = "fp32" if device == "cpu" else "bf16"
+    if precision not in DTYPES:
+        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+    return getattr(torch, DTYPES[precision])
+
+
+def init_ray(address: str | None = None, *, progress: bool = True) -> None:
+    """Connect to `address` (or $RAY_ADDRESS, or a new local cluster) unless already connected,
+    and set the Ray Data options every job wants."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = progress
+    ctx.print_on_execution_start = progress
+    # Fail a stuck job instead of hanging a cluster forever (the default is 30 min).
+    ctx.execution_no_progress_timeout_s = 3600
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0.0))
