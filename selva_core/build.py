@@ -12,13 +12,14 @@ from torch import nn
 
 from .audio import bigvgan, vae
 from .audio.mel import MEL_16K, MEL_44K, MelConverter
-from .model.generator import Generator
+from .checkpoint import check_state
+from .model.generator import DERIVED_KEYS, Generator
 from .model.motionformer import MotionFormerConfig
 from .model.synchformer import Synchformer, load_synchformer
 from .model.textsynch import TextSynch, TextSynchConfig, load_textsynch, random_textsynch
 from .random_init import randomize_
 from .variants import TINY_SYNC_DIM, TINY_T5_DIM, ModelSpec, get_spec
-from .weights import WeightsError, WeightStore, load_verified
+from .weights import WeightStore, load_verified
 
 # Fixed seeds so every process (Ray actor, train rank) builds identical tiny weights.
 TINY_SEEDS = {"generator": 1235, "sync_encoder": 1236, "vae": 1237, "vocoder": 1238}
@@ -49,13 +50,10 @@ def generator_from_state_dict(
     spec = get_spec(spec)
     with torch.device("meta"):
         model = Generator(spec.generator_config, spec.sequence())
-    try:
-        model.load_weights(state_dict, assign=True)
-    except RuntimeError as exc:
-        raise WeightsError(
-            f"{source} does not match generator {spec.name} ({spec.family}, {spec.size}, "
-            f"{spec.mode}{', v2' if spec.v2 else ''}): {exc}"
-        ) from exc
+    weights = {k: v for k, v in state_dict.items() if k not in DERIVED_KEYS}
+    flags = f"{spec.family}, {spec.size}, {spec.mode}{', v2' if spec.v2 else ''}"
+    check_state(model, weights, source, note=f" {spec.name} ({flags})")
+    model.load_weights(weights, assign=True)
     return model
 
 

@@ -152,11 +152,11 @@ class WeightsError(RuntimeError):
     """A weight file is missing, corrupt or unreadable; the message says how to fix it."""
 
 
-class MissingWeightsError(WeightsError):
+class MissingWeightsError(WeightsError, FileNotFoundError):
     pass
 
 
-class CorruptWeightsError(WeightsError):
+class CorruptWeightsError(WeightsError, ValueError):
     pass
 
 
@@ -473,15 +473,24 @@ def load_state_dict(path: str | Path, *, trusted: bool = False) -> dict[str, tor
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # not a pickle of tensors at all: an HTML page, garbage
+            raise CorruptWeightsError(
+                f"{path}: not a torch checkpoint ({_first_line(exc)})"
+            ) from exc
         if not trusted:
             raise UntrustedCheckpointError(
                 f"{path} holds objects other than tensors and was refused (weights_only=True): "
-                f"{str(exc).splitlines()[0]}. Only verified official checkpoints are unpickled."
+                f"{_first_line(exc)}. Only verified official checkpoints are unpickled."
             ) from exc
         log.warning("%s: verified official file with pickled objects; loading it fully", path)
         return torch.load(path, map_location="cpu", weights_only=False)
     except (EOFError, ValueError, OSError, RuntimeError) as exc:
         raise CorruptWeightsError(f"{path}: truncated or not a torch checkpoint ({exc})") from exc
+
+
+def _first_line(exc: Exception) -> str:
+    lines = [ln for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+    return (lines or str(exc).splitlines() or [type(exc).__name__])[0].strip().rstrip(".")
 
 
 def load_verified(store: WeightStore, key: str) -> dict[str, torch.Tensor]:

@@ -32,14 +32,6 @@ VOCODERS = find_fixtures("bigvgan")
 EXACTISH = dict(rel_tol=1e-6, peak_tol=1e-6)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _check_outputs(fx: Fixture, produce: dict[str, Callable[[], torch.Tensor]]) -> None:
     """Every stored output must have a producer (new outputs fail loudly) and must match."""
     assert fx.outputs, f"{fx.path.name}: no out.* tensors"

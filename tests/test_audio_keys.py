@@ -55,14 +55,6 @@ VOCODER_TABLES = {"bigvgan_16k": BIGVGAN_16K, "bigvgan_v2_44k": BIGVGAN_V2_44K}
 VAE_TABLES = {"vae_16k": VAE_16K, "vae_44k": VAE_44K}
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _meta_from_table(table: dict) -> dict[str, torch.Tensor]:
     return {k: torch.empty(v["shape"], device="meta") for k, v in table["keys"].items()}
 

@@ -20,6 +20,7 @@ from selva_core.model.generator import DERIVED_KEYS, Generator, GeneratorConfig
 from selva_core.sampling import SamplerConfig, sample_latents
 from selva_core.seqconfig import SequenceConfig, config_for_mode
 from selva_core.variants import get_spec
+from selva_core.weights import WeightsError
 
 GENERATOR_FIXTURES = find_fixtures("generator_")
 
@@ -141,6 +142,7 @@ def test_published_layout_loads_strictly_through_our_loader(table):
     model = generator_from_state_dict(spec, state)
     assert set(model.state_dict()) == set(tab["keys"])
 
-    state.pop(next(iter(tab["keys"])))
-    with pytest.raises(Exception, match="Missing key"):
-        generator_from_state_dict(spec, state)
+    dropped = next(iter(tab["keys"]))
+    state.pop(dropped)
+    with pytest.raises(WeightsError, match=rf"missing keys \['{dropped}'\]"):
+        generator_from_state_dict(spec, state, source="gen.pth")

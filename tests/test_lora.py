@@ -6,6 +6,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from model_support import random_flow_batch, tiny_generator
 from torch import nn
 
 from selva_core.build import load_generator, random_generator
@@ -35,29 +36,10 @@ from selva_core.variants import get_spec
 PISSA_INIT_TOLERANCE = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # The CI box has 2 shared cores; oversubscribed intra-op threads make tiny models crawl.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny() -> Generator:
-    return load_generator("tiny", duration=2.0)
-
-
 def inputs(model: Generator, batch: int = 2, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    c = model.config
-    return (
-        torch.randn(batch, model.latent_seq_len, c.latent_dim, generator=g),
-        torch.randn(batch, model.clip_seq_len, c.clip_dim, generator=g),
-        torch.randn(batch, model.sync_seq_len, c.sync_dim, generator=g),
-        torch.randn(batch, c.text_seq_len, c.text_dim, generator=g),
-        torch.rand(batch, generator=g),
-    )
+    b = random_flow_batch(model, batch, seed)
+    t = torch.rand(batch, generator=torch.Generator().manual_seed(seed + 1000))
+    return b.x1, b.clip_f, b.sync_f, b.text_f, t
 
 
 @torch.no_grad()
@@ -133,13 +115,13 @@ def test_adapter_parameter_count_small_16k_rank16():
 
 
 def test_standard_init_leaves_output_exact_and_is_reproducible():
-    model = tiny()
+    model = tiny_generator()
     args = inputs(model)
     ref = run(model, args)
     applied = apply_lora(model, rank=4)
     assert applied.count == 7 and applied.config.scale == 2.0  # alpha defaults to 2 * rank
     assert torch.equal(run(model, args), ref)  # B = 0
-    again = tiny()
+    again = tiny_generator()
     apply_lora(again, rank=4)
     a1 = [m.lora_A["default"] for m in lora_layers(model).values()]
     a2 = [m.lora_A["default"] for m in lora_layers(again).values()]
@@ -180,7 +162,7 @@ def test_dropout_acts_on_the_lora_input_only():
 
 
 def test_pissa_init_reproduces_the_base_model():
-    model = tiny()
+    model = tiny_generator()
     args = inputs(model)
     ref = run(model, args)
     weights = {n: m.weight.detach().clone() for n, m in model.named_modules() if n.endswith("qkv")}
@@ -208,7 +190,7 @@ def test_pissa_init_reproduces_the_base_model():
 
 
 def test_pissa_init_is_deterministic_and_can_be_broadcast():
-    model, other = tiny(), tiny()
+    model, other = tiny_generator(), tiny_generator()
     config = LoRAConfig(rank=4, init="pissa")
     first = compute_pissa_init(model, config)
     second = compute_pissa_init(model, config)
@@ -219,7 +201,7 @@ def test_pissa_init_is_deterministic_and_can_be_broadcast():
     apply_lora(other, config, pissa_init={n: copy.deepcopy(f) for n, f in first.items()})
     for (n, p), (_, q) in zip(model.state_dict().items(), other.state_dict().items(), strict=True):
         assert torch.equal(p, q), n
-    untouched = tiny()
+    untouched = tiny_generator()
     with pytest.raises(ValueError, match="do not match"):
         apply_lora(untouched, LoRAConfig(rank=4, init="pissa", rslora=True), pissa_init=first)
     assert not lora_layers(untouched)  # validated before any layer changed
@@ -246,7 +228,7 @@ def test_randomized_svd_is_seeded_and_accurate_on_a_decaying_spectrum():
 
 
 def test_strength_zero_is_exactly_the_base_and_one_the_trained_model():
-    model = tiny()
+    model = tiny_generator()
     args = inputs(model)
     ref = run(model, args)
     apply_lora(model, rank=4)
@@ -302,7 +284,7 @@ def test_stacked_adapters_add_their_scaled_deltas():
 
 
 def test_merge_unmerge_round_trip():
-    model = tiny()
+    model = tiny_generator()
     args = inputs(model)
     apply_lora(model, rank=4)
     apply_lora(model, rank=2, adapter="second", seed=5)
@@ -350,13 +332,13 @@ def test_lora_parameters_keep_their_dtype_on_casts_but_follow_devices():
     model.to("meta")
     assert all(p.is_meta and p.dtype == torch.float32 for p in lora_parameters(model))
     assert layer.base.weight.is_meta
-    bf16 = tiny()
+    bf16 = tiny_generator()
     apply_lora(bf16, rank=4, dtype=torch.bfloat16)
     assert all(p.dtype == torch.bfloat16 for p in lora_parameters(bf16))
 
 
 def test_published_weights_load_into_a_wrapped_model():
-    published = tiny().state_dict()
+    published = tiny_generator().state_dict()
     model = random_generator("tiny", seed=99)
     model.set_sequence(get_spec("tiny").sequence(2.0))
     apply_lora(model, rank=4, targets=("attn.qkv", "linear1"))
@@ -364,7 +346,7 @@ def test_published_weights_load_into_a_wrapped_model():
     assert base_state_dict(model).keys() == published.keys()
     for k, v in base_state_dict(model).items():
         assert torch.equal(v, published[k]), k
-    reference = tiny()
+    reference = tiny_generator()
     args = inputs(model)
     assert torch.equal(run(model.eval(), args), run(reference, args))
     with pytest.raises(RuntimeError, match="missing"):
@@ -372,7 +354,7 @@ def test_published_weights_load_into_a_wrapped_model():
 
 
 def test_remove_lora_gives_back_plain_linears():
-    model = tiny()
+    model = tiny_generator()
     reference = {k: v.clone() for k, v in model.state_dict().items()}
     apply_lora(model, rank=4, init="pissa")
     apply_lora(model, rank=2, adapter="extra", targets=("linear1",))

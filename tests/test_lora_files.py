@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_support import random_flow_batch, tiny_generator
 from safetensors import safe_open
 
 from selva_core.build import load_generator
-from selva_core.flow_loss import FlowBatch, FlowLossConfig, train_lora_steps
+from selva_core.flow_loss import FlowLossConfig, train_lora_steps
 from selva_core.lora import (
     AdapterFormatError,
     BaseMismatchWarning,
@@ -37,32 +38,9 @@ PISSA_FILE_TOLERANCE = 1e-5
 TRAINING = {"lr": 1e-3, "batch_size": 2, "seed": 0, "steps": 3, "timestep": "logit_normal"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny() -> Generator:
-    return load_generator("tiny", duration=2.0)
-
-
-def batch(model: Generator, n: int, seed: int) -> FlowBatch:
-    g = torch.Generator().manual_seed(seed)
-    c = model.config
-    return FlowBatch(
-        torch.randn(n, model.latent_seq_len, c.latent_dim, generator=g),
-        torch.randn(n, model.clip_seq_len, c.clip_dim, generator=g),
-        torch.randn(n, model.sync_seq_len, c.sync_dim, generator=g),
-        torch.randn(n, c.text_seq_len, c.text_dim, generator=g),
-    )
-
-
 @torch.no_grad()
 def run(model: Generator, seed: int = 7) -> torch.Tensor:
-    b = batch(model, 2, seed)
+    b = random_flow_batch(model, 2, seed)
     t = torch.tensor([0.3, 0.8])
     return model(b.x1, b.clip_f, b.sync_f, b.text_f, t)
 
@@ -72,10 +50,15 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def trained(init: str = "standard", rank: int = 4, steps: int = 3) -> Generator:
-    model = tiny()
+    model = tiny_generator()
     apply_lora(model, rank=rank, init=init, rslora=True)
     train_lora_steps(
-        model, [batch(model, 2, 1)], steps, lr=3e-2, seed=0, config=FlowLossConfig(cfg_dropout=0)
+        model,
+        [random_flow_batch(model, 2, 1)],
+        steps,
+        lr=3e-2,
+        seed=0,
+        config=FlowLossConfig(cfg_dropout=0),
     )
     return model.eval()
 
@@ -99,13 +82,13 @@ def test_standard_adapter_round_trip_with_metadata(tmp_path):
     assert meta["training"]["seed"] == 0 and meta["training"]["steps"] == 3
     assert meta["training"]["extra"] == {"timestep": "logit_normal"}
     assert meta["surgery"] == {"ran": False}
-    assert meta["base_hash"] == base_fingerprint(tiny(), list(lora_layers(model)))
+    assert meta["base_hash"] == base_fingerprint(tiny_generator(), list(lora_layers(model)))
     assert meta["base_hash"].startswith("sha256:")
     name = "joint_blocks.0.latent_block.attn.qkv"
     assert shapes[f"{name}.lora_A"] == (4, 128) and shapes[f"{name}.lora_B"] == (384, 4)
     assert len(shapes) == 2 * 7
 
-    fresh = tiny()
+    fresh = tiny_generator()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # same base: no mismatch warning
         load_adapter(fresh, path)
@@ -116,7 +99,7 @@ def test_standard_adapter_round_trip_with_metadata(tmp_path):
 
 def test_pissa_adapter_is_a_small_delta_that_reproduces_trained_and_base(tmp_path):
     model = trained("pissa")
-    base_out = run(tiny())
+    base_out = run(tiny_generator())
     trained_out = run(model)
     assert rel(trained_out, base_out) > 1e-3  # training moved the model
     path = tmp_path / "pissa.safetensors"
@@ -126,16 +109,16 @@ def test_pissa_adapter_is_a_small_delta_that_reproduces_trained_and_base(tmp_pat
     assert meta["scale"] == pytest.approx(4.0) and meta["alpha"] == pytest.approx(8 * 2**0.5)
     assert all(k.endswith((".lora_A", ".lora_B")) for k in shapes)  # no base weights
     assert file.num_parameters == 7 * 8 * (128 + 384)
-    assert meta["base_hash"] == base_fingerprint(tiny(), list(file.factors))
+    assert meta["base_hash"] == base_fingerprint(tiny_generator(), list(file.factors))
 
-    fresh = tiny()
+    fresh = tiny_generator()
     load_adapter(fresh, path)
     err = rel(run(fresh), trained_out)
     print(f"PiSSA file at k=1 vs trained model: {err:.3g}")
     assert err < PISSA_FILE_TOLERANCE
     set_strength(fresh, 0.0)
     assert torch.equal(run(fresh), base_out)
-    at_zero = tiny()
+    at_zero = tiny_generator()
     load_adapter(at_zero, path, strength=0.0)
     assert torch.equal(run(at_zero), base_out)
 
@@ -144,11 +127,11 @@ def test_stacked_file_adapters_with_their_own_strengths(tmp_path):
     a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     save_adapter(a, trained(), variant="tiny")
     save_adapter(b, trained("pissa", rank=2), variant="tiny")
-    model = tiny()
+    model = tiny_generator()
     load_adapter(model, a, adapter="a", strength=0.5)
     load_adapter(model, b, adapter="b", strength=1.5)
     stacked = run(model)
-    ref = tiny()
+    ref = tiny_generator()
     fa, fb = read_adapter(a), read_adapter(b)
     with torch.no_grad():
         for name, m in ref.named_modules():
@@ -162,13 +145,13 @@ def test_stacked_file_adapters_with_their_own_strengths(tmp_path):
     unmerge_lora(model)
     set_strength(model, 0.0, "a")
     set_strength(model, 0.0, "b")
-    assert torch.equal(run(model), run(tiny()))
+    assert torch.equal(run(model), run(tiny_generator()))
 
 
 def test_loading_onto_other_base_weights_warns_but_works(tmp_path):
     path = tmp_path / "a.safetensors"
     save_adapter(path, trained(), variant="tiny")
-    other = tiny()
+    other = tiny_generator()
     with torch.no_grad():
         other.fused_blocks[0].attn.qkv.weight.mul_(1.01)
     with pytest.warns(BaseMismatchWarning, match="trained on base"):
@@ -229,7 +212,7 @@ def test_unsupported_format_version_is_refused(tmp_path):
 
 
 def test_legacy_standard_pt_loads(tmp_path):
-    base = tiny()
+    base = tiny_generator()
     g = torch.Generator().manual_seed(0)
     names = list(lora_layers(trained()))
     sd = {}
@@ -252,7 +235,7 @@ def test_legacy_standard_pt_loads(tmp_path):
     assert file.meta.source == "legacy-pt" and file.meta.scale == 2.0  # alpha 0 meant 2*rank
     assert file.meta.training["extra"]["timestep_mode"] == "uniform"
     load_adapter(base, path)
-    ref = tiny()
+    ref = tiny_generator()
     with torch.no_grad():
         for n in names:
             ref.get_submodule(n).weight += 2.0 * sd[f"{n}.lora_B"] @ sd[f"{n}.lora_A"]
@@ -264,7 +247,7 @@ def test_legacy_standard_pt_loads(tmp_path):
 def test_legacy_pissa_pt_with_residual_weights_converts_to_a_delta(tmp_path):
     """The old trainer's PiSSA: A0 = sqrt(S) V^T, B0 = U sqrt(S) (no division by the scale),
     W_res = W - s * B0 A0 saved as `linear.weight` next to the trained lora_A/lora_B."""
-    base = tiny()
+    base = tiny_generator()
     rank, alpha = 4, 8.0
     s = alpha / rank**0.5
     g = torch.Generator().manual_seed(0)
@@ -300,7 +283,7 @@ def test_legacy_pissa_pt_with_residual_weights_converts_to_a_delta(tmp_path):
     with pytest.raises(AdapterFormatError, match="base model"):
         read_adapter(path)
     load_adapter(base, path)
-    ref = tiny()
+    ref = tiny_generator()
     with torch.no_grad():
         for n, w in trained_weights.items():
             ref.get_submodule(n).weight.copy_(w)
@@ -326,7 +309,7 @@ def test_malicious_pickle_in_a_pt_adapter_is_refused(tmp_path):
     torch.save({"state_dict": sd, "meta": {"rank": 4}, "payload": _Exploit(marker)}, path)
     with pytest.raises(UntrustedCheckpointError, match="adapter_final.pt"):
         read_adapter(path)
-    model = tiny()
+    model = tiny_generator()
     with pytest.raises(UntrustedCheckpointError):
         load_adapter(model, path)
     assert not marker.exists()

@@ -5,8 +5,8 @@ import copy
 
 import pytest
 import torch
+from model_support import tiny_generator
 
-from selva_core.build import load_generator
 from selva_core.flow_loss import (
     FlowBatch,
     FlowLossConfig,
@@ -33,18 +33,6 @@ from selva_core.model.generator import Generator
 CLIPS = 16  # calibration clips in these tests (default 32), to keep the suite fast
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny() -> Generator:
-    return load_generator("tiny", duration=2.0)
-
-
 def dataset(model: Generator, n: int, seed: int) -> FlowBatch:
     """Learnable clips: sinusoidal latents whose phase follows the text features."""
     g = torch.Generator().manual_seed(seed)
@@ -66,7 +54,7 @@ def batches_of(data: FlowBatch, size: int = 4) -> list[FlowBatch]:
 @pytest.fixture(scope="module")
 def trained():
     """(base snapshot, trained standard rank-4 adapter model, training batches, losses)."""
-    model = tiny()
+    model = tiny_generator()
     base = {k: v.clone() for k, v in model.state_dict().items()}
     data = batches_of(dataset(model, 16, 0))
     apply_lora(model, rank=4, rslora=True)
@@ -92,7 +80,7 @@ def test_timestep_samplers_are_seeded_and_in_range():
 
 
 def test_flow_loss_is_the_velocity_mse():
-    model = tiny()
+    model = tiny_generator()
     data = dataset(model, 3, 1)
     g = torch.Generator().manual_seed(0)
     x0 = torch.randn(data.x1.shape, generator=g)
@@ -109,7 +97,7 @@ def test_flow_loss_is_the_velocity_mse():
 
 
 def test_cfg_dropout_replaces_video_and_text_independently():
-    model = tiny()
+    model = tiny_generator()
     data = dataset(model, 64, 2)
     args = (model, data.clip_f, data.sync_f, data.text_f)
     clip, sync, text, video, txt = drop_conditions(*args, 1.0, torch.Generator())
@@ -250,7 +238,7 @@ def test_both_policies_measured_on_the_same_adapter(trained):
 
 
 def test_surgery_on_a_pissa_adapter_keeps_a_rank_2r_delta(tmp_path):
-    model = tiny()
+    model = tiny_generator()
     data = batches_of(dataset(model, 8, 4))
     apply_lora(model, rank=2, init="pissa", rslora=True)
     train_lora_steps(model, data, 6, lr=2e-3, seed=1)
@@ -263,7 +251,7 @@ def test_surgery_on_a_pissa_adapter_keeps_a_rank_2r_delta(tmp_path):
     save_adapter(path, model, variant="tiny")
     meta = read_adapter(path).meta
     assert (meta.init, meta.rank, meta.trained_rank) == ("pissa", 4, 2)
-    fresh = tiny()
+    fresh = tiny_generator()
     load_adapter(fresh, path)
     clips = FlowBatch.cat(data)
     torch.testing.assert_close(

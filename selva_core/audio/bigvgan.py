@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from selva_core.audio.alias_free import Activation1d, SnakeBeta
+from selva_core.checkpoint import load_strict, read_state_dict
 from selva_core.random_init import randomize_
 
 
@@ -241,28 +242,6 @@ def fold_weight_norm(
     return plain
 
 
-def _check_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        raise RuntimeError(
-            f"{source}: checkpoint does not match {type(module).__name__}: "
-            f"missing keys {_first(missing)}, unexpected keys {_first(unexpected)}, "
-            f"shape mismatches {_first(shapes)}"
-        )
-
-
-def _first(items: list[str], limit: int = 20) -> str:
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return f"{items[:limit]}{more}"
-
-
 def bigvgan_from_state(
     config: BigVGANConfig, state: Mapping[str, torch.Tensor], source: str = "<state dict>"
 ) -> BigVGAN:
@@ -274,31 +253,22 @@ def bigvgan_from_state(
     plain = fold_weight_norm(state, source)
     with torch.device("meta"):
         model = BigVGAN(config)
-    _check_state(model, plain, source)
-    model.load_state_dict(plain, strict=True, assign=True)
+    load_strict(model, plain, source)
     return model.eval().requires_grad_(False)
-
-
-def _generator_state(path: Path) -> Mapping[str, torch.Tensor]:
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(checkpoint, Mapping) or "generator" not in checkpoint:
-        found = list(checkpoint)[:8] if isinstance(checkpoint, Mapping) else type(checkpoint)
-        raise RuntimeError(f"{path}: expected the weights under key 'generator', found {found}")
-    return checkpoint["generator"]
 
 
 def load_bigvgan_16k(path: str | Path, config: BigVGANConfig = BIGVGAN_16K) -> BigVGAN:
     """The 16 kHz vocoder from Make-An-Audio 2's `best_netG.pt` (weights under `generator`)."""
-    path = Path(path)
-    return bigvgan_from_state(config, _generator_state(path), source=str(path))
+    state, name = read_state_dict(path, key="generator")
+    return bigvgan_from_state(config, state, source=name)
 
 
 def load_bigvgan_v2(directory: str | Path) -> BigVGAN:
     """A BigVGAN-v2 hub snapshot folder: `config.json` + `bigvgan_generator.pt`."""
     directory = Path(directory)
     config = BigVGANConfig.from_json(directory / "config.json")
-    weights = directory / "bigvgan_generator.pt"
-    return bigvgan_from_state(config, _generator_state(weights), source=str(weights))
+    state, name = read_state_dict(directory / "bigvgan_generator.pt", key="generator")
+    return bigvgan_from_state(config, state, source=name)
 
 
 # --- random weights for tests and the offline demo --------------------------------------------

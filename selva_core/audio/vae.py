@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selva_core.checkpoint import load_strict, read_state_dict
 from selva_core.random_init import randomize_
 
 
@@ -456,28 +457,6 @@ def _resolve(config: VAEConfig | str) -> VAEConfig:
     return VAE_CONFIGS[config]
 
 
-def _check_state(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    expected = module.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        raise RuntimeError(
-            f"{source}: checkpoint does not match {type(module).__name__}: "
-            f"missing keys {_first(missing)}, unexpected keys {_first(unexpected)}, "
-            f"shape mismatches {_first(shapes)}"
-        )
-
-
-def _first(items: list[str], limit: int = 20) -> str:
-    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-    return f"{items[:limit]}{more}"
-
-
 def load_vae(
     source: str | Path | Mapping[str, torch.Tensor],
     config: VAEConfig | str = VAE_16K,
@@ -493,20 +472,12 @@ def load_vae(
     eval mode with gradients off (a frozen codec).
     """
     config = _resolve(config)
-    if isinstance(source, Mapping):
-        state, name = dict(source), "<state dict>"
-    else:
-        state = torch.load(source, map_location="cpu", weights_only=True)
-        name = str(source)
-        if not isinstance(state, Mapping):
-            raise RuntimeError(f"{name}: expected a state dict, found {type(state).__name__}")
-        state = dict(state)
+    state, name = read_state_dict(source)
     if decoder_only:
         state = {k: v for k, v in state.items() if not k.startswith("encoder.")}
     with torch.device("meta"):
         model = VAE(config, decoder_only=decoder_only)
-    _check_state(model, state, name)
-    model.load_state_dict(state, strict=True, assign=True)
+    load_strict(model, state, name)
     if normalized:
         model.mark_weight_norm_removed()
     else:

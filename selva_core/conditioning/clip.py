@@ -26,6 +26,7 @@ from open_clip.model import CLIP, convert_weights_to_lp
 from open_clip.tokenizer import SimpleTokenizer
 from torch import nn
 
+from ..checkpoint import load_strict
 from ..random_init import randomize_
 from ..weights import MissingWeightsError, WeightsError, load_state_dict, offline
 from .prompts import TokenCount, clean_prompts, warn_truncated
@@ -319,10 +320,7 @@ def load_open_clip(
     model = _construct(model_cfg, dtype, meta=True)
     if "logit_scale" in state:  # some exports store it as shape (1,)
         state["logit_scale"] = state["logit_scale"].reshape(model.logit_scale.shape)
-    try:
-        model.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as exc:
-        raise WeightsError(f"{weights} does not match {cfg_path}: {exc}") from exc
+    load_strict(model, state, f"{weights} (config {cfg_path.name})")
     if model.attn_mask is not None:  # non-persistent buffer: not in the file, still on meta
         model.attn_mask = _causal_mask(model.context_length)
     leftover = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]

@@ -15,10 +15,8 @@ in batched chunks, and strict checkpoint loading of a prefix subset.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -326,65 +324,3 @@ def map_windows(
         outs.append(encode(clips, it.to(device or frames.device)))
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     return out.reshape(b, -1, out.shape[-1])
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoint loading shared by both towers
-# --------------------------------------------------------------------------------------------
-
-StateSource = str | os.PathLike | Mapping[str, torch.Tensor]
-
-
-def read_state_dict(source: StateSource) -> tuple[dict[str, torch.Tensor], str]:
-    """A state dict and a name for error messages, from a .pth/.pt/.safetensors path or a dict.
-
-    `.pth` files are read with `torch.load(weights_only=True, map_location="cpu")`, as upstream.
-    """
-    if isinstance(source, Mapping):
-        return dict(source), "<state dict>"
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path)), str(path)
-    try:
-        sd = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # pickled non-tensors, HTML error pages, truncated downloads
-        raise ValueError(f"{path}: not a weights-only torch checkpoint ({err})") from err
-    if not isinstance(sd, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(sd).__name__}")
-    return dict(sd), str(path)
-
-
-def load_prefixed_state(
-    module: nn.Module,
-    source: StateSource,
-    prefixes: Iterable[str],
-) -> nn.Module:
-    """Keep the keys starting with `prefixes` (the rest is dropped, as upstream), then load
-    strictly into `module`; errors name the file and the missing/unexpected/mis-shaped keys.
-
-    A module built on the meta device is materialised from the checkpoint tensors (assign).
-    """
-    sd, name = read_state_dict(source)
-    prefixes = tuple(prefixes)
-    sd = {k: v for k, v in sd.items() if k.startswith(prefixes)}
-    own = module.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [
-        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and sd[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        raise ValueError(
-            f"{name}: does not match {type(module).__name__} (keys kept: {', '.join(prefixes)}): "
-            f"missing {missing[:10]} ({len(missing)}), unexpected {unexpected[:10]} "
-            f"({len(unexpected)}), shape mismatches {shapes[:10]} ({len(shapes)})"
-        )
-    on_meta = any(t.is_meta for t in own.values())
-    module.load_state_dict(sd, strict=True, assign=on_meta)
-    return module

@@ -16,11 +16,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from selva_core.checkpoint import StateSource, load_strict, read_state_dict
 from selva_core.model.motionformer import (
     MotionFormer,
     MotionFormerConfig,
-    StateSource,
-    load_prefixed_state,
     map_windows,
 )
 
@@ -68,5 +67,5 @@ def load_synchformer(
     then loaded strictly. Returns the model in eval mode on `device`."""
     with torch.device("meta"):
         model = Synchformer(config)
-    load_prefixed_state(model, source, SYNCHFORMER_PREFIXES)
+    load_strict(model, *read_state_dict(source), keep_prefixes=SYNCHFORMER_PREFIXES)
     return model.to(device).eval()

@@ -14,13 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selva_core.checkpoint import StateSource, load_strict, read_state_dict
 from selva_core.model.layers import MLP
 from selva_core.model.motionformer import (
     MotionFormer,
     MotionFormerConfig,
-    StateSource,
     check_sync_frames,
-    load_prefixed_state,
     map_windows,
 )
 from selva_core.random_init import randomize_
@@ -245,7 +244,7 @@ def load_textsynch(
     the checkpoint overwrites. Returns the model in eval mode on `device`."""
     with torch.device("meta"):
         model = TextSynch(config)
-    load_prefixed_state(model, source, TEXTSYNCH_PREFIXES)
+    load_strict(model, *read_state_dict(source), keep_prefixes=TEXTSYNCH_PREFIXES)
     return model.to(device).eval()
 
 
