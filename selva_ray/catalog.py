@@ -210,7 +210,7 @@ def _read_manifest(
                 id=str(raw_id) if raw_id not in (None, "") else clip_id(source, start, duration),
                 source=source,
                 prompt="" if item.get("prompt") is None else str(item["prompt"]),
-                negative_prompt=item.get("negative_prompt"),
+                negative_prompt=item.get("negative_prompt") or None,  # empty cell: not given
                 start=start,
                 duration=duration,
                 seed=seed,
