@@ -179,24 +179,26 @@ def _read_text(fs: pafs.FileSystem, path: str) -> str:
 def _read_manifest(
     fs: pafs.FileSystem, path: str, original: str
 ) -> tuple[list[ClipRecord], list[CatalogProblem]]:
-    table = _read_table(fs, path, original)
-    if "video" not in table.column_names:
-        raise CatalogError(
-            f"manifest {original} has no 'video' column (columns: {', '.join(table.column_names)})"
-        )
-    unknown = sorted(set(table.column_names) - set(MANIFEST_COLUMNS))
+    rows, columns = _read_rows(fs, path, original)
+    if "video" not in columns:
+        raise CatalogError(f"manifest {original} has no 'video' column (columns: {columns})")
+    unknown = sorted(set(columns) - set(MANIFEST_COLUMNS))
     if unknown:
         raise CatalogError(
             f"manifest {original}: unknown columns {unknown}; expected {list(MANIFEST_COLUMNS)}"
         )
-    base = original.rsplit("/", 1)[0] if _is_uri(original) else posixpath.dirname(path)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    base = posixpath.dirname(path) if local else original.rsplit("/", 1)[0]
     records, problems = [], []
-    for row, item in enumerate(table.to_pylist()):
+    for row, item in enumerate(rows):
+        if "error" in item:
+            problems.append(CatalogProblem(f"row-{row}", "", row, item["error"]))
+            continue
         video = item.get("video")
         if not isinstance(video, str) or not video.strip():
             problems.append(CatalogProblem(_row_id(item, row), "", row, "row has no 'video' value"))
             continue
-        source = _join(base, video.strip())
+        source = _local_source(_join(base, video.strip()))
         try:
             start = _number(item.get("start"), 0.0, "start")
             duration = _number(item.get("duration"), None, "duration")
@@ -234,24 +236,45 @@ def _number(value, default, name: str):
     return x
 
 
-def _read_table(fs: pafs.FileSystem, path: str, original: str) -> pa.Table:
+def _read_rows(fs: pafs.FileSystem, path: str, original: str) -> tuple[list[dict], list[str]]:
+    """Manifest rows as dicts and the column names. JSONL is parsed line by line, so one bad
+    line becomes that row's problem (`{"error": ...}`) instead of failing the catalog."""
     import pyarrow.csv as pacsv
-    import pyarrow.json as pajson
     import pyarrow.parquet as pq
 
     lower = path.lower()
     try:
         if lower.endswith(".parquet"):
-            return pq.read_table(path, filesystem=fs)
-        # everything as strings: ids like 007 must not become numbers
-        with fs.open_input_stream(path) as f:
-            if lower.endswith(".csv"):
-                return pacsv.read_csv(
+            table = pq.read_table(path, filesystem=fs)
+            return table.to_pylist(), table.column_names
+        if lower.endswith(".csv"):
+            # every column as strings: ids like 007 must not become numbers
+            with fs.open_input_stream(path) as f:
+                table = pacsv.read_csv(
                     f, convert_options=pacsv.ConvertOptions(column_types=_string_types(fs, path))
                 )
-            return pajson.read_json(f)
+            return table.to_pylist(), table.column_names
+        rows, columns = [], {}
+        for line in _read_text(fs, path).splitlines():
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                if not isinstance(item, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                rows.append({"error": f"line {len(rows) + 1} is not a JSON object: {exc}"})
+                continue
+            rows.append(item)
+            columns.update(dict.fromkeys(item))
+        return rows, list(columns)
     except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
         raise CatalogError(f"cannot read manifest {original}: {exc}") from exc
+
+
+def _local_source(source: str) -> str:
+    """file:// URIs as plain absolute paths, so a clip's id does not depend on the spelling."""
+    return source[len("file://") :] if source.startswith("file://") else source
 
 
 def _string_types(fs: pafs.FileSystem, path: str) -> dict:
