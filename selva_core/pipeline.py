@@ -99,7 +99,7 @@ def default_window_chunk(device: str | torch.device) -> int | None:
     return 1 if torch.device(device).type == "cpu" else None
 
 
-def _fit(x: torch.Tensor, length: int, dim: int = 0) -> torch.Tensor:
+def fit_length(x: torch.Tensor, length: int, dim: int = 0) -> torch.Tensor:
     """Trim or zero-pad `x` along `dim` to `length`."""
     n = x.shape[dim]
     if n >= length:
@@ -139,6 +139,13 @@ def load_components(config: PipelineConfig, store: WeightStore | None = None) ->
         else None,
         vocoder=build.load_vocoder(spec, store, **kw) if gen else None,
         mel=build.mel_converter(spec, config.device),
+    )
+
+
+def decode_config_for(spec: ModelSpec, frame_rule: str = "official") -> DecodeConfig:
+    """How a variant's videos are decoded (family resize; CLIP frames only where used)."""
+    return DecodeConfig(
+        family=spec.family, frame_rule=frame_rule, keep_clip_frames=spec.uses_clip_frames
     )
 
 
@@ -188,11 +195,7 @@ class Pipeline:
             start=start,
             max_duration=max_duration,
             audio_rate=self.sampling_rate if with_audio else None,
-            config=DecodeConfig(
-                family=self.spec.family,
-                frame_rule=self.config.frame_rule,
-                keep_clip_frames=self.spec.uses_clip_frames,
-            ),
+            config=decode_config_for(self.spec, self.config.frame_rule),
         )
 
     @torch.no_grad()
@@ -258,7 +261,9 @@ class Pipeline:
             if self.spec.uses_clip_frames:
                 pixels = normalize_clip_frames(clip.clip_frames[: seq.clip_seq_len])
                 with timed("clip_frames"):
-                    clip_f = _fit(self.clip.encode_frames(pixels).float().cpu(), seq.clip_seq_len)
+                    clip_f = fit_length(
+                        self.clip.encode_frames(pixels).float().cpu(), seq.clip_seq_len
+                    )
             latent = None
             if with_audio_latents and clip.audio is not None:
                 with timed("vae_encode"):
@@ -268,7 +273,7 @@ class Pipeline:
                     variant=self.spec.name,
                     prompt=prompts[i],
                     duration=clip.duration,
-                    sync_f=_fit(sync_f[0].float().cpu(), seq.sync_seq_len),
+                    sync_f=fit_length(sync_f[0].float().cpu(), seq.sync_seq_len),
                     text_f=text_f[i],
                     clip_f=clip_f,
                     source=clip.path,
@@ -303,11 +308,11 @@ class Pipeline:
         if waveform.dim() != 1:
             raise ValueError(f"expected a mono waveform (N,), got shape {tuple(waveform.shape)}")
         seq = seq or self.sequence(waveform.shape[0] / self.sampling_rate)
-        wav = _fit(waveform.float(), seq.num_audio_frames).to(self.config.device)
+        wav = fit_length(waveform.float(), seq.num_audio_frames).to(self.config.device)
         mel = self.mel(wav.unsqueeze(0))
         post = self.vae.encode(mel.to(self.config.dtype))
-        mean = _fit(latent_to_sequence(post.mean.float())[0], seq.latent_seq_len).cpu()
-        logvar = _fit(latent_to_sequence(post.logvar.float())[0], seq.latent_seq_len).cpu()
+        mean = fit_length(latent_to_sequence(post.mean.float())[0], seq.latent_seq_len).cpu()
+        logvar = fit_length(latent_to_sequence(post.logvar.float())[0], seq.latent_seq_len).cpu()
         return DiagonalGaussian(torch.cat([mean, logvar], dim=1))
 
     # ---- generation -----------------------------------------------------------------------
@@ -372,9 +377,9 @@ class Pipeline:
         gen.set_sequence(seq)
         device = self.config.device
         text_f = torch.stack([f.text_f for f in feats]).to(device)
-        sync_f = torch.stack([_fit(f.sync_f, seq.sync_seq_len) for f in feats]).to(device)
+        sync_f = torch.stack([fit_length(f.sync_f, seq.sync_seq_len) for f in feats]).to(device)
         if self.spec.uses_clip_frames:
-            clip_f = torch.stack([_fit(f.clip_f, seq.clip_seq_len) for f in feats]).to(device)
+            clip_f = torch.stack([fit_length(f.clip_f, seq.clip_seq_len) for f in feats]).to(device)
         else:
             clip_f = gen.empty_clip_feat.unsqueeze(0).expand(len(feats), seq.clip_seq_len, -1)
         negative_text_f = self._negative_text(negs, gen)

@@ -219,7 +219,7 @@ def _run_pipeline(
     ds = ds.map_batches(
         decode_batch,
         fn_kwargs={
-            "family": spec.family,
+            "variant": spec.name,
             "max_duration": config.max_duration,
             "frame_rule": config.frame_rule,
             "audio_rate": spec.sampling_rate if config.with_audio_latents else None,
@@ -259,12 +259,17 @@ def _run_pipeline(
     ok, failed = 0, Counter()
     committed = set()
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for shard, status in zip(
-            batch["shard"].to_pylist(), batch["status"].to_pylist(), strict=True
+        for shard, status, stage in zip(
+            batch["shard"].to_pylist(),
+            batch["status"].to_pylist(),
+            batch["stage"].to_pylist(),
+            strict=True,
         ):
             seen[shard] += 1
             if status == "ok":
                 ok += 1
+            else:
+                failed[stage] += 1
             if seen[shard] == expected[shard] and shard not in committed:
                 commit = out.commit(shard)
                 committed.add(shard)
@@ -278,18 +283,4 @@ def _run_pipeline(
         )
         out.commit(shard)
     out.recover()  # nothing should be left; also removes the empty staging folder
-    failed.update(_failed_by_stage(out, run))
     return ok, failed
-
-
-def _failed_by_stage(out: OutputDir, run: str) -> Counter:
-    """Failures of this run, by stage, read back from its committed error files."""
-    import pyarrow.parquet as pq
-
-    counts: Counter = Counter()
-    for path in out.part_files(errors=True):
-        name = path.rsplit("/", 1)[-1]
-        if name.startswith(f"part-{run}-") and "-catalog-" not in name:
-            stages = pq.read_table(path, columns=["stage"], filesystem=out.fs)["stage"]
-            counts.update(stages.to_pylist())
-    return counts

@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from selva_core.pipeline import fit_length
+
 from .catalog import resolve
 from .feature_schema import ERROR_SCHEMA, FeatureLayout, tensor_array, to_storage
 from .output_dir import OutputDir
@@ -74,17 +76,17 @@ def local_copy(source: str):
 def decode_batch(
     batch: dict[str, np.ndarray],
     *,
-    family: str,
+    variant: str,
     max_duration: float,
     frame_rule: str,
     audio_rate: int | None,
 ) -> dict[str, list]:
     """Catalog rows -> uint8 frames (and mono audio) at the model's rates."""
-    from selva_core.video.decode import DecodeConfig, decode_clip
+    from selva_core.pipeline import decode_config_for
+    from selva_core.variants import get_spec
+    from selva_core.video.decode import decode_clip
 
-    config = DecodeConfig(
-        family=family, frame_rule=frame_rule, keep_clip_frames=family == "mmaudio"
-    )
+    config = decode_config_for(get_spec(variant), frame_rule)
     out: dict[str, list] = defaultdict(list)
     for row in _rows(batch):
         result = {"status": "ok", "stage": "", "error_type": "", "message": ""}
@@ -215,7 +217,7 @@ class FeatureEncoder:
             tensors = _tensors(f, lay) if f is not None else {}
             for name, shape in shapes.items():
                 t = tensors.get(name, torch.zeros(shape))
-                out[name].append(to_storage(_pad(t, shape[0]), dtype))
+                out[name].append(to_storage(fit_length(t, shape[0]), dtype))
             out["sync_len"].append(tensors["sync_f"].shape[0] if f is not None else 0)
             if lay.clip_len:
                 out["clip_len"].append(tensors["clip_f"].shape[0] if f is not None else 0)
@@ -239,19 +241,13 @@ def _tensors(f, layout: FeatureLayout) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _pad(t: torch.Tensor, length: int) -> torch.Tensor:
-    if t.shape[0] >= length:
-        return t[:length]
-    return torch.cat([t, t.new_zeros(length - t.shape[0], *t.shape[1:])])
-
-
 # ---- stage 3: write -------------------------------------------------------------------------
 
 
 def write_batch(
     batch: dict[str, np.ndarray], *, output: str, layout: FeatureLayout
 ) -> dict[str, list]:
-    """Stage each shard's rows of this batch as Parquet fragments; report (shard, id, status)."""
+    """Stage each shard's rows as Parquet fragments; report (shard, id, status, stage)."""
     out_dir = OutputDir(output)
     settings = layout.settings_hash
     rows = list(_rows(batch))
@@ -269,6 +265,7 @@ def write_batch(
         "shard": [r["shard"] for r in rows],
         "id": [r["id"] for r in rows],
         "status": [r["status"] for r in rows],
+        "stage": [r["stage"] for r in rows],
     }
 
 
