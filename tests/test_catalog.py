@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from selva_ray.catalog import CatalogError, clip_id, parse_prompts_file, read_catalog
+from selva_ray.io.catalog import CatalogError, clip_id, parse_prompts_file, read_catalog
 
 
 def touch(path):

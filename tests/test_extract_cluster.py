@@ -8,8 +8,8 @@ import ray
 from ray.cluster_utils import Cluster
 from video_factory import write_video
 
-from selva_ray.extract_job import ExtractConfig, run_extract
-from selva_ray.feature_schema import read_features
+from selva_ray.extract import ExtractConfig, run_extract
+from selva_ray.io.feature_schema import read_features
 
 STORE = 200 * 1024 * 1024
 

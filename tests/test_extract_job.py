@@ -11,9 +11,9 @@ import ray
 from video_factory import AudioSpec, write_text_file, write_video
 
 from selva_core.pipeline import Pipeline, PipelineConfig
-from selva_ray.extract_job import ExtractConfig, run_extract
-from selva_ray.feature_schema import read_features, read_tensor
-from selva_ray.output_dir import OutputDir, SettingsMismatchError
+from selva_ray.extract import ExtractConfig, run_extract
+from selva_ray.io.feature_schema import read_features, read_tensor
+from selva_ray.io.output_dir import OutputDir, SettingsMismatchError
 
 GOOD = {
     # name: (duration s, fps, size, audio, container codec)
@@ -100,7 +100,7 @@ def test_rows_are_the_good_clips_and_errors_the_corrupt_ones(first_run, catalog)
     assert summary.exit_code(fail_on_error=False) == 0
     assert summary.exit_code(fail_on_error=True) == 1
     # everything failed: non-zero even without --fail-on-error
-    from selva_ray.extract_job import ExtractSummary
+    from selva_ray.extract import ExtractSummary
 
     assert ExtractSummary("x", ok=0, failed=3).exit_code(fail_on_error=False) == 1
     table = read_features(str(output))
@@ -214,7 +214,7 @@ def test_other_settings_are_refused(first_run, catalog):
 def test_interrupted_run_loses_only_unwritten_blocks(cluster, catalog, tmp_path):
     """Fragments fully staged by a run that died are committed on the next start; partial
     writes are dropped and those clips are done again."""
-    from selva_ray.extract_stages import error_table
+    from selva_ray.io.rows import error_table
 
     output = tmp_path / "out"
     manifest = tmp_path / "two.csv"

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from selva_core.variants import get_spec
 
     from ..demo import write_demo_catalog
-    from ..extract_job import ExtractConfig, run_extract
+    from ..extract import ExtractConfig, run_extract
 
     if not get_spec(args.variant).is_tiny:
         print("the demo runs tiny variants only; use `selva-ray extract` for real weights")

@@ -60,9 +60,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from selva_core.variants import UnknownVariantError
 
-    from ..catalog import CatalogError
-    from ..extract_job import ExtractConfig, run_extract
-    from ..output_dir import SettingsMismatchError
+    from ..extract import ExtractConfig, run_extract
+    from ..io.catalog import CatalogError
+    from ..io.output_dir import SettingsMismatchError
 
     config = ExtractConfig(
         input=args.input,

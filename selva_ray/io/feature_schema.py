@@ -51,18 +51,6 @@ SCALARS = [
     ("settings_hash", pa.string()),
 ]
 
-ERROR_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("row", pa.int64()),
-        ("stage", pa.string()),  # catalog | decode | encode
-        ("error_type", pa.string()),
-        ("message", pa.string()),
-        ("settings_hash", pa.string()),
-    ]
-)
-
 
 @dataclass(frozen=True)
 class FeatureLayout:

@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 
 from selva_core.variants import get_spec
 
-from .catalog import CatalogProblem, ClipRecord, read_catalog
-from .extract_stages import FeatureEncoder, decode_batch, error_table, write_batch
-from .feature_schema import FeatureLayout
-from .output_dir import OutputDir
+from ..io.catalog import CatalogProblem, ClipRecord, read_catalog
+from ..io.feature_schema import FeatureLayout
+from ..io.output_dir import OutputDir
+from ..io.rows import error_table
+from .stages import FeatureEncoder, decode_batch, write_batch
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -163,7 +164,7 @@ def _shards(todo: list[ClipRecord], size: int, run: str, max_duration: float) ->
 
 
 def _actor_plan(config: ExtractConfig, spec_is_tiny: bool) -> dict:
-    from .runtime import cluster_gpus
+    from ..runtime import cluster_gpus
 
     gpus = cluster_gpus() if config.device in ("auto", "cuda") else 0.0
     use_gpu = gpus > 0
@@ -200,7 +201,7 @@ def _run_pipeline(
 ) -> tuple[int, Counter]:
     import ray
 
-    from .runtime import init_ray
+    from ..runtime import init_ray
 
     init_ray(config.ray_address, progress=config.progress)
     spec = get_spec(config.variant)

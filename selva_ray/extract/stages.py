@@ -7,13 +7,8 @@ error type, message), so one bad video never costs its neighbours in the block.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
-import traceback
 from collections import defaultdict
-from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -21,53 +16,15 @@ import torch
 
 from selva_core.pipeline import fit_length
 
-from .catalog import resolve
-from .feature_schema import ERROR_SCHEMA, FeatureLayout, tensor_array, to_storage
-from .output_dir import OutputDir
+from ..io.feature_schema import FeatureLayout, tensor_array, to_storage
+from ..io.output_dir import OutputDir
+from ..io.rows import OK_RESULT, batch_rows, error_result, error_table, local_copy, plain
 
 log = logging.getLogger(__name__)
 
 CLIP_COLUMNS = ("id", "shard", "row", "source", "prompt", "negative_prompt", "seed", "start")
 EMPTY_FRAMES = np.zeros((0, 3, 1, 1), dtype=np.uint8)
 EMPTY_AUDIO = np.zeros((0,), dtype=np.float32)
-
-
-def _rows(batch: dict[str, np.ndarray]) -> Iterator[dict]:
-    n = len(batch["id"])
-    for i in range(n):
-        yield {k: _plain(v[i]) for k, v in batch.items()}
-
-
-def _plain(value):
-    """numpy scalars to Python values; a missing optional field (NaN after numpy) to None."""
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
-def _error(row: dict, stage: str, exc: BaseException) -> dict:
-    message = str(exc) or type(exc).__name__
-    log.warning("clip %s (%s) failed at %s: %s", row.get("id"), row.get("source"), stage, message)
-    log.debug("%s", "".join(traceback.format_exception(exc)))
-    return {"status": "error", "stage": stage, "error_type": type(exc).__name__, "message": message}
-
-
-@contextlib.contextmanager
-def local_copy(source: str):
-    """A local path for a source: itself, or a temporary download of a remote object."""
-    fs, path = resolve(source)
-    if fs.type_name == "local":
-        yield path
-        return
-    suffix = os.path.splitext(path)[1]
-    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
-        with fs.open_input_stream(path) as src:
-            while chunk := src.read(8 << 20):
-                tmp.write(chunk)
-        tmp.flush()
-        yield tmp.name
 
 
 # ---- stage 1: decode ------------------------------------------------------------------------
@@ -88,8 +45,8 @@ def decode_batch(
 
     config = decode_config_for(get_spec(variant), frame_rule)
     out: dict[str, list] = defaultdict(list)
-    for row in _rows(batch):
-        result = {"status": "ok", "stage": "", "error_type": "", "message": ""}
+    for row in batch_rows(batch):
+        result = dict(OK_RESULT)
         frames = clip_frames = EMPTY_FRAMES
         audio, duration, fps, has_audio, padded = EMPTY_AUDIO, 0.0, 0.0, False, False
         try:
@@ -107,7 +64,7 @@ def decode_batch(
             duration, fps = clip.duration, clip.source_fps
             has_audio, padded = clip.has_audio, clip.padded
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
-            result = _error(row, "decode", exc)
+            result = error_result(row, "decode", exc)
         for key in CLIP_COLUMNS:
             out[key].append(row.get(key))
         for key, value in result.items():
@@ -141,7 +98,7 @@ class FeatureEncoder:
         from selva_core.pipeline import Pipeline, PipelineConfig
         from selva_core.weights import WeightStore
 
-        from .runtime import resolve_device, resolve_dtype
+        from ..runtime import resolve_device, resolve_dtype
 
         self.layout = layout
         device = resolve_device(device)
@@ -164,7 +121,7 @@ class FeatureEncoder:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         from selva_core.pipeline import ClipInput
 
-        rows = list(_rows(batch))
+        rows = list(batch_rows(batch))
         inputs = {}
         for i, row in enumerate(rows):
             if row["status"] == "ok":
@@ -200,7 +157,7 @@ class FeatureEncoder:
                     [inputs[i]], [rows[i]["prompt"]], audio
                 )[0]
             except Exception as exc:  # noqa: BLE001
-                rows[i].update(_error(rows[i], "encode", exc))
+                rows[i].update(error_result(rows[i], "encode", exc))
         return result
 
     def _output(self, rows: list[dict], features: dict[int, object]) -> dict[str, list]:
@@ -250,7 +207,7 @@ def write_batch(
     """Stage each shard's rows as Parquet fragments; report (shard, id, status, stage)."""
     out_dir = OutputDir(output)
     settings = layout.settings_hash
-    rows = list(_rows(batch))
+    rows = list(batch_rows(batch))
     by_shard: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_shard[row["shard"]].append(i)
@@ -281,23 +238,5 @@ def feature_table(batch: dict[str, np.ndarray], idx: list[int], layout: FeatureL
         elif f.name in ("family", "variant"):
             values[f.name] = pa.array([getattr(layout, f.name)] * len(idx), f.type)
         else:
-            values[f.name] = pa.array([_plain(batch[f.name][i]) for i in idx], f.type)
+            values[f.name] = pa.array([plain(batch[f.name][i]) for i in idx], f.type)
     return pa.table(values, schema=schema)
-
-
-def error_table(rows: list[dict], settings_hash: str) -> pa.Table:
-    return pa.Table.from_pylist(
-        [
-            {
-                "id": r["id"],
-                "source": r["source"],
-                "row": r.get("row"),
-                "stage": r["stage"],
-                "error_type": r["error_type"],
-                "message": r["message"],
-                "settings_hash": settings_hash,
-            }
-            for r in rows
-        ],
-        schema=ERROR_SCHEMA,
-    )

@@ -1,0 +1,94 @@
+"""The row shapes every job shares: plain rows out of Ray Data batches, the per-clip error
+result a stage attaches when a clip fails, and the error table every job writes to `errors/`.
+
+One shape for all jobs, so a reader of any output folder finds failures in the same columns:
+`id, source, row, stage, error_type, message, settings_hash`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import traceback
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from .catalog import resolve
+
+log = logging.getLogger(__name__)
+
+ERROR_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("stage", pa.string()),  # catalog | decode | encode | generate | write | ...
+        ("error_type", pa.string()),
+        ("message", pa.string()),
+        ("settings_hash", pa.string()),
+    ]
+)
+OK_RESULT = {"status": "ok", "stage": "", "error_type": "", "message": ""}
+
+
+def batch_rows(batch: dict[str, np.ndarray]) -> Iterator[dict]:
+    """The rows of a Ray Data batch (dict of columns) as plain Python dicts."""
+    n = len(batch["id"])
+    for i in range(n):
+        yield {k: plain(v[i]) for k, v in batch.items()}
+
+
+def plain(value):
+    """numpy scalars to Python values; a missing optional field (NaN after numpy) to None."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def error_result(row: dict, stage: str, exc: BaseException) -> dict:
+    """The status fields of a clip that failed at `stage` (logged once, traceback at debug)."""
+    message = str(exc) or type(exc).__name__
+    log.warning("clip %s (%s) failed at %s: %s", row.get("id"), row.get("source"), stage, message)
+    log.debug("%s", "".join(traceback.format_exception(exc)))
+    return {"status": "error", "stage": stage, "error_type": type(exc).__name__, "message": message}
+
+
+def error_table(rows: list[dict], settings_hash: str) -> pa.Table:
+    """Error rows in the shared `errors/` schema."""
+    return pa.Table.from_pylist(
+        [
+            {
+                "id": r["id"],
+                "source": r["source"],
+                "row": r.get("row"),
+                "stage": r["stage"],
+                "error_type": r["error_type"],
+                "message": r["message"],
+                "settings_hash": settings_hash,
+            }
+            for r in rows
+        ],
+        schema=ERROR_SCHEMA,
+    )
+
+
+@contextlib.contextmanager
+def local_copy(source: str):
+    """A local path for a source: itself, or a temporary download of a remote object."""
+    fs, path = resolve(source)
+    if fs.type_name == "local":
+        yield path
+        return
+    suffix = os.path.splitext(path)[1]
+    with tempfile.NamedTemporaryFile(suffix=suffix) as tmp:
+        with fs.open_input_stream(path) as src:
+            while chunk := src.read(8 << 20):
+                tmp.write(chunk)
+        tmp.flush()
+        yield tmp.name
