@@ -22,7 +22,17 @@ import pyarrow.fs as pafs
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
 PROMPTS_FILE = "prompts.txt"
-MANIFEST_COLUMNS = ("video", "prompt", "id", "negative_prompt", "start", "duration", "seed")
+MANIFEST_COLUMNS = (
+    "video",
+    "prompt",
+    "id",
+    "negative_prompt",
+    "start",
+    "duration",
+    "seed",
+    "cfg",
+    "steps",
+)
 
 
 class CatalogError(ValueError):
@@ -38,6 +48,8 @@ class ClipRecord:
     start: float = 0.0
     duration: float | None = None  # None: the job's max duration
     seed: int | None = None
+    cfg: float | None = None  # generation only; None: the job's --cfg
+    steps: int | None = None  # generation only; None: the job's --steps
     row: int = -1  # manifest row (0-based) or listing index, for error messages
 
     def to_row(self) -> dict:
@@ -203,6 +215,8 @@ def _read_manifest(
             start = _number(item.get("start"), 0.0, "start")
             duration = _number(item.get("duration"), None, "duration")
             seed = None if item.get("seed") in (None, "") else int(item["seed"])
+            cfg = _number(item.get("cfg"), None, "cfg")
+            steps = None if item.get("steps") in (None, "") else int(item["steps"])
         except (TypeError, ValueError) as exc:
             problems.append(CatalogProblem(_row_id(item, row), source, row, str(exc)))
             continue
@@ -216,6 +230,8 @@ def _read_manifest(
                 start=start,
                 duration=duration,
                 seed=seed,
+                cfg=cfg,
+                steps=steps,
                 row=row,
             )
         )
