@@ -34,8 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for name in ("selva_core", "selva_ray"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from selva_core.compat import TorchaudioLoadError
+
     try:
         return int(args.run(args) or 0)
+    except TorchaudioLoadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

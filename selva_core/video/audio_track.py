@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import av
 import numpy as np
 import torch
-import torchaudio.functional as AF
 
+from selva_core.compat import torchaudio_functional
 from selva_core.video.errors import AudioDecodeError
 
 # torchaudio's "kaiser_best" parameters, as used by the official training data loader.
@@ -125,7 +125,8 @@ def decode_audio_window(
 
     wav = torch.from_numpy(buf)
     if resampling:
-        wav = AF.resample(wav, src_rate, sample_rate, **RESAMPLE_KWARGS)[pre_out:]
+        resample = torchaudio_functional().resample
+        wav = resample(wav, src_rate, sample_rate, **RESAMPLE_KWARGS)[pre_out:]
         valid = int(real_after_start * sample_rate // src_rate)
     else:
         valid = real_after_start
