@@ -8,6 +8,16 @@ import sys
 from collections.abc import Sequence
 
 from .commands import COMMANDS
+from .config_file import (
+    ConfigFileError,
+    add_config_args,
+    apply_config,
+    dump_settings,
+    effective_settings,
+)
+
+# Jobs whose settings can come from --config FILE (same keys as their flags).
+CONFIGURABLE = ("extract", "generate", "train", "qa")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,11 +32,39 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
         command.add_parser(sub)
+    for name in CONFIGURABLE:
+        if name in sub.choices:
+            add_config_args(sub.choices[name])
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return action.choices[name]
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; a job's --config file supplies defaults that flags override."""
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in CONFIGURABLE and "--config" in " ".join(argv):
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config")
+        known, _ = pre.parse_known_args(argv)
+        if known.config:
+            try:
+                apply_config(_subparser(parser, command), known.config)
+            except ConfigFileError as exc:
+                parser.exit(2, f"error: {exc}\n")
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
+    if getattr(args, "print_config", False):
+        print(dump_settings(effective_settings(args)), end="")
+        return 0
     # Our own progress at INFO; third-party chatter (open_clip logs to the root) only if -v.
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

@@ -129,7 +129,9 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
         for stage, n in failed.items():
             summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
     summary.wall_s = time.perf_counter() - t0
-    out.record_run({"run": run, "finished_at": time.time(), **asdict(summary)})
+    out.record_run(
+        {"run": run, "finished_at": time.time(), "settings": asdict(config), **asdict(summary)}
+    )
     return summary
 
 

@@ -1,0 +1,103 @@
+"""Job settings from a file: `selva-ray <job> --config FILE.yaml|.toml|.json`.
+
+The file holds the same keys as the job's flags (`max-duration` or `max_duration`); flags given
+on the command line override it. `--print-config` prints the effective settings in the same
+form, so a run can be written down once and fed back (`selva-ray extract --print-config ... >
+run.yaml; selva-ray extract --config run.yaml`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tomllib
+from pathlib import Path
+
+import yaml
+
+# argparse bookkeeping that is not a setting
+NOT_SETTINGS = {"help", "run", "command", "config", "print_config", "verbose"}
+
+
+class ConfigFileError(ValueError):
+    """The config file cannot be read, or names a key the job does not have."""
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from a YAML/TOML/JSON file with the same keys as the flags; "
+        "flags given here override it",
+    )
+    p.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings as YAML (usable as --config) and exit",
+    )
+
+
+def read_config(path: str) -> dict:
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigFileError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        if file.suffix == ".toml":
+            data = tomllib.loads(text)
+        elif file.suffix == ".json":
+            data = json.loads(text)
+        else:
+            data = yaml.safe_load(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigFileError(f"config file {path} is not valid: {first}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"config file {path} must hold a mapping of flag names to values")
+    return data
+
+
+def settings_actions(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in p._actions if a.dest not in NOT_SETTINGS}
+
+
+def apply_config(p: argparse.ArgumentParser, path: str) -> None:
+    """Make the file's values the parser's defaults (so flags still win), and stop requiring
+    flags the file provides."""
+    actions = settings_actions(p)
+    defaults = {}
+    for key, value in read_config(path).items():
+        dest = str(key).lstrip("-").replace("-", "_")
+        action = actions.get(dest)
+        if action is None:
+            known = ", ".join(sorted(a.replace("_", "-") for a in actions))
+            raise ConfigFileError(f"config file {path}: unknown key {key!r} (known: {known})")
+        if value is not None and action.choices is not None and value not in action.choices:
+            raise ConfigFileError(
+                f"config file {path}: {key} must be one of {sorted(action.choices)}, got {value!r}"
+            )
+        if action.type is not None and isinstance(value, str):
+            try:
+                value = action.type(value)
+            except (TypeError, ValueError) as exc:
+                raise ConfigFileError(f"config file {path}: {key}: {exc}") from exc
+        defaults[dest] = value
+        action.required = False
+    p.set_defaults(**defaults)
+
+
+def effective_settings(args: argparse.Namespace) -> dict:
+    """The settings of a parsed command line, keyed as flags, ready to be a config file."""
+    return {
+        k.replace("_", "-"): v
+        for k, v in sorted(vars(args).items())
+        if k not in NOT_SETTINGS and not callable(v)
+    }
+
+
+def dump_settings(settings: dict) -> str:
+    plain = {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.items()}
+    return yaml.safe_dump(plain, sort_keys=True)
