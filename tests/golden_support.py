@@ -15,6 +15,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from selva_core.model.motionformer import MotionFormerConfig
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -144,3 +146,39 @@ def zeros_from_table(table: dict) -> dict[str, torch.Tensor]:
         k: torch.zeros(v["shape"], dtype=dtypes.get(v["dtype"], torch.float32))
         for k, v in table["keys"].items()
     }
+
+
+# Config field of each MotionFormer size in the section-9 fixture, and in the section-10 one
+# (whose video tower fields carry a `vis_` prefix and whose width is the shared `dim`).
+_MOTIONFORMER_FIELDS = {
+    "video": {
+        "embed_dim": "embed_dim",
+        "num_heads": "num_heads",
+        "depth": "depth",
+        "mlp_ratio": "mlp_ratio",
+        "img_size": "img_size",
+        "patch_size": "patch_size",
+        "patch_size_temp": "patch_size_temp",
+        "num_frames": "segment_size",
+        "window_stride": "step_size",
+        "eps": "layer_norm_eps",
+    },
+}
+_MOTIONFORMER_FIELDS["desync"] = {
+    k: "dim" if k == "embed_dim" else "vis_heads" if k == "num_heads" else f"vis_{v}"
+    for k, v in _MOTIONFORMER_FIELDS["video"].items()
+}
+
+
+def motionformer_config(cfg: dict, kind: str = "video") -> MotionFormerConfig:
+    """The MotionFormer sizes in a Synchformer fixture's config (`kind`: "video" or "desync")."""
+    fields = _MOTIONFORMER_FIELDS[kind]
+    mf = MotionFormerConfig(**{ours: cfg[theirs] for ours, theirs in fields.items()})
+    slots = cfg["temporal_resolution" if kind == "video" else "vis_temporal_resolution"]
+    assert mf.temporal_resolution == slots, f"config: {slots} slots, ours {mf.temporal_resolution}"
+    return mf
+
+
+def video_frames(fx: Fixture) -> torch.Tensor:
+    """The uint8 video (B, T, 3, H, W) of a fixture stored as a frame bank plus indices."""
+    return fx.inputs["frame_bank_u8"][fx.inputs["frame_index"]]
