@@ -1,11 +1,18 @@
 """The generator and Euler/CFG sampler reproduce the official code's outputs (golden fixtures),
-and every real-size variant has exactly the published state-dict keys and shapes."""
+and every real-size variant has exactly the published state-dict keys and shapes.
+
+Two fixture families: v1 (`generator_*`, README section 1) and v2 (`generator_v2_*`, section 8,
+MMAudio's large_44k_v2 layout). Each test runs only on its own family; both build the model from
+the fixture's `config` metadata, so another fixture set of other sizes and seeds works unchanged.
+"""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from golden_support import (
+    Fixture,
     assert_golden_close,
     assert_state_matches_table,
     find_fixtures,
@@ -22,42 +29,37 @@ from selva_core.seqconfig import SequenceConfig, config_for_mode
 from selva_core.variants import get_spec
 from selva_core.weights import WeightsError
 
-GENERATOR_FIXTURES = find_fixtures("generator_")
+V2_FIXTURES = find_fixtures("generator_v2_")
+V1_FIXTURES = [p for p in find_fixtures("generator_") if p not in V2_FIXTURES]
 
 
-@pytest.fixture(scope="module", params=GENERATOR_FIXTURES, ids=fixture_ids(GENERATOR_FIXTURES))
-def golden_generator(request):
-    fx = load_fixture(request.param)
+def build_golden_generator(path: Path, *, v2: bool) -> tuple[Generator, Fixture]:
+    """The generator the fixture's config describes, with its `state.*` loaded strictly."""
+    fx = load_fixture(path)
     cfg = fx.config
+    assert bool(cfg["v2"]) is v2, f"{path.name}: config says v2={cfg['v2']}, file name says {v2}"
     model = Generator(GeneratorConfig.from_dict(cfg)).eval()
     model.update_seq_lengths(cfg["latent_seq_len"], cfg["clip_seq_len"], cfg["sync_seq_len"])
     model.load_weights(fx.state)
     return model, fx
 
 
-@torch.no_grad()
-def test_golden_generator_derived_tables(golden_generator):
-    model, fx = golden_generator
+def check_rope_tables(model: Generator, fx: Fixture) -> None:
     buf = fx.group("buf")
     assert_golden_close(model.latent_rot, buf["latent_rot"], "latent_rot")
     assert_golden_close(model.clip_rot, buf["clip_rot"], "clip_rot")
-    assert_golden_close(model.t_embed.freqs, buf["t_embed.freqs"], "t_embed.freqs")
 
 
-@torch.no_grad()
-def test_golden_generator_forward_and_conditions(golden_generator):
-    model, fx = golden_generator
+def check_forward_and_conditions(model: Generator, fx: Fixture) -> None:
     i, o = fx.inputs, fx.outputs
     flow = model(i["latent"], i["clip_f"], i["sync_f"], i["text_f"], i["t"])
-    assert_golden_close(flow, o["flow"], "flow")
+    assert_golden_close(flow, o["flow"], f"{fx.path.stem}:flow")
     cond = model.preprocess_conditions(i["clip_f"], i["sync_f"], i["text_f"])
     for name in ("clip_f", "sync_f", "text_f", "clip_f_c", "text_f_c"):
-        assert_golden_close(getattr(cond, name), o[f"cond_{name}"], f"cond_{name}")
+        assert_golden_close(getattr(cond, name), o[f"cond_{name}"], f"{fx.path.stem}:cond_{name}")
 
 
-@torch.no_grad()
-def test_golden_generator_unconditional_negative_text(golden_generator):
-    model, fx = golden_generator
+def check_unconditional_negative_text(model: Generator, fx: Fixture) -> None:
     i = fx.inputs
     batch = i["latent"].shape[0]
     uncond = model.empty_conditions(batch, negative_text_f=i["neg_text_f"])
@@ -65,10 +67,7 @@ def test_golden_generator_unconditional_negative_text(golden_generator):
     assert_golden_close(flow, fx.outputs["flow_uncond_negtext"], "flow_uncond_negtext")
 
 
-@pytest.mark.parametrize("batch_cfg", [False, True], ids=["two_pass_cfg", "batched_cfg"])
-@torch.no_grad()
-def test_golden_generator_euler_cfg_sampling(golden_generator, batch_cfg):
-    model, fx = golden_generator
+def check_euler_cfg_sampling(model: Generator, fx: Fixture, batch_cfg: bool) -> None:
     i, o, cfg = fx.inputs, fx.outputs, fx.config
     batch = i["x0"].shape[0]
     sampler = SamplerConfig(cfg["num_steps"], cfg["cfg_strength"], batch_cfg=batch_cfg)
@@ -76,11 +75,96 @@ def test_golden_generator_euler_cfg_sampling(golden_generator, batch_cfg):
 
     neg = model.empty_conditions(batch, negative_text_f=i["neg_text_f"])
     x = sample_latents(model, cond, neg, i["x0"], sampler)
-    assert_golden_close(x, o["sample_negtext"], "sample_negtext")
+    assert_golden_close(x, o["sample_negtext"], f"{fx.path.stem}:sample_negtext")
     assert_golden_close(model.unnormalize(x), o["sample_negtext_unnorm"], "unnormalized")
 
     x = sample_latents(model, cond, model.empty_conditions(batch), i["x0"], sampler)
-    assert_golden_close(x, o["sample_emptystr"], "sample_emptystr")
+    assert_golden_close(x, o["sample_emptystr"], f"{fx.path.stem}:sample_emptystr")
+
+
+# ---- v1 (README section 1) ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=V1_FIXTURES, ids=fixture_ids(V1_FIXTURES))
+def golden_generator(request):
+    return build_golden_generator(request.param, v2=False)
+
+
+@torch.no_grad()
+def test_golden_generator_derived_tables(golden_generator):
+    model, fx = golden_generator
+    check_rope_tables(model, fx)
+    assert_golden_close(model.t_embed.freqs, fx.group("buf")["t_embed.freqs"], "t_embed.freqs")
+
+
+@torch.no_grad()
+def test_golden_generator_forward_and_conditions(golden_generator):
+    check_forward_and_conditions(*golden_generator)
+
+
+@torch.no_grad()
+def test_golden_generator_unconditional_negative_text(golden_generator):
+    check_unconditional_negative_text(*golden_generator)
+
+
+@pytest.mark.parametrize("batch_cfg", [False, True], ids=["two_pass_cfg", "batched_cfg"])
+@torch.no_grad()
+def test_golden_generator_euler_cfg_sampling(golden_generator, batch_cfg):
+    check_euler_cfg_sampling(*golden_generator, batch_cfg)
+
+
+# ---- v2 (README section 8) ----------------------------------------------------------------------
+# With a frequency table equal bit for bit to the official one and t * f formed as one float32
+# multiply, the README's tighter figure holds for the flows and samples too, so every v2 output
+# gets the general check (rel_l2 <= 1e-5, peak <= 2e-5), not the section-8 fallback (2e-4 / 4e-4).
+
+
+@pytest.fixture(scope="module", params=V2_FIXTURES, ids=fixture_ids(V2_FIXTURES))
+def golden_generator_v2(request):
+    return build_golden_generator(request.param, v2=True)
+
+
+@torch.no_grad()
+def test_golden_generator_v2_timestep_table_is_bit_equal(golden_generator_v2):
+    """v2's table is hidden_dim wide with max period 1 (x1e4): arguments reach 1e4 rad, where
+    one float32 ulp of f_i already moves the flow by ~1e-4 (README section 8)."""
+    model, fx = golden_generator_v2
+    cfg = fx.config
+    ref = fx.group("buf")["t_embed.freqs"]
+    freqs = model.t_embed.freqs
+    width = cfg.get("t_embed_frequency_embedding_size", cfg["hidden_dim"])
+    assert model.t_embed.mlp[0].in_features == width == 2 * ref.numel()
+    assert freqs.dtype == torch.float32 and freqs.shape == ref.shape
+    differ = (freqs != ref).nonzero().flatten().tolist()
+    assert not differ, f"{len(differ)} table entries differ from the official bits: {differ[:8]}"
+    assert float(ref.max()) == pytest.approx(10000.0 / cfg.get("t_embed_max_period", 1))
+
+
+@torch.no_grad()
+def test_golden_generator_v2_layout(golden_generator_v2):
+    """SiLU after every input projection's first layer; clip/text MLPs at index 2."""
+    model, fx = golden_generator_v2
+    check_rope_tables(model, fx)
+    assert any(k.startswith("clip_input_proj.2.") for k in fx.state)
+    assert any(k.startswith("text_input_proj.2.") for k in fx.state)
+    for proj in ("audio_input_proj", "clip_input_proj", "sync_input_proj", "text_input_proj"):
+        assert isinstance(getattr(model, proj)[1], torch.nn.SiLU), proj
+
+
+@torch.no_grad()
+def test_golden_generator_v2_forward_and_conditions(golden_generator_v2):
+    check_forward_and_conditions(*golden_generator_v2)
+
+
+@torch.no_grad()
+def test_golden_generator_v2_unconditional_negative_text(golden_generator_v2):
+    check_unconditional_negative_text(*golden_generator_v2)
+
+
+@pytest.mark.parametrize("batch_cfg", [False, True], ids=["two_pass_cfg", "batched_cfg"])
+@torch.no_grad()
+def test_golden_generator_v2_euler_cfg_sampling(golden_generator_v2, batch_cfg):
+    check_euler_cfg_sampling(*golden_generator_v2, batch_cfg)
 
 
 def test_golden_sequence_lengths_match_official_table():

@@ -1,1 +1,2 @@
-"""Network definitions: generator, video encoders and their building blocks."""
+"""Network definitions: generator, video encoders, the full Synchformer of the DeSync metric,
+and their building blocks."""

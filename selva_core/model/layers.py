@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,7 +62,12 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 class TimestepEmbedder(nn.Module):
     """Sinusoidal embedding of t in [0, 1] ([cos, sin] order), then a 2-layer MLP.
 
-    v1 uses 256 frequencies with max period 10000; v2 uses `dim` frequencies with max period 1.
+    The table is f_i = (10000 / max_period) / 10000^(2i / F), i < F/2, F the frequency width.
+    v1: F = 256, max_period 10000, so f runs from 1 down to ~1e-4 rad per unit t.
+    v2: F = dim, max_period 1, so f is scaled by 1e4 and t * f reaches 1e4 rad. At that size one
+    float32 ulp of f_i moves the flow by ~1e-4, so the table is formed with the official float32
+    steps (arange / F, pow, reciprocal, scale), always on the CPU so every device gets the same
+    bits, and t * f_i is one float32 multiply.
     """
 
     def __init__(self, dim: int, frequency_embedding_size: int = 256, max_period: float = 10000):
@@ -80,9 +83,10 @@ class TimestepEmbedder(nn.Module):
         self.register_buffer("freqs", self._frequencies(), persistent=False)
 
     def _frequencies(self, device: torch.device | None = None) -> torch.Tensor:
-        half = self.frequency_embedding_size // 2
-        steps = torch.arange(half, dtype=torch.float32, device=device)
-        return torch.exp(-math.log(self.max_period) * steps / half)
+        width = self.frequency_embedding_size
+        exponents = torch.arange(0, width, 2, dtype=torch.float32, device="cpu") / width
+        table = (10000 / self.max_period) * (1.0 / (10000**exponents))
+        return table.to(device) if device is not None else table
 
     def reset_frequencies(self) -> None:
         """Recompute the table beside the weights (after loading into a meta-built module)."""

@@ -175,22 +175,22 @@ class SpatialPooling(nn.Module):
 
     The parameters are those of the official `nn.TransformerEncoderLayer` (`self_attn`,
     `linear1/2`, `norm1/2`) plus `cls_token`. Only the CLS output is used, so only the CLS row is
-    carried past the attention keys/values: the same numbers, a fraction of the work.
+    carried past the attention keys/values: the same numbers, a fraction of the work. The audio
+    tower of the full Synchformer pools each time patch's frequency tokens with the same layer.
     """
 
-    def __init__(self, cfg: MotionFormerConfig):
+    def __init__(self, dim: int, num_heads: int, hidden: int, eps: float):
         super().__init__()
-        dim = cfg.embed_dim
-        self.num_heads = cfg.num_heads
-        self.self_attn = nn.MultiheadAttention(dim, cfg.num_heads, bias=True, batch_first=True)
-        self.linear1 = nn.Linear(dim, cfg.mlp_hidden)
-        self.linear2 = nn.Linear(cfg.mlp_hidden, dim)
-        self.norm1 = nn.LayerNorm(dim, eps=cfg.eps)
-        self.norm2 = nn.LayerNorm(dim, eps=cfg.eps)
+        self.num_heads = num_heads
+        self.self_attn = nn.MultiheadAttention(dim, num_heads, bias=True, batch_first=True)
+        self.linear1 = nn.Linear(dim, hidden)
+        self.linear2 = nn.Linear(hidden, dim)
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, P, D) patch tokens of N slots -> (N, D)."""
+        """(N, P, D) tokens of N groups (slots, or time patches) -> (N, D)."""
         n, _, dim = x.shape
         h = self.num_heads
         cls = self.cls_token.expand(n, 1, dim)
@@ -224,7 +224,7 @@ class MotionFormer(nn.Module):
         self.temp_embed = nn.Parameter(torch.zeros(1, cfg.temporal_resolution, dim))
         self.blocks = nn.ModuleList(DividedSpaceTimeBlock(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(dim, eps=cfg.eps)
-        self.spatial_attn_agg = SpatialPooling(cfg)
+        self.spatial_attn_agg = SpatialPooling(dim, cfg.num_heads, cfg.mlp_hidden, cfg.eps)
         for p in (self.cls_token, self.pos_embed, self.spatial_attn_agg.cls_token):
             nn.init.trunc_normal_(p, std=0.02)
 
