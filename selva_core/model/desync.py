@@ -475,9 +475,9 @@ def _prepare_clip(
         raise ValueError(f"audio must be (N,) or (C, N), got shape {tuple(wav.shape)}")
     wav = wav.float()
     if sample_rate != cfg.mel.sample_rate:
-        import torchaudio.functional as AF
+        from selva_core.compat import torchaudio_functional
 
-        wav = AF.resample(wav, sample_rate, cfg.mel.sample_rate)
+        wav = torchaudio_functional().resample(wav, sample_rate, cfg.mel.sample_rate)
     if max_duration is not None:
         frames = frames[: int(cfg.fps * max_duration)]
         wav = wav[: int(cfg.mel.sample_rate * max_duration)]
