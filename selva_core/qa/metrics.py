@@ -111,21 +111,30 @@ def integrated_loudness(audio, sample_rate: int) -> float | None:
     return max(LOUDNESS_GATE, value - 20.0 * math.log10(scale))
 
 
-def true_peak(audio, sample_rate: int) -> float:
-    """Peak amplitude of the signal oversampled 4x with a windowed-sinc interpolator."""
+def true_peak(audio, sample_rate: int, chunk_s: float = 10.0) -> float:
+    """Peak amplitude of the signal oversampled 4x with a windowed-sinc interpolator, in
+    chunks (with filter margins) so that an hour-long track needs no 4x copy in memory."""
     import torchaudio.functional as AF
 
     x = _as_channels(audio).float()
-    if x.shape[-1] == 0:
+    n = x.shape[-1]
+    if n == 0:
         return 0.0
-    up = AF.resample(
-        x,
-        int(sample_rate),
-        int(sample_rate) * TRUE_PEAK_OVERSAMPLING,
-        lowpass_filter_width=16,
-        rolloff=0.99,
-    )
-    return max(float(up.abs().max()), float(x.abs().max()))
+    k = TRUE_PEAK_OVERSAMPLING
+    chunk, margin = max(1, int(chunk_s * sample_rate)), 64
+    peak = float(x.abs().max())
+    for i in range(0, n, chunk):
+        lo, hi = max(0, i - margin), min(n, i + chunk + margin)
+        up = AF.resample(
+            x[:, lo:hi],
+            int(sample_rate),
+            int(sample_rate) * k,
+            lowpass_filter_width=16,
+            rolloff=0.99,
+        )
+        inner = up[:, (i - lo) * k : (min(n, i + chunk) - lo) * k]
+        peak = max(peak, float(inner.abs().max()))
+    return peak
 
 
 def silence_ratio(audio, sample_rate: int, threshold_dbfs: float = SILENCE_DBFS) -> float:
