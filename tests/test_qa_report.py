@@ -334,6 +334,13 @@ def test_report_page_in_headless_chromium(report_run, tmp_path):
     status = re.search(r'id="img-status"[^>]*data-loaded="(\d+)" data-total="(\d+)"', dom)
     assert status, "the page's load script did not run"
     assert int(status.group(1)) == int(status.group(2)) == summary.images
+    # sorting by a column header (the page's #sort= link clicks it once, or twice for desc)
+    rows = read_results(str(run)).to_pylist()
+    for suffix, reverse in (("", False), (":desc", True)):
+        dom = chromium(["--dump-dom", f"{url}#sort=loudness_lufs{suffix}"], tmp_path / "p").stdout
+        order = re.findall(r'<tr class="clip" data-id="([^"]+)"', dom)
+        want = [r["id"] for r in sorted(rows, key=lambda r: r["loudness_lufs"], reverse=reverse)]
+        assert order == want
     shot = tmp_path / "report.png"
     chromium([f"--screenshot={shot}", "--window-size=1400,2400", url], tmp_path / "profile2")
     from matplotlib.image import imread

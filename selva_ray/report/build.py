@@ -73,6 +73,14 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
     });
   });
 });
+// index.html#sort=KEY or #sort=KEY:desc opens the clips table sorted by that column
+(function () {
+  const m = location.hash.match(/^#sort=([^:]+)(?::(asc|desc))?$/);
+  if (!m) { return; }
+  const key = decodeURIComponent(m[1]);
+  const th = document.querySelector("#clips th[data-key='" + key.replace(/'/g, "") + "']");
+  if (th) { th.click(); if (m[2] === "desc") { th.click(); } }
+})();
 window.addEventListener("load", function () {
   const imgs = Array.from(document.images);
   const ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
@@ -330,8 +338,11 @@ def _clips_table(
     if not rows:
         return "<h2>Clips</h2><p>No results rows.</p>", 0
     (work / "spec").mkdir(exist_ok=True)
-    head = ["#", "id", "flags", "spectrogram", "listen"]
-    head += [label for _, label, _ in TABLE_METRICS] + ["prompt", "video"]
+    head = [("#", "rank"), ("id", "id"), ("flags", "flags"), ("spectrogram", ""), ("listen", "")]
+    head += [(label, key) for key, label, _ in TABLE_METRICS] + [
+        ("prompt", "prompt"),
+        ("video", ""),
+    ]
     body = []
     images = 0
     for rank, r in enumerate(rows, 1):
@@ -375,9 +386,10 @@ def _clips_table(
     heading = "<h2>Clips, worst first</h2>"
     note = (
         f"<p class='muted'>{len(rows)} of {total} clips (the worst; `--max-clips` shows more). "
-        "Click a column header to sort.</p>"
+        "Click a column header to sort; <code>index.html#sort=loudness_lufs:desc</code> opens "
+        "the page sorted by a column.</p>"
     )
-    header = "".join(f"<th>{esc(h)}</th>" for h in head)
+    header = "".join(f"<th data-key='{esc(k)}'>{esc(h)}</th>" for h, k in head)
     table = (
         f"<table class='sortable' id='clips'><thead><tr>{header}</tr></thead>"
         f"<tbody>{''.join(body)}</tbody></table>"
