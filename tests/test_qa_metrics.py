@@ -104,6 +104,8 @@ def test_desync_slot_filled_only_with_a_scorer():
     assert m.desync_s == -0.6 and seen == {"shape": (16000,), "sr": 16000, "frames": (25, 3, 8, 8)}
     assert "desync" in qa_flags(m, QAThresholds())
     assert "desync" not in qa_flags(m, QAThresholds(max_abs_desync_s=0.7))
+    unscored = clip_metrics(x, 16000, desync=lambda a, sr, f: None, sync_frames=frames)
+    assert unscored.desync_s is None and "desync" not in qa_flags(unscored, QAThresholds())
     with pytest.raises(ValueError, match="sync_frames"):
         clip_metrics(x, 16000, desync=scorer)
 

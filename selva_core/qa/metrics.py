@@ -39,10 +39,12 @@ CLIP_LEVEL = 0.999
 TRUE_PEAK_OVERSAMPLING = 4
 FLATNESS_FFT = 1024
 
-# A DeSync scorer: mono audio (samples,), its sample rate, and the clip's 25 fps frames
-# (T, 3, H, W) uint8 -> predicted audio-visual offset in seconds (signed). The Synchformer
-# model in selva_core provides one; the QA code only calls it.
-DesyncFn = Callable[[torch.Tensor, int, torch.Tensor], float]
+# A DeSync scorer: mono audio (samples,), its sample rate, and the clip's 25 fps sync frames
+# (T, 3, 224, 224) uint8 -> predicted audio-visual offset in seconds, or None when the clip
+# cannot be scored (the full Synchformer needs >= 4.8 s). With the Synchformer DeSync model:
+#   lambda audio, sr, frames: desync_score(model, frames, audio, sample_rate=sr)
+# (its score is av-benchmark's mean |offset| of the first and last 4.8 s, so >= 0).
+DesyncFn = Callable[[torch.Tensor, int, torch.Tensor], float | None]
 
 # metric name -> (unit, one-line meaning); the order of report histograms and tables
 QA_METRICS: dict[str, tuple[str, str]] = {
@@ -191,7 +193,8 @@ def clip_metrics(
         if sync_frames is None:
             raise ValueError("a DeSync scorer needs the clip's sync_frames")
         mono = x.mean(0).float()
-        desync_s = float(desync(mono, int(sample_rate), sync_frames))
+        value = desync(mono, int(sample_rate), sync_frames)
+        desync_s = None if value is None else float(value)
     return ClipMetrics(
         loudness_lufs=integrated_loudness(x, sample_rate),
         peak_dbfs=_db(float(absx.max()) if n else 0.0),
