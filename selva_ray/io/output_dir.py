@@ -1,9 +1,10 @@
-"""The output folder of a feature job, and its ledger.
+"""The output folder of a batch job, and its ledger.
 
 Layout (local path or URI):
 
     DIR/_meta.json                           settings, schema, summaries of the runs
-    DIR/part-<shard>-<digest>.parquet        features, committed per shard
+    DIR/part-<shard>-<digest>.parquet        features (extract), committed per shard
+    DIR/results/part-<shard>-<digest>.parquet  per-clip results (generate, qa)
     DIR/errors/part-<shard>-<digest>.parquet bad items (id, source, row, stage, message)
     DIR/_ledger/<shard>.json                 success marker of a committed shard
     DIR/_staging/<shard>/*.frag              fragments of shards in flight (invisible)
@@ -24,6 +25,7 @@ import json
 import logging
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -38,11 +40,15 @@ META = "_meta.json"
 LEDGER = "_ledger"
 STAGING = "_staging"
 ERRORS = "errors"
+RESULTS = "results"
+# kind of a job's main table -> its folder under DIR ("" = DIR itself); fragments of any of
+# these kinds count as finished clips, fragments of kind "errors" as failed ones
+DATA_FOLDERS = {"features": "", "results": RESULTS}
 TARGET_ROW_GROUP_BYTES = 64 << 20
 
 
 class SettingsMismatchError(RuntimeError):
-    """The folder already holds features made with other settings."""
+    """The folder already holds output made with other settings."""
 
 
 @dataclass
@@ -54,12 +60,18 @@ class ShardCommit:
 
 
 class OutputDir:
-    def __init__(self, uri: str):
+    """`kind` names the job's main table ("features" for extract, "results" for generate and
+    qa): where `part_files()` and `finished_ids()` look."""
+
+    def __init__(self, uri: str, kind: str = "features"):
+        if kind not in DATA_FOLDERS:
+            raise ValueError(f"unknown output kind {kind!r}; known: {sorted(DATA_FOLDERS)}")
         self.uri = uri
+        self.kind = kind
         self.fs, self.root = resolve(uri)
 
     def path(self, *parts: str) -> str:
-        return "/".join([self.root.rstrip("/"), *parts])
+        return "/".join([self.root.rstrip("/"), *(p for p in parts if p)])
 
     # ---- settings -------------------------------------------------------------------------
 
@@ -81,7 +93,7 @@ class OutputDir:
             old, new = meta.get("settings", {}), layout_description["settings"]
             diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
             raise SettingsMismatchError(
-                f"{self.uri} holds features made with other settings {diff} (old, new); "
+                f"{self.uri} holds {self.kind} made with other settings {diff} (old, new); "
                 "use another output folder"
             )
         if meta is None:
@@ -95,7 +107,7 @@ class OutputDir:
     # ---- finished work ----------------------------------------------------------------------
 
     def part_files(self, errors: bool = False) -> list[str]:
-        folder = self.path(ERRORS) if errors else self.root
+        folder = self.path(ERRORS if errors else DATA_FOLDERS[self.kind])
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=False))
         except FileNotFoundError:
@@ -109,7 +121,7 @@ class OutputDir:
         )
 
     def finished_ids(self, include_errors: bool = True) -> set[str]:
-        """Ids present in committed feature files (and error files)."""
+        """Ids present in committed files of the main table (and error files)."""
         files = self.part_files() + (self.part_files(errors=True) if include_errors else [])
         done: set[str] = set()
         for path in files:
@@ -128,8 +140,11 @@ class OutputDir:
         """Write one fragment of a shard; it appears under its final name only when whole.
 
         The name is a digest of the fragment's ids: a task that Ray retries after a node loss
-        rewrites the same fragment instead of adding a duplicate.
+        rewrites the same fragment instead of adding a duplicate. `kind` is "errors" or a
+        key of DATA_FOLDERS.
         """
+        if kind != ERRORS and kind not in DATA_FOLDERS:
+            raise ValueError(f"unknown fragment kind {kind!r}")
         folder = self.path(STAGING, shard)
         self.fs.create_dir(folder, recursive=True)
         digest = hashlib.sha1("\n".join(sorted(table["id"].to_pylist())).encode()).hexdigest()
@@ -160,9 +175,10 @@ class OutputDir:
         for frag in frags:
             kind, digest = frag.rsplit("/", 1)[-1].removesuffix(".frag").split("-", 1)
             rows = pq.read_metadata(frag, filesystem=self.fs).num_rows
-            if kind == "features":
+            if kind in DATA_FOLDERS:
                 result.ok += rows
-                dest = self.path(f"part-{shard}-{digest}.parquet")
+                self.fs.create_dir(self.path(DATA_FOLDERS[kind]), recursive=True)
+                dest = self.path(DATA_FOLDERS[kind], f"part-{shard}-{digest}.parquet")
             else:
                 result.failed += rows
                 self.fs.create_dir(self.path(ERRORS), recursive=True)
@@ -207,6 +223,47 @@ class OutputDir:
     def _delete_dir(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_dir(path)
+
+
+class ShardTracker:
+    """Driver side of a sharded job: count the status rows that come back from the writer and
+    commit each shard once all of its clips are accounted for."""
+
+    def __init__(self, out: OutputDir, expected: Counter):
+        self.out = out
+        self.expected = expected
+        self.seen: Counter = Counter()
+        self.committed: set[str] = set()
+        self.ok = 0
+        self.failed: Counter = Counter()  # by stage
+
+    @property
+    def done(self) -> int:
+        return self.ok + sum(self.failed.values())
+
+    def add(self, shard: str, status: str, stage: str) -> None:
+        self.seen[shard] += 1
+        if status == "ok":
+            self.ok += 1
+        else:
+            self.failed[stage] += 1
+        if self.seen[shard] == self.expected[shard] and shard not in self.committed:
+            commit = self.out.commit(shard)
+            self.committed.add(shard)
+            log.info("committed shard %s: %d ok, %d failed", shard, commit.ok, commit.failed)
+
+    def finish(self) -> None:
+        """Commit shards that lost rows upstream with what was written, then clean up."""
+        for shard in sorted(set(self.expected) - self.committed):
+            log.warning(
+                "shard %s saw %d/%d clips; committing what was written",
+                shard,
+                self.seen[shard],
+                self.expected[shard],
+            )
+            self.out.commit(shard)
+            self.committed.add(shard)
+        self.out.recover()
 
 
 def row_group_rows(table: pa.Table) -> int:

@@ -1,0 +1,14 @@
+"""Entry point for `ray job submit -- python jobs/qa.py --input CATALOG --output DIR`.
+
+Same options as `selva-ray qa`; inside a Ray job it connects to the job's cluster.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from selva_ray.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["qa", *sys.argv[1:]]))

@@ -1,0 +1,36 @@
+"""`selva-ray inspect RUN_DIR --worst N`: the report's worst-first ranking in the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect",
+        help="print the worst clips of a run (flagged first) with their QA metrics",
+        description=(
+            "Rank a run's clips as `selva-ray report` does (number of QA flags, then |DeSync|, "
+            "clipping, silence, distance from the loudness target) and print the worst ones."
+        ),
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of generate or qa")
+    p.add_argument("--worst", type=int, default=10, help="how many clips (default 10)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report import RunFolderError, load_run, ranking_lines
+
+    if args.worst < 0:
+        print("error: --worst must be >= 0", file=sys.stderr)
+        return 2
+    try:
+        run_folder = load_run(args.run_dir)
+    except RunFolderError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in ranking_lines(run_folder, args.worst):
+        print(line)
+    return 0

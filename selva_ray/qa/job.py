@@ -1,0 +1,239 @@
+"""QA of an existing catalog on Ray Data: measure every clip's own audio track and write the
+same results table a generation run writes (so `report` and `inspect` work on both).
+
+catalog -> skip finished ids -> shards -> measure (CPU tasks: decode + metrics) -> write
+(fragments) -> the driver commits each shard once all of its clips are accounted for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from selva_core.qa import QAThresholds
+from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
+
+from ..io.catalog import CatalogProblem, read_catalog
+from ..io.output_dir import OutputDir, ShardTracker
+from ..io.results_schema import RESULTS_VERSION
+from ..io.rows import error_table
+from .stages import measure_batch, write_batch
+
+log = logging.getLogger(__name__)
+GiB = 1 << 30
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass
+class QAConfig:
+    input: str
+    output: str
+    thresholds: QAThresholds = field(default_factory=QAThresholds)
+    max_duration: float = 600.0  # seconds measured per clip from its start (catalog wins)
+    shard_size: int = 64
+    decode_cpus: float = 1.0
+    decode_memory_gb: float = 1.0
+    retry_errors: bool = False
+    fail_on_error: bool = False
+    ray_address: str | None = None
+    progress: bool = True
+
+    def settings(self) -> dict:
+        """What the stored numbers depend on; a folder made with other values is refused."""
+        return {
+            "job": "qa",
+            "max_duration": self.max_duration,
+            "thresholds": self.thresholds.describe(),
+            "clip_level": CLIP_LEVEL,
+            "silence_dbfs": SILENCE_DBFS,
+            "true_peak_oversampling": TRUE_PEAK_OVERSAMPLING,
+            "results_version": RESULTS_VERSION,
+        }
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class QASummary:
+    output: str
+    catalog: int = 0
+    ok: int = 0
+    failed: int = 0
+    flagged: int = 0
+    skipped: int = 0
+    wall_s: float = 0.0
+    errors_by_stage: dict = field(default_factory=dict)
+    flags: dict = field(default_factory=dict)
+
+    @property
+    def attempted(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.attempted / self.wall_s if self.wall_s > 0 else 0.0
+
+    def exit_code(self, fail_on_error: bool) -> int:
+        """1 when asked to fail on any error, or when every attempted clip failed."""
+        if self.failed and (fail_on_error or self.ok == 0):
+            return 1
+        return 0
+
+    def lines(self) -> list[str]:
+        stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))
+        flags = ", ".join(f"{k}: {v}" for k, v in sorted(self.flags.items()))
+        return [
+            f"catalog {self.catalog} clips: {self.ok} ok ({self.flagged} flagged"
+            + (f": {flags}" if flags else "")
+            + f"), {self.failed} failed"
+            + (f" ({stages})" if stages else "")
+            + f", {self.skipped} skipped (already done)",
+            f"wall time {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s",
+            f"results in {self.output.rstrip('/')}/results/, errors in "
+            f"{self.output.rstrip('/')}/errors/; `selva-ray report {self.output}` for a page",
+        ]
+
+
+def run_qa(config: QAConfig) -> QASummary:
+    t0 = time.perf_counter()
+    settings = config.settings()
+    digest = settings_hash(settings)
+    out = OutputDir(config.output, kind="results")
+    out.claim({"kind": "qa", "settings": settings, "settings_hash": digest})
+    out.recover()
+    if config.retry_errors:
+        log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
+
+    records, problems = read_catalog(config.input, max_duration=config.max_duration)
+    done = out.finished_ids()
+    todo = [r for r in records if r.id not in done]
+    new_problems = [p for p in problems if p.id not in done]
+    summary = QASummary(
+        output=config.output,
+        catalog=len(records) + len(problems),
+        skipped=len(records) - len(todo) + len(problems) - len(new_problems),
+    )
+    run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
+    log.info(
+        "%d clips in catalog, %d to do, %d already done",
+        summary.catalog,
+        len(todo),
+        summary.skipped,
+    )
+    if new_problems:
+        _record_catalog_problems(out, f"{run}-catalog", new_problems, digest)
+        summary.failed += len(new_problems)
+        summary.errors_by_stage["catalog"] = len(new_problems)
+    if todo:
+        tracker, flags = _run_pipeline(config, out, todo, run, digest)
+        summary.ok += tracker.ok
+        summary.failed += sum(tracker.failed.values())
+        for stage, n in tracker.failed.items():
+            summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
+        summary.flagged = flags.pop("", 0)
+        summary.flags = dict(flags)
+    summary.wall_s = time.perf_counter() - t0
+    out.record_run(
+        {
+            "run": run,
+            "finished_at": time.time(),
+            **asdict(summary),
+            "clips_per_s": summary.clips_per_s,
+        }
+    )
+    return summary
+
+
+def _record_catalog_problems(
+    out: OutputDir, shard: str, problems: list[CatalogProblem], digest: str
+) -> None:
+    rows = [
+        {
+            "id": p.id,
+            "source": p.source,
+            "row": p.row,
+            "stage": "catalog",
+            "error_type": "CatalogError",
+            "message": p.message,
+        }
+        for p in problems
+    ]
+    for p in problems:
+        log.warning("catalog row %d (%s): %s", p.row, p.source or p.id, p.message)
+    out.stage(shard, "errors", error_table(rows, digest))
+    out.commit(shard)
+
+
+def _run_pipeline(
+    config: QAConfig, out: OutputDir, todo: list, run: str, digest: str
+) -> tuple[ShardTracker, Counter]:
+    import ray
+
+    from ..runtime import init_ray
+
+    init_ray(config.ray_address, progress=config.progress)
+    rows = []
+    for i, record in enumerate(todo):
+        row = record.to_row()
+        row["shard"] = f"{run}-{i // config.shard_size:05d}"
+        rows.append(row)
+    expected = Counter(r["shard"] for r in rows)
+    log.info("%d clips in %d shard(s)", len(rows), len(expected))
+
+    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1000))
+    ds = ds.map_batches(
+        measure_batch,
+        fn_kwargs={
+            "max_duration": config.max_duration,
+            "thresholds": config.thresholds.describe(),
+            "settings_hash": digest,
+        },
+        batch_size=1,
+        num_cpus=config.decode_cpus,
+        memory=int(config.decode_memory_gb * GiB),
+    )
+    ds = ds.map_batches(
+        write_batch,
+        fn_kwargs={"output": config.output, "settings_hash": digest},
+        batch_size=config.shard_size,
+        batch_format="pyarrow",
+        num_cpus=1,
+    )
+
+    tracker = ShardTracker(out, expected)
+    flags: Counter = Counter()
+    t_start = last = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        for shard, status, stage, clip_flags in zip(
+            batch["shard"].to_pylist(),
+            batch["status"].to_pylist(),
+            batch["stage"].to_pylist(),
+            batch["flags"].to_pylist(),
+            strict=True,
+        ):
+            tracker.add(shard, status, stage)
+            if status == "ok" and clip_flags:
+                flags[""] += 1
+                flags.update(clip_flags.split(","))
+        now = time.perf_counter()
+        if now - last >= PROGRESS_EVERY_S:
+            last = now
+            rate = tracker.done / (now - t_start)
+            left = len(rows) - tracker.done
+            log.info(
+                "qa: %d done, %d failed, %d left, %.2f clips/s, ETA %.0f s",
+                tracker.ok,
+                sum(tracker.failed.values()),
+                left,
+                rate,
+                left / rate if rate > 0 else float("nan"),
+            )
+    tracker.finish()
+    return tracker, flags
