@@ -67,7 +67,16 @@ def catalog(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def qa_run(cluster, catalog, tmp_path_factory):
     output = tmp_path_factory.mktemp("qa-run")
-    summary = run_qa(QAConfig(input=str(catalog), output=str(output), shard_size=3, progress=False))
+    # DeSync on these (all < 4.8 s) clips is covered by test_qa_desync.py; no model here
+    summary = run_qa(
+        QAConfig(
+            input=str(catalog),
+            output=str(output),
+            shard_size=3,
+            desync_variant=None,
+            progress=False,
+        )
+    )
     return output, summary
 
 
@@ -114,7 +123,9 @@ def test_qa_job_measures_every_clip_and_records_failures(qa_run, catalog):
 def test_qa_rerun_skips_and_other_thresholds_are_refused(qa_run, catalog):
     output, _ = qa_run
     before = sorted(p.name for p in output.rglob("*.parquet"))
-    again = run_qa(QAConfig(input=str(catalog), output=str(output), progress=False))
+    again = run_qa(
+        QAConfig(input=str(catalog), output=str(output), desync_variant=None, progress=False)
+    )
     assert (again.ok, again.failed, again.skipped) == (0, 0, 7)
     assert sorted(p.name for p in output.rglob("*.parquet")) == before
     with pytest.raises(SettingsMismatchError, match="thresholds"):
@@ -123,6 +134,7 @@ def test_qa_rerun_skips_and_other_thresholds_are_refused(qa_run, catalog):
                 input=str(catalog),
                 output=str(output),
                 thresholds=QAThresholds(max_silence_ratio=0.9),
+                desync_variant=None,
                 progress=False,
             )
         )
@@ -132,7 +144,8 @@ def test_qa_command_threshold_flags_and_bad_file(cluster, catalog, tmp_path, cap
     out = tmp_path / "cli-run"
     code = main(
         ["qa", "--input", str(catalog), "--output", str(out), "--max-silence", "0.7",
-         "--target-lufs", "-14", "--loudness-tolerance", "20", "--no-progress"]
+         "--target-lufs", "-14", "--loudness-tolerance", "20", "--no-progress",
+         "--no-desync"]
     )  # fmt: skip
     assert code == 0
     assert "4 ok (1 flagged: clipping: 1)" in capsys.readouterr().out

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..runtime import DTYPES
+
 # flag -> QAThresholds field
 THRESHOLD_FLAGS = {
     "--max-desync": ("max_abs_desync_s", "flag |DeSync| above this many seconds (default 0.5)"),
@@ -48,7 +50,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Decode every clip's audio track on CPU tasks and measure it: loudness (LUFS, "
             "ITU-R BS.1770), sample and true peak, RMS, clipped and silent shares, spectral "
-            "flatness; flag clips that cross the thresholds. Writes OUTPUT/results/ in the "
+            "flatness; and score audio-visual sync with the full Synchformer (DeSync, on "
+            "model actors: one per GPU, else --actors on CPU); flag clips that cross the "
+            "thresholds. Writes OUTPUT/results/ in the "
             "same schema as a generation run (see `selva-ray report` and `inspect`) and bad "
             "clips to OUTPUT/errors/. Rerunning skips finished clips."
         ),
@@ -62,6 +66,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=600.0,
         help="seconds measured per clip from its start, unless the catalog says (default 600)",
+    )
+    g = p.add_argument_group("DeSync (audio-visual offset, full Synchformer)")
+    g.add_argument(
+        "--no-desync", action="store_true", help="skip DeSync (desync_s stays null, no model)"
+    )
+    g.add_argument(
+        "--desync-variant",
+        default="synchformer",
+        help="synchformer (published synchformer_state_dict.pth, default) or tiny (seeded "
+        "random weights: offline runs and tests; the scores mean nothing)",
+    )
+    g.add_argument(
+        "--desync-precision",
+        choices=sorted(DTYPES),
+        default="fp32",
+        help="DeSync model precision (default fp32: scores are argmaxes over a 0.2 s grid)",
+    )
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto (default: GPUs if any)")
+    g.add_argument("--actors", type=int, help="DeSync actors (default: one per GPU, else 1)")
+    g.add_argument("--gpus-per-actor", type=float, default=1.0, help="default 1")
+    g.add_argument("--actor-memory-gb", type=float, help="heap reserved per DeSync actor")
+    g.add_argument(
+        "--desync-batch-size", type=int, default=4, help="clips per actor call (default 4)"
+    )
+    g.add_argument("--weights-dir", help="local weights folder (default $SELVA_WEIGHTS_DIR)")
+    g.add_argument(
+        "--offline",
+        action="store_true",
+        help="never download; fail with the fetch command when the weights are missing",
     )
     p.add_argument("--shard-size", type=int, default=64, help="clips per committed shard")
     p.add_argument("--retry-errors", action="store_true", help="redo clips that failed before")
@@ -77,6 +110,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selva_core.qa import ThresholdsError
+    from selva_core.variants import UnknownVariantError
+    from selva_core.weights import WeightsError
 
     from ..io.catalog import CatalogError
     from ..io.output_dir import SettingsMismatchError
@@ -84,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.max_duration > 0 or args.shard_size < 1:
         print("error: --max-duration must be > 0 and --shard-size >= 1", file=sys.stderr)
+        return 2
+    if args.desync_batch_size < 1 or (args.actors is not None and args.actors < 1):
+        print("error: --desync-batch-size and --actors must be >= 1", file=sys.stderr)
         return 2
     try:
         thresholds = thresholds_from_args(args)
@@ -94,13 +132,28 @@ def run(args: argparse.Namespace) -> int:
                 thresholds=thresholds,
                 max_duration=args.max_duration,
                 shard_size=args.shard_size,
+                desync_variant=None if args.no_desync else args.desync_variant,
+                desync_precision=args.desync_precision,
+                device=args.device,
+                actors=args.actors,
+                gpus_per_actor=args.gpus_per_actor,
+                actor_memory_gb=args.actor_memory_gb,
+                desync_batch_size=args.desync_batch_size,
+                weights_dir=args.weights_dir,
+                offline=args.offline,
                 retry_errors=args.retry_errors,
                 fail_on_error=args.fail_on_error,
                 ray_address=args.ray_address,
                 progress=not args.no_progress,
             )
         )
-    except (ThresholdsError, CatalogError, SettingsMismatchError) as exc:
+    except (
+        ThresholdsError,
+        CatalogError,
+        SettingsMismatchError,
+        UnknownVariantError,
+        WeightsError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for line in summary.lines():

@@ -1,8 +1,9 @@
 """QA of an existing catalog on Ray Data: measure every clip's own audio track and write the
 same results table a generation run writes (so `report` and `inspect` work on both).
 
-catalog -> skip finished ids -> shards -> measure (CPU tasks: decode + metrics) -> write
-(fragments) -> the driver commits each shard once all of its clips are accounted for.
+catalog -> skip finished ids -> shards -> measure (CPU tasks: decode + metrics + DeSync
+inputs) -> DeSync (Synchformer actors, one per GPU by default) -> write (fragments) -> the
+driver commits each shard once all of its clips are accounted for.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ..io.catalog import CatalogProblem, read_catalog
 from ..io.output_dir import OutputDir, ShardTracker
 from ..io.results_schema import RESULTS_VERSION
 from ..io.rows import error_table
+from .desync_stage import DesyncActor, DesyncSettings, actor_kwargs
 from .stages import measure_batch, write_batch
 
 log = logging.getLogger(__name__)
@@ -38,13 +40,36 @@ class QAConfig:
     shard_size: int = 64
     decode_cpus: float = 1.0
     decode_memory_gb: float = 1.0
+    # DeSync: None skips it (desync_s stays null); "synchformer" (published weights) or "tiny"
+    desync_variant: str | None = "synchformer"
+    desync_precision: str = "fp32"
+    device: str = "auto"  # DeSync actors: auto (cuda when the cluster has GPUs), cpu, cuda
+    actors: int | None = None  # DeSync actors; None: one per GPU (per gpus_per_actor), else 1
+    gpus_per_actor: float = 1.0
+    cpus_per_actor: float = 1.0
+    actor_memory_gb: float | None = None  # heap reserved per actor; None: by model size
+    desync_batch_size: int = 4  # clips per actor call
+    weights_dir: str | None = None
+    offline: bool = False
     retry_errors: bool = False
     fail_on_error: bool = False
     ray_address: str | None = None
     progress: bool = True
 
+    def desync_settings(self) -> DesyncSettings | None:
+        if self.desync_variant is None:
+            return None
+        return DesyncSettings(
+            self.desync_variant,
+            precision=self.desync_precision,
+            weights_dir=self.weights_dir,
+            offline=self.offline,
+        )
+
     def settings(self) -> dict:
-        """What the stored numbers depend on; a folder made with other values is refused."""
+        """What the stored numbers depend on; a folder made with other values is refused.
+        Resolves the DeSync weights (MissingWeightsError when they cannot be had)."""
+        desync = self.desync_settings()
         return {
             "job": "qa",
             "max_duration": self.max_duration,
@@ -53,6 +78,7 @@ class QAConfig:
             "silence_dbfs": SILENCE_DBFS,
             "true_peak_oversampling": TRUE_PEAK_OVERSAMPLING,
             "results_version": RESULTS_VERSION,
+            "desync": desync.describe() if desync is not None else None,
         }
 
 
@@ -171,6 +197,37 @@ def _record_catalog_problems(
     out.commit(shard)
 
 
+def _actor_plan(config: QAConfig) -> dict:
+    """DeSync actors: one per GPU when the cluster has GPUs (and the device allows), else
+    `actors` (default 1) on CPUs."""
+    from ..runtime import cluster_gpus
+
+    gpus = cluster_gpus() if config.device in ("auto", "cuda") else 0.0
+    use_gpu = gpus > 0 and not config.device.startswith("cpu")
+    if config.actors is not None:
+        actors = config.actors
+    elif use_gpu:
+        actors = max(1, int(gpus // config.gpus_per_actor))
+    else:
+        actors = 1
+    memory = config.actor_memory_gb
+    if memory is None:
+        memory = 1.5 if config.desync_settings().variant == "tiny" else 4.0
+    actor_memory = int(memory * GiB)
+    decode_memory = int(config.decode_memory_gb * GiB)
+    if decode_memory == actor_memory and not use_gpu:
+        # identical remote args would let Ray fuse the measure tasks into the actors; decoding
+        # must stay on its own CPU tasks so it scales apart from the model
+        decode_memory -= 1 << 20
+    return {
+        "actors": actors,
+        "num_gpus": config.gpus_per_actor if use_gpu else 0,
+        "device": "cuda" if use_gpu else "cpu",
+        "memory": actor_memory,
+        "decode_memory": decode_memory,
+    }
+
+
 def _run_pipeline(
     config: QAConfig, out: OutputDir, todo: list, run: str, digest: str
 ) -> tuple[ShardTracker, Counter]:
@@ -187,6 +244,11 @@ def _run_pipeline(
     expected = Counter(r["shard"] for r in rows)
     log.info("%d clips in %d shard(s)", len(rows), len(expected))
 
+    desync = config.desync_settings()
+    plan = _actor_plan(config) if desync is not None else None
+    if plan is not None:
+        log.info("DeSync (%s): %d actor(s) on %s", desync.variant, plan["actors"], plan["device"])
+
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1000))
     ds = ds.map_batches(
         measure_batch,
@@ -194,11 +256,32 @@ def _run_pipeline(
             "max_duration": config.max_duration,
             "thresholds": config.thresholds.describe(),
             "settings_hash": digest,
+            "desync": desync is not None,
         },
         batch_size=1,
         num_cpus=config.decode_cpus,
-        memory=int(config.decode_memory_gb * GiB),
+        memory=plan["decode_memory"] if plan else int(config.decode_memory_gb * GiB),
     )
+    if desync is not None:
+        ds = ds.map_batches(
+            DesyncActor,
+            fn_constructor_kwargs=actor_kwargs(
+                desync,
+                device=plan["device"] if config.device == "auto" else config.device,
+                thresholds=config.thresholds.describe(),
+            ),
+            batch_size=config.desync_batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1,
+                max_size=plan["actors"],
+                initial_size=plan["actors"],
+                max_tasks_in_flight_per_actor=2,
+            ),
+            num_gpus=plan["num_gpus"],
+            num_cpus=config.cpus_per_actor,
+            memory=plan["memory"],
+        )
     ds = ds.map_batches(
         write_batch,
         fn_kwargs={"output": config.output, "settings_hash": digest},

@@ -1,6 +1,7 @@
-"""The two Ray Data stages of the QA job: measure (CPU tasks: decode a clip's audio track at
-its own rate and compute the QA metrics) and write (CPU tasks staging results/errors
-fragments). A clip that fails becomes an error row; its neighbours carry on."""
+"""The Ray Data stages of the QA job: measure (CPU tasks: decode a clip's audio track at its
+own rate, compute the QA metrics, and decode the DeSync inputs), DeSync (model actors,
+`desync_stage.DesyncActor`) and write (CPU tasks staging results/errors fragments). A clip
+that fails becomes an error row; its neighbours carry on."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from selva_core.qa import QAThresholds, clip_metrics, qa_flags
 from ..io.output_dir import OutputDir
 from ..io.results_schema import RESULTS_SCHEMA, results_table
 from ..io.rows import OK_RESULT, batch_rows, error_result, error_table, local_copy
+from .desync_stage import DESYNC_INPUT_FIELDS, encode_inputs, prepare_desync_inputs
 
 STATUS_FIELDS = [
     pa.field("shard", pa.string()),
@@ -26,6 +28,8 @@ STATUS_FIELDS = [
 ]
 # what flows from measure to write: the results columns plus where the clip goes and how it went
 STAGE_SCHEMA = pa.schema([*RESULTS_SCHEMA, *STATUS_FIELDS])
+# ... plus the DeSync inputs when a DeSync stage follows
+DESYNC_STAGE_SCHEMA = pa.schema([*STAGE_SCHEMA, *DESYNC_INPUT_FIELDS])
 
 
 class NoAudioError(ValueError):
@@ -68,13 +72,18 @@ def measure_batch(
     max_duration: float,
     thresholds: dict,
     settings_hash: str,
+    desync: bool = False,
 ) -> pa.Table:
-    """Catalog rows -> one results row each (metrics and flags), or an error row."""
+    """Catalog rows -> one results row each (metrics and flags), or an error row. With
+    `desync`, also the clip's DeSync inputs (first 8 s of 25 fps frames and 16 kHz audio;
+    empty when shorter than 4.8 s) for the DeSync actors; failing to get them is stage
+    "desync"."""
     limits = QAThresholds(**thresholds)
+    schema = DESYNC_STAGE_SCHEMA if desync else STAGE_SCHEMA
     out: dict[str, list] = defaultdict(list)
     for row in batch_rows(batch):
         result = dict(OK_RESULT)
-        values = {name: None for name in STAGE_SCHEMA.names}
+        values = {name: None for name in schema.names}
         values.update(
             {
                 k: row.get(k)
@@ -83,30 +92,40 @@ def measure_batch(
         )
         values.update(audio_path="", video_path=row["source"], settings_hash=settings_hash)
         values.update(shard=row["shard"], row=row.get("row"), qa_flags=[])
+        if desync:
+            values.update(encode_inputs(None))
         stage = "decode"
         try:
             t0 = time.perf_counter()
+            start, duration = row.get("start") or 0.0, row.get("duration") or max_duration
             with local_copy(row["source"]) as path:
-                audio, rate = read_source_audio(
-                    path, row.get("start") or 0.0, row.get("duration") or max_duration
+                audio, rate = read_source_audio(path, start, duration)
+                t1 = time.perf_counter()
+                stage = "qa"
+                metrics = clip_metrics(audio, rate)
+                values.update(metrics.as_dict())
+                values.update(
+                    duration=audio.shape[0] / rate,
+                    sample_rate=rate,
+                    qa_flags=qa_flags(metrics, limits),
+                    t_qa=time.perf_counter() - t1,
                 )
-            t1 = time.perf_counter()
-            stage = "qa"
-            metrics = clip_metrics(audio, rate)
-            values.update(metrics.as_dict())
-            values.update(
-                duration=audio.shape[0] / rate,
-                sample_rate=rate,
-                qa_flags=qa_flags(metrics, limits),
-                t_decode=t1 - t0,
-                t_qa=time.perf_counter() - t1,
-            )
+                t_decode = t1 - t0
+                if desync:
+                    stage = "desync"
+                    t2 = time.perf_counter()
+                    inputs = prepare_desync_inputs(path, start, duration, audio, rate)
+                    values.update(encode_inputs(inputs))
+                    t_decode += time.perf_counter() - t2
+                values["t_decode"] = t_decode
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
             result = error_result(row, stage, exc)
+            if desync:
+                values.update(encode_inputs(None))
         values.update(result)
-        for name in STAGE_SCHEMA.names:
+        for name in schema.names:
             out[name].append(values[name])
-    return pa.table(dict(out), schema=STAGE_SCHEMA)
+    return pa.table(dict(out), schema=schema)
 
 
 def write_batch(batch: pa.Table, *, output: str, settings_hash: str) -> pa.Table:
