@@ -7,7 +7,8 @@ rows. bfloat16 has no Arrow type, so bf16 features are stored as their raw 16-bi
 
 Schema version 1 columns:
   id, source, prompt, negative_prompt, seed, start, duration, fps, has_audio, padded,
-  prompt_truncated, family, variant, encoder_checksum, settings_hash        (scalars)
+  prompt_truncated, family, variant, encoder_checksum, settings_hash,
+  input_hash (added within v1; absent in older files, read as null)       (scalars)
   sync_f   (sync_len_max, sync_dim)     text-conditioned (SelVA) or plain (MMAudio) sync features
   sync_len                              valid rows of sync_f (8 per 0.32 s window)
   text_f   (77, text_dim)               CLIP per-token text features of the prompt
@@ -49,6 +50,7 @@ SCALARS = [
     ("variant", pa.string()),
     ("encoder_checksum", pa.string()),
     ("settings_hash", pa.string()),
+    ("input_hash", pa.string()),  # digest of the catalog row; a changed row is redone
 ]
 
 
@@ -207,4 +209,5 @@ def read_features(output: str, columns: list[str] | None = None) -> pa.Table:
     tables = [pq.read_table(p, columns=columns, filesystem=out.fs) for p in out.part_files()]
     if not tables:
         raise FileNotFoundError(f"no feature files in {output}")
-    return pa.concat_tables(tables)
+    # files written before `input_hash` existed lack it: promote fills it with nulls
+    return pa.concat_tables(tables, promote_options="default")
