@@ -26,7 +26,7 @@ class HelpFormatter(argparse.HelpFormatter):
             or action.option_strings == []
         ):
             return text
-        return f"{text} (default: %(default)s)"
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 class Parser(argparse.ArgumentParser):

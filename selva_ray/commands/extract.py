@@ -55,7 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--actors", type=validate.positive_int, help="encoder actors (default: one per GPU, else 1)"
     )
-    p.add_argument("--gpus-per-actor", type=validate.float_range(0, 64, low_open=True), default=1.0)
+    p.add_argument(
+        "--gpus-per-actor",
+        type=validate.float_range(0, 64, low_open=True),
+        default=1.0,
+        help="GPUs reserved per encoder actor (fractions share a GPU)",
+    )
     p.add_argument(
         "--actor-memory-gb",
         type=validate.float_range(0, 4096, low_open=True),

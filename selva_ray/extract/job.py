@@ -20,7 +20,6 @@ from ..io.catalog import CatalogProblem, ClipRecord, check_not_empty, read_catal
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..io.rows import error_table
-from .stages import FeatureEncoder, decode_batch, write_batch
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -127,6 +126,10 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     message) before anything is written or any cluster or model starts."""
     t0 = time.perf_counter()
     check_config(config)
+    records, problems = read_catalog(
+        config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
+    )
+    check_not_empty(config.input, records, problems)
     spec = get_spec(config.variant)
     layout = FeatureLayout.for_run(
         spec,
@@ -137,10 +140,6 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     )
     out = OutputDir(config.output)
     out.check_settings(layout.describe())
-    records, problems = read_catalog(
-        config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
-    )
-    check_not_empty(config.input, records, problems)
     out.finished()  # a corrupt part file is named now, before the folder is claimed
 
     with out.acquire_lease():
@@ -281,6 +280,7 @@ def _run_pipeline(
     import ray
 
     from ..runtime import init_ray
+    from .stages import FeatureEncoder, decode_batch, write_batch
 
     init_ray(config.ray_address, progress=config.progress)
     spec = get_spec(config.variant)

@@ -23,12 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from selva_core.variants import ModelSpec
+
+if TYPE_CHECKING:  # torch is imported by the functions that make tensors: a driver that only
+    import torch  # plans and validates a job does not pay for it
 
 SCHEMA_VERSION = 1
 STORAGE_DTYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
@@ -157,6 +160,8 @@ class FeatureLayout:
 
 def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
     """A float tensor as the numpy array that Parquet stores (bf16 as raw uint16 bits)."""
+    import torch
+
     if storage_dtype == "bfloat16":
         return x.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
     return x.detach().float().cpu().numpy().astype(STORAGE_DTYPES[storage_dtype])
@@ -164,6 +169,8 @@ def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
 
 def from_storage(array: np.ndarray, storage_dtype: str) -> torch.Tensor:
     """Stored values back to a float32 tensor."""
+    import torch
+
     if storage_dtype == "bfloat16":
         raw = torch.from_numpy(np.ascontiguousarray(array).view(np.int16))
         return raw.view(torch.bfloat16).float()
@@ -184,6 +191,8 @@ def read_tensor(table: pa.Table, column: str) -> torch.Tensor:
     chunked = table.column(column)
     arrays = [chunk.to_numpy_ndarray() for chunk in chunked.chunks]
     if not arrays:
+        import torch
+
         return torch.empty(0)
     return from_storage(np.concatenate(arrays), dtype)
 
