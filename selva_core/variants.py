@@ -8,9 +8,12 @@ features. `tiny` variants use the same code with small sizes and random weights 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .model.generator import GeneratorConfig
 from .seqconfig import SequenceConfig, config_for_mode
+
+if TYPE_CHECKING:  # the generator module imports torch; variant names must not need it
+    from .model.generator import GeneratorConfig
 
 # Widths of the tiny conditioning encoders (CLIP text/image width, TextSynch/Synchformer width,
 # flan-T5 width); real models use 1024 / 768 / 768.
@@ -59,6 +62,8 @@ class ModelSpec:
 
     @property
     def generator_config(self) -> GeneratorConfig:
+        from .model.generator import GeneratorConfig
+
         if self.is_tiny:
             return GeneratorConfig(
                 latent_dim=self.latent_dim,

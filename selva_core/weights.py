@@ -17,8 +17,10 @@ import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where checkpoints are read: `weights list` needs none
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +283,23 @@ class WeightStore:
 
     # ---- resolution ---------------------------------------------------------------------------
 
+    def find(self, key: str) -> Path | None:
+        """Where an entry is present (weights dir or Hugging Face cache), without downloading
+        or hashing; None when absent. Lets a driver name every missing file before starting."""
+        e = self.entry(key)
+        if isinstance(e, HubSnapshot):
+            try:
+                allow, self.allow_download = self.allow_download, False
+                return self._resolve_snapshot(e)
+            except MissingWeightsError:
+                return None
+            finally:
+                self.allow_download = allow
+        for path in self._candidates(e) + self._hf_cache_paths(e):
+            if path.is_file():
+                return path
+        return None
+
     def resolve(self, key: str) -> Path:
         """Verified local path of a catalog entry (a file, or a folder for hub snapshots)."""
         e = self.entry(key)
@@ -458,6 +477,8 @@ def load_state_dict(path: str | Path, *, trusted: bool = False) -> dict[str, tor
     file whose bytes matched a published MD5 (`trusted=True`) may fall back to full unpickling,
     for old official files that store non-tensor objects.
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise MissingWeightsError(f"checkpoint {path} does not exist")

@@ -34,8 +34,12 @@ def init_ray(address: str | None = None, *, progress: bool = True) -> None:
     and set the Ray Data options every job wants."""
     import ray
 
+    from .logs import quiet_ray_logs
+
     if not ray.is_initialized():
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"), log_to_driver=True)
+        address = address or os.environ.get("RAY_ADDRESS")
+        quiet_ray_logs(local_cluster=address in (None, "", "local"))
+        ray.init(address=address, log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress

@@ -52,13 +52,17 @@ def test_csv_manifest_resolves_relative_paths_and_keeps_string_ids(tmp_path):
         "007,../videos/a.mp4,dog,,1.5,4,3\n"
         ",/abs/b.mp4,rain,music,,,\n"
     )
-    records, problems = read_catalog(str(manifest))
+    refused, problems = read_catalog(str(manifest))  # default root: the manifest's folder
+    assert not refused and [p.row for p in problems] == [0, 1]
+    assert all("outside the allowed roots" in p.message for p in problems)
+    roots = [str(tmp_path), "/abs"]
+    records, problems = read_catalog(str(manifest), allow_roots=roots)
     assert not problems
     a, b = records
     assert a.id == "007" and a.source == str(tmp_path / "videos" / "a.mp4")
     assert (a.start, a.duration, a.seed, a.negative_prompt) == (1.5, 4.0, 3, None)
     assert b.id == clip_id("/abs/b.mp4", 0.0, None) and b.negative_prompt == "music"
-    again, _ = read_catalog(str(manifest))
+    again, _ = read_catalog(str(manifest), allow_roots=roots)
     assert [r.id for r in again] == [r.id for r in records]
 
 
@@ -96,9 +100,9 @@ def test_bad_rows_become_catalog_problems_naming_the_row(tmp_path):
     assert [r.id for r in records] == ["a"]
     by_row = {p.row: p for p in problems}
     assert "duplicate id 'a'" in by_row[1].message and by_row[1].id == "a@row1"
-    assert "start must be >= 0" in by_row[2].message
-    assert "duration must be in (0, 8.0]" in by_row[3].message
-    assert "soon" in by_row[4].message
+    assert "row 2 (line 3), column 'start': must be >= 0" in by_row[2].message
+    assert "column 'duration': must be in (0, 8.0]" in by_row[3].message
+    assert "column 'start'" in by_row[4].message and "soon" in by_row[4].message
     assert by_row[5].id == "row-5" and "no 'video'" in by_row[5].message
 
 
@@ -109,8 +113,8 @@ def test_unusable_catalogs_raise(tmp_path):
     bad.write_text("path,prompt\na.mp4,x\n")
     with pytest.raises(CatalogError, match="no 'video' column"):
         read_catalog(str(bad))
-    bad.write_text("video,prompt,speed\na.mp4,x,2\n")
-    with pytest.raises(CatalogError, match="unknown columns \\['speed'\\]"):
+    bad.write_text("video,speed\na.mp4,2\n")
+    with pytest.raises(CatalogError, match="no 'prompt' column"):
         read_catalog(str(bad))
     odd = tmp_path / "list.txt"
     odd.write_text("a.mp4\n")
@@ -121,3 +125,162 @@ def test_unusable_catalogs_raise(tmp_path):
 def test_prompts_file_parsing():
     text = "# comment\n\na.mp4: first: second\nno colon here\n b.mp4 :  spaced  \n"
     assert parse_prompts_file(text) == {"a.mp4": "first: second", "b.mp4": "spaced"}
+
+
+# ---- reliability: every value typed at read time, bad rows never cost the catalog -------------
+
+
+def test_values_are_validated_and_typed_naming_row_column_and_value(tmp_path):
+    rows = [
+        {"video": "a.mp4", "prompt": "ok", "id": "a", "seed": 7, "cfg": 3.5, "steps": 10},
+        {"video": "b.mp4", "prompt": "x", "id": "b", "seed": 2**70},
+        {"video": "c.mp4", "prompt": "x", "id": "c", "negative_prompt": 5},
+        {"video": "d.mp4", "prompt": "x", "id": "d", "cfg": "nan"},
+        {"video": "e.mp4", "prompt": "x", "id": "e", "steps": 0},
+        {"video": "f.mp4", "prompt": 12, "id": "f"},
+        {"video": "g.mp4", "prompt": "x", "id": "g", "seed": 1.5},
+        {"video": "h.mp4", "prompt": "x", "id": ["h"]},
+        {"video": "i.mp4", "prompt": "x", "id": 9, "seed": "11"},
+    ]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(json.dumps(r) for r in rows))
+    records, problems = read_catalog(str(manifest))
+    assert [(r.id, r.seed, r.cfg, r.steps) for r in records] == [
+        ("a", 7, 3.5, 10),
+        ("9", 11, None, None),
+    ]
+    by_id = {p.id: p.message for p in problems}
+    assert "row 1 (line 2), column 'seed'" in by_id["b"] and str(2**70) in by_id["b"]
+    assert "column 'negative_prompt'" in by_id["c"] and "5" in by_id["c"]
+    assert "column 'cfg'" in by_id["d"]
+    assert "column 'steps'" in by_id["e"]
+    assert "column 'prompt'" in by_id["f"]
+    assert "column 'seed'" in by_id["g"]
+    assert "column 'id'" in by_id["row-7"]
+
+
+def test_csv_bad_byte_and_wrong_field_count_are_row_errors_with_line_numbers(tmp_path, caplog):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(
+        b"video,prompt,notes\n"
+        b"a.mp4,dog,fine\n"
+        b"b.mp4,caf\xe9,latin-1\n"
+        b"c.mp4,rain\n"
+        b'"d.mp4","quoted, with comma",x\n'
+    )
+    with caplog.at_level("WARNING"):
+        records, problems = read_catalog(str(manifest))
+    assert [r.prompt for r in records] == ["dog", "quoted, with comma"]
+    by_row = {p.row: p.message for p in problems}
+    assert "line 3" in by_row[1] and "UTF-8" in by_row[1]
+    assert "line 4" in by_row[2] and "2 fields" in by_row[2]
+    warnings = [r.getMessage() for r in caplog.records if "unknown columns" in r.getMessage()]
+    assert len(warnings) == 1 and "notes" in warnings[0]
+
+
+def test_json_array_manifest_is_parsed_as_json(tmp_path):
+    manifest = tmp_path / "m.json"
+    manifest.write_text(
+        json.dumps(
+            [
+                {"video": "a.mp4", "prompt": "dog"},
+                {"video": "b.mp4", "prompt": "rain", "start": 1},
+                "not an object",
+            ],
+            indent=2,
+        )
+    )
+    records, problems = read_catalog(str(manifest))
+    assert [r.prompt for r in records] == ["dog", "rain"] and records[1].start == 1.0
+    assert [p.row for p in problems] == [2] and "not a JSON object" in problems[0].message
+    (tmp_path / "o.json").write_text('{"video": "a.mp4", "prompt": "dog"}')
+    with pytest.raises(CatalogError, match="JSON array"):
+        read_catalog(str(tmp_path / "o.json"))
+
+
+def test_unsafe_ids_are_refused(tmp_path):
+    ids = ["../../etc/x", "a/b", "nul\x00byte", "..", ".hidden", "x" * 200, "fine id-1"]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "\n".join(
+            json.dumps({"video": f"{i}.mp4", "prompt": "x", "id": v}) for i, v in enumerate(ids)
+        )
+    )
+    records, problems = read_catalog(str(manifest))
+    assert [r.id for r in records] == ["fine id-1"]
+    assert len(problems) == 6 and all("column 'id'" in p.message for p in problems)
+    # problem ids are safe names too (the row number), never the unsafe value
+    assert all(p.id.startswith("row-") for p in problems)
+
+
+def test_allow_roots_limit_where_manifest_rows_point(tmp_path):
+    (tmp_path / "m").mkdir()
+    manifest = tmp_path / "m" / "c.csv"
+    manifest.write_text(
+        "video,prompt\n"
+        "in/a.mp4,inside\n"
+        "../out/b.mp4,sibling\n"
+        "/etc/passwd.mp4,absolute\n"
+        "s3://bucket/c.mp4,remote\n"
+    )
+    records, problems = read_catalog(str(manifest))
+    assert [r.prompt for r in records] == ["inside", "remote"]  # URIs: their own buckets
+    assert sorted(p.row for p in problems) == [1, 2]
+    records, problems = read_catalog(str(manifest), allow_roots=[str(tmp_path)])
+    assert [r.prompt for r in records] == ["inside", "sibling"]  # explicit roots only
+    assert {p.row for p in problems} == {2, 3}
+
+
+def test_symlink_loops_are_followed_once_and_reported(tmp_path):
+    touch(tmp_path / "dogs" / "a.mp4")
+    touch(tmp_path / "dogs" / "sub" / "b.mp4")
+    (tmp_path / "dogs" / "sub" / "loop").symlink_to("..")
+    (tmp_path / "dogs" / "self").symlink_to(".")
+    (tmp_path / "alias").symlink_to("dogs/sub")  # a second way into a listed folder
+    records, problems = read_catalog(str(tmp_path))
+    assert sorted(r.source.rsplit("/", 1)[-1] for r in records) == ["a.mp4", "b.mp4"]
+    loops = [p for p in problems if "symlink loop" in p.message]
+    assert len(loops) == 2 and not any(p.clip for p in loops)
+    assert {p.source.rsplit("/", 1)[-1] for p in loops} == {"loop", "self"}
+
+
+def test_prompt_lines_without_colon_or_match_are_reported(tmp_path):
+    touch(tmp_path / "dogs" / "a.mp4")
+    (tmp_path / "prompts.txt").write_text(
+        "# comment\ndogs/a.mp4: a dog\nmissing.mp4: nothing here\njust words\n"
+    )
+    records, problems = read_catalog(str(tmp_path))
+    assert [r.prompt for r in records] == ["a dog"]
+    messages = sorted(p.message for p in problems)
+    assert len(messages) == 2 and not any(p.clip for p in problems)
+    assert any("line 3" in m and "missing.mp4" in m and "matches no video" in m for m in messages)
+    assert any("line 4" in m and "no colon" in m for m in messages)
+
+
+def test_empty_and_binary_catalogs_are_refused(tmp_path):
+    from selva_ray.io.catalog import check_not_empty
+
+    (tmp_path / "e.jsonl").write_text("\n\n")
+    with pytest.raises(CatalogError, match="empty"):
+        read_catalog(str(tmp_path / "e.jsonl"))
+    (tmp_path / "b.csv").write_bytes(b"\x00\x01\x02video")
+    with pytest.raises(CatalogError, match="not UTF-8"):
+        read_catalog(str(tmp_path / "b.csv"))
+    (tmp_path / "folder").mkdir()
+    records, problems = read_catalog(str(tmp_path / "folder"))
+    with pytest.raises(CatalogError, match="has no clips"):
+        check_not_empty(str(tmp_path / "folder"), records, problems)
+
+
+def test_input_hash_follows_what_the_row_says():
+    from selva_ray.io.catalog import ClipRecord
+
+    base = ClipRecord("a", "/v/a.mp4", "dog")
+    assert base.input_hash() == ClipRecord("a", "/v/a.mp4", "dog", row=5).input_hash()
+    for changed in (
+        ClipRecord("a", "/v/a.mp4", "cat"),
+        ClipRecord("a", "/v/a.mp4", "dog", negative_prompt="music"),
+        ClipRecord("a", "/v/a.mp4", "dog", seed=1),
+        ClipRecord("a", "/v/a.mp4", "dog", start=1.0),
+    ):
+        assert changed.input_hash() != base.input_hash()

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -75,7 +76,7 @@ def config(catalog: Path, output: Path, **kw) -> ExtractConfig:
         shard_size=5,
         batch_size=4,
         progress=False,
-        **kw,
+        **{"allow_roots": ["/"], **kw},  # the test manifests point into another tmp folder
     )
 
 
@@ -173,7 +174,8 @@ def test_rerun_writes_nothing_new(first_run, catalog):
     output, _ = first_run
     before = listing(output)
     summary = run_extract(config(catalog, output))
-    assert (summary.ok, summary.failed, summary.skipped) == (0, 0, len(GOOD) + 2)
+    assert (summary.ok, summary.failed, summary.skipped) == (0, 0, len(GOOD))
+    assert summary.failed_before == 2 and "2 failed before" in summary.lines()[0]
     assert listing(output) == before
 
 
@@ -293,6 +295,8 @@ def test_cli_summary_and_exit_codes(cluster, catalog, tmp_path):
         "--ray-address",
         cluster,
         "--no-progress",
+        "--allow-root",
+        "/",
     ]
     out = subprocess.run(
         args + ["--output", str(tmp_path / "a"), "--fail-on-error"],
@@ -353,3 +357,61 @@ def test_demo_command_runs_the_main_job_and_resumes(cluster, tmp_path):
     assert all(n > 0 for n in table["latent_len"].to_pylist())  # every demo clip has sound
     again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "0 ok, 0 failed, 6 skipped" in again.stdout
+
+
+def test_a_changed_prompt_redoes_that_clip_and_replaces_its_row(cluster, catalog, tmp_path):
+    output = tmp_path / "out"
+    manifest = tmp_path / "m.csv"
+    a, i = catalog / "dogs/a.mp4", catalog / "rain/i.mp4"
+    manifest.write_text(f"id,video,prompt,seed\nA,{a},a dog,1\nI,{i},rain,2\nX,{a},x,1e30\n")
+    first = run_extract(config(manifest, output))
+    assert (first.ok, first.failed) == (2, 1)  # the huge seed is an error row, not a crash
+    errors = pq.read_table(output / "errors").to_pylist()
+    assert errors[0]["id"] == "X" and "column 'seed'" in errors[0]["message"]
+    old_text = read_tensor(read_features(str(output)).filter(pa_equal("id", "A")), "text_f")
+
+    manifest.write_text(f"id,video,prompt,seed\nA,{a},a dog barking,1\nI,{i},rain,2\nX,{a},x,3\n")
+    second = run_extract(config(manifest, output))
+    assert (second.ok, second.failed, second.skipped, second.redone) == (2, 0, 1, 2)
+    table = read_features(str(output))
+    assert sorted(table["id"].to_pylist()) == ["A", "I", "X"]  # one row per id
+    row = table.filter(pa_equal("id", "A"))
+    assert row["prompt"].to_pylist() == ["a dog barking"]
+    assert not read_tensor(row, "text_f").equal(old_text)
+    assert not (output / "errors").exists() or pq.read_table(output / "errors").num_rows == 0
+    assert "errors in" not in second.lines()[2]  # no errors folder is named when there is none
+
+
+def pa_equal(column: str, value: str):
+    import pyarrow.compute as pc
+
+    return pc.field(column) == value
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(cluster, catalog, tmp_path):
+    import threading
+
+    from selva_ray.io.output_dir import LEASE, OutputBusyError
+
+    output = tmp_path / "out"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video,prompt\n{catalog / 'dogs/a.mp4'},a dog\n")
+    result = {}
+    first = threading.Thread(
+        target=lambda: result.setdefault("summary", run_extract(config(manifest, output)))
+    )
+    first.start()
+    deadline = time.time() + 120
+    while not list((output / LEASE).glob("*.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    with pytest.raises(OutputBusyError, match="in use by another run"):
+        run_extract(config(manifest, output))
+    first.join()
+    assert result["summary"].ok == 1
+    assert read_features(str(output))["id"].to_pylist() == [result_id(output)]
+
+
+def result_id(output: Path) -> str:
+    ids = read_features(str(output))["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == 1
+    return ids[0]

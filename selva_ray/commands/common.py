@@ -1,32 +1,66 @@
-"""Options shared by the commands that run a model: variant, device, precision, weights."""
+"""Options shared by the commands that run a model (variant, device, precision, weights), and
+the driver-side checks every job command runs before Ray or a model starts.
+
+Nothing here imports torch or Ray at module level: the parser must build in milliseconds.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from .. import validate
 from ..runtime import DTYPES, resolve_device, resolve_dtype
+
+
+def variant_name(text: str) -> str:
+    """argparse type: a known variant name (selva_core.variants imports no torch)."""
+    from selva_core.variants import VARIANTS
+
+    if text not in VARIANTS:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {text!r}; choose from {', '.join(VARIANTS)}"
+        )
+    return text
+
+
+def device_name(text: str) -> str:
+    """argparse type: a device name of the right form (availability is checked later)."""
+    if not validate.DEVICE_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
 
 
 def add_model_args(p: argparse.ArgumentParser, *, default_variant: str) -> None:
     p.add_argument(
         "--variant",
+        type=variant_name,
         default=default_variant,
-        help=f"model variant (default {default_variant}; `tiny` runs offline on random weights; "
-        "list them with `selva-ray weights list`)",
+        help="model variant (`tiny` runs offline on random weights; list them with "
+        "`selva-ray weights list`)",
     )
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument(
         "--precision",
         choices=sorted(DTYPES),
         default=None,
         help="model precision (default: bf16 on GPU, fp32 on CPU)",
     )
-    p.add_argument("--weights-dir", help="local weights folder (default $SELVA_WEIGHTS_DIR)")
+    p.add_argument(
+        "--weights-dir",
+        help="local weights folder (default: $SELVA_WEIGHTS_DIR, else ~/.cache/selva-ray/weights)",
+    )
     p.add_argument(
         "--offline",
         action="store_true",
         help="never download; fail with the fetch command when a file is missing",
     )
+
+
+def check_model_args(args: argparse.Namespace, *, local_device: bool = True) -> None:
+    """Driver-side checks of the model options: variant, device, every weight file at once."""
+    validate.check_variant(args.variant)
+    validate.check_device(args.device, local=local_device)
+    validate.check_weights(args.variant, args.weights_dir, offline=args.offline)
 
 
 def resolve_store(args: argparse.Namespace):

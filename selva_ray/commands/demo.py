@@ -5,6 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import validate
+
+
+def tiny_variant(text: str) -> str:
+    from selva_core.variants import VARIANTS
+
+    tiny = [n for n, s in VARIANTS.items() if s.is_tiny]
+    if text not in tiny:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a tiny variant; the demo runs {', '.join(tiny)} "
+            "(use `selva-ray extract` for real weights)"
+        )
+    return text
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,21 +31,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Run it twice to see finished clips skipped."
         ),
     )
-    p.add_argument("--output", type=Path, default=Path("selva-demo"), help="default ./selva-demo")
-    p.add_argument("--variant", default="tiny", help="a tiny variant: tiny, tiny_44k, mmaudio_tiny")
+    p.add_argument("--output", type=Path, default=Path("selva-demo"), help="output folder")
+    p.add_argument(
+        "--variant", type=tiny_variant, default="tiny", help="tiny, tiny_44k or mmaudio_tiny"
+    )
     p.add_argument("--ray-address", help="Ray cluster address (default: a local cluster)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from selva_core.variants import get_spec
+    validate.check_output_writable(str(args.output))
 
     from ..demo import write_demo_catalog
     from ..extract import ExtractConfig, run_extract
 
-    if not get_spec(args.variant).is_tiny:
-        print("the demo runs tiny variants only; use `selva-ray extract` for real weights")
-        return 2
     catalog = write_demo_catalog(args.output / "catalog")
     print(f"catalog: {catalog}")
     summary = run_extract(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
+from .. import validate
 from .common import add_model_args
 
 
@@ -17,13 +17,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "the cluster has them) and write one Parquet row per clip: sync features, CLIP text "
             "features, CLIP frame features (MMAudio variants) and, with --with-audio-latents, "
             "the VAE latent of the clip's own audio (LoRA training targets). Bad clips go to "
-            "OUTPUT/errors/. Rerunning skips finished clips; deleted part files are redone."
+            "OUTPUT/errors/. Rerunning skips finished clips and redoes clips whose catalog row "
+            "changed; deleted part files are redone."
         ),
         epilog=(
             "INPUT is a folder (recursive; .mp4 .mov .mkv .webm .avi; optional prompts.txt with "
             "'filename: description' lines, else the parent folder name is the prompt) or a "
-            "manifest (.csv, .jsonl or .parquet) with columns video, prompt and optional id, "
-            "negative_prompt, start, duration, seed. Paths may be URIs (s3://, gs://)."
+            "manifest (.csv, .jsonl, .json array or .parquet) with columns video, prompt and "
+            "optional id, negative_prompt, start, duration, seed. Paths may be URIs (s3://, "
+            "gs://). Exit status: 0 the job ran, 1 every clip failed (or any, with "
+            "--fail-on-error), 2 unusable catalog or settings (nothing started)."
         ),
     )
     p.add_argument("--input", required=True, help="catalog folder or manifest (path or URI)")
@@ -34,18 +37,49 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also store the VAE posterior of each clip's audio track (for LoRA training)",
     )
-    p.add_argument("--max-duration", type=float, default=8.0, help="seconds per clip (default 8)")
+    p.add_argument(
+        "--max-duration",
+        type=validate.seconds,
+        default=8.0,
+        help=f"seconds per clip, at most {validate.MAX_CLIP_SECONDS:g}",
+    )
     p.add_argument(
         "--storage-dtype",
         choices=["float16", "bfloat16", "float32"],
         default="float16",
-        help="dtype of the stored features (default float16)",
+        help="dtype of the stored features",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="clips per encoder call (default 8)")
-    p.add_argument("--actors", type=int, help="encoder actors (default: one per GPU, else 1)")
-    p.add_argument("--gpus-per-actor", type=float, default=1.0, help="default 1")
-    p.add_argument("--actor-memory-gb", type=float, help="heap reserved per encoder actor")
-    p.add_argument("--shard-size", type=int, default=64, help="clips per committed shard")
+    p.add_argument(
+        "--batch-size", type=validate.int_range(1, 4096), default=8, help="clips per encoder call"
+    )
+    p.add_argument(
+        "--actors", type=validate.positive_int, help="encoder actors (default: one per GPU, else 1)"
+    )
+    p.add_argument(
+        "--gpus-per-actor",
+        type=validate.float_range(0, 64, low_open=True),
+        default=1.0,
+        help="GPUs reserved per encoder actor (fractions share a GPU)",
+    )
+    p.add_argument(
+        "--actor-memory-gb",
+        type=validate.float_range(0, 4096, low_open=True),
+        help="heap reserved per encoder actor (default: by model size)",
+    )
+    p.add_argument(
+        "--shard-size",
+        type=validate.int_range(1, 1_000_000),
+        default=64,
+        help="clips per committed shard",
+    )
+    p.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a folder or bucket (s3://b) manifest rows may point into; repeatable (default: "
+        "the manifest's folder and bucket; `/` allows any local path)",
+    )
     p.add_argument("--retry-errors", action="store_true", help="redo clips that failed before")
     p.add_argument(
         "--fail-on-error",
@@ -53,16 +87,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="exit 1 if any clip failed (default: only if every clip failed)",
     )
     p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument(
+        "--skip-weights-check",
+        action="store_true",
+        help="do not look for the weight files in the driver (when only the workers see them)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress output")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from selva_core.variants import UnknownVariantError
-
     from ..extract import ExtractConfig, run_extract
-    from ..io.catalog import CatalogError
-    from ..io.output_dir import SettingsMismatchError
 
     config = ExtractConfig(
         input=args.input,
@@ -84,12 +119,10 @@ def run(args: argparse.Namespace) -> int:
         offline=args.offline,
         ray_address=args.ray_address,
         progress=not args.no_progress,
+        allow_roots=args.allow_root or None,
+        check_weights=not args.skip_weights_check,
     )
-    try:
-        summary = run_extract(config)
-    except (CatalogError, SettingsMismatchError, UnknownVariantError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    summary = run_extract(config)  # unusable input raises UsageError: exit 2 in cli.main
     for line in summary.lines():
         print(line)
     return summary.exit_code(args.fail_on_error)

@@ -8,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from selva_core.variants import VARIANTS
-
-from .common import add_model_args, pipeline_config, resolve_store
+from .. import validate
+from .common import add_model_args, check_model_args, pipeline_config, resolve_store
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +31,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="",
         help="sounds to steer away from (default: '' as the official demo)",
     )
-    p.add_argument("--seed", type=int, default=42, help="noise seed (default 42)")
-    p.add_argument("--steps", type=int, default=25, help="Euler steps (default 25)")
-    p.add_argument("--cfg", type=float, default=4.5, help="guidance strength (default 4.5)")
-    p.add_argument("--duration", type=float, default=8.0, help="max seconds (default 8)")
-    p.add_argument("--start", type=float, default=0.0, help="start offset in seconds")
-    p.add_argument("--output-dir", type=Path, default=Path("."), help="default: current dir")
+    p.add_argument(
+        "--seed", type=validate.seed, default=42, help=f"noise seed, 0..{validate.MAX_SEED}"
+    )
+    p.add_argument(
+        "--steps", type=validate.steps, default=25, help=f"Euler steps, 1..{validate.MAX_STEPS}"
+    )
+    p.add_argument(
+        "--cfg", type=validate.cfg, default=4.5, help=f"guidance strength, 0..{validate.MAX_CFG:g}"
+    )
+    p.add_argument(
+        "--duration",
+        type=validate.seconds,
+        default=8.0,
+        help=f"max seconds, at most {validate.MAX_CLIP_SECONDS:g}",
+    )
+    p.add_argument(
+        "--start", type=validate.non_negative_float, default=0.0, help="start offset in seconds"
+    )
+    p.add_argument("--output-dir", type=Path, default=Path("."), help="where the files go")
     p.add_argument("--mux", action="store_true", help="also write <stem>.dubbed.mp4")
     add_model_args(p, default_variant="small_16k")
     p.set_defaults(run=run)
@@ -50,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
     from selva_core.video.write import mux_audio, write_flac
     from selva_core.weights import WeightsError
 
-    if args.variant not in VARIANTS:
-        print(
-            f"error: unknown variant {args.variant!r}; choose from {', '.join(VARIANTS)}",
-            file=sys.stderr,
-        )
-        return 2
+    if not args.video.is_file():
+        raise validate.UsageError(f"video {args.video} does not exist or is not a file")
+    if not args.prompt.strip():
+        raise validate.UsageError("--prompt is empty; say which sound to generate")
+    validate.check_output_writable(str(args.output_dir), flag="--output-dir")
+    check_model_args(args)
     try:
         t0 = time.perf_counter()
         pipe = Pipeline(pipeline_config(args), resolve_store(args))

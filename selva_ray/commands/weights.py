@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
+from urllib.parse import urlparse
 
 from selva_core.variants import VARIANTS, get_spec
-from selva_core.weights import WEIGHTS_DIR_ENV, HubSnapshot, WeightsError, WeightStore
+from selva_core.weights import (
+    CATALOG,
+    WEIGHTS_DIR_ENV,
+    HubSnapshot,
+    WeightsError,
+    WeightStore,
+    offline,
+)
+
+from ..validate import UsageError
+from .common import variant_name
+
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def catalog_entry(text: str) -> str:
+    if text not in CATALOG:
+        raise argparse.ArgumentTypeError(
+            f"unknown weight entry {text!r}; see `selva-ray weights list`"
+        )
+    return text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +52,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ("verify", "check that a variant's files are present and match their MD5"),
     ):
         a = actions.add_parser(name, help=helptext, description=helptext)
-        a.add_argument("--variant", action="append", default=[], help="variant name (repeatable)")
+        a.add_argument(
+            "--variant",
+            type=variant_name,
+            action="append",
+            default=[],
+            help="variant name (repeatable)",
+        )
         a.add_argument("--all", action="store_true", help="every non-tiny variant")
-        a.add_argument("--only", action="append", default=[], help="a single catalog entry")
+        a.add_argument(
+            "--only",
+            type=catalog_entry,
+            action="append",
+            default=[],
+            help="a single catalog entry (repeatable)",
+        )
         a.add_argument("--weights-dir", help=f"weights folder (default ${WEIGHTS_DIR_ENV})")
         if name == "download":
             a.add_argument("--token", help="Hugging Face token for gated repos (or $HF_TOKEN)")
@@ -48,7 +83,7 @@ def _keys(args: argparse.Namespace) -> list[str]:
         keys.extend(get_spec(name).weight_keys)
     keys.extend(args.only)
     if not keys and not names:
-        raise SystemExit("name a --variant, --only ENTRY or --all")
+        raise UsageError("name a --variant, --only ENTRY or --all")
     return list(dict.fromkeys(keys))
 
 
@@ -66,10 +101,39 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One TCP connection to the hub (honouring $HF_ENDPOINT), so an offline machine is told
+    so in seconds instead of after the hub library's retries."""
+    if offline():
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _download(args: argparse.Namespace) -> int:
+    keys = _keys(args)
     store = WeightStore(args.weights_dir, allow_download=True, token=args.token)
+    if not hub_reachable():
+        missing = 0
+        for key in keys:
+            found = None if args.force else store.find(key)
+            if found is not None:
+                print(f"ok       {key:22s} {found}")
+                continue
+            missing += 1
+            print(
+                f"MISSING  {key:22s} cannot reach the hub (offline); copy it to "
+                f"{store.local_path(key)}",
+                file=sys.stderr,
+            )
+        return 1 if missing else 0
     failed = 0
-    for key in _keys(args):
+    for key in keys:
         try:
             path = store.download(key, force=args.force) if args.force else store.resolve(key)
             print(f"ok       {key:22s} {path}")

@@ -7,6 +7,7 @@ catalog -> skip finished ids -> shards -> decode (CPU tasks) -> encode (model ac
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from collections import Counter
@@ -14,11 +15,11 @@ from dataclasses import asdict, dataclass, field
 
 from selva_core.variants import get_spec
 
-from ..io.catalog import CatalogProblem, ClipRecord, read_catalog
+from .. import validate
+from ..io.catalog import CatalogProblem, ClipRecord, check_not_empty, read_catalog
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..io.rows import error_table
-from .stages import FeatureEncoder, decode_batch, write_batch
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -49,6 +50,8 @@ class ExtractConfig:
     ray_address: str | None = None
     frame_rule: str = "official"
     progress: bool = True
+    allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
+    check_weights: bool = True  # look for every weight file in the driver before starting
 
 
 @dataclass
@@ -57,9 +60,13 @@ class ExtractSummary:
     catalog: int = 0
     ok: int = 0
     failed: int = 0
-    skipped: int = 0
+    skipped: int = 0  # finished before (features present, same input)
+    failed_before: int = 0  # failed before, same input: skipped unless --retry-errors
+    redone: int = 0  # had a row computed from a different catalog row: computed again
+    warnings: int = 0  # catalog problems that are not clips (prompts.txt lines, symlink loops)
     wall_s: float = 0.0
     errors_by_stage: dict = field(default_factory=dict)
+    has_errors_folder: bool = False
 
     @property
     def attempted(self) -> int:
@@ -77,17 +84,52 @@ class ExtractSummary:
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))
-        return [
+        first = (
             f"catalog {self.catalog} clips: {self.ok} ok, {self.failed} failed"
             + (f" ({stages})" if stages else "")
-            + f", {self.skipped} skipped (already done)",
-            f"wall time {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s",
-            f"features in {self.output}, errors in {self.output.rstrip('/')}/errors/",
-        ]
+            + f", {self.skipped} skipped (already done)"
+        )
+        if self.failed_before:
+            first += f", {self.failed_before} failed before (--retry-errors redoes them)"
+        if self.redone:
+            first += f"; {self.redone} redone (catalog row changed)"
+        if self.warnings:
+            first += f"; {self.warnings} catalog warning(s)"
+        where = f"features in {self.output}"
+        if self.has_errors_folder:
+            where += f", errors in {self.output.rstrip('/')}/errors/"
+        return [first, f"wall time {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s", where]
+
+
+def check_config(config: ExtractConfig) -> None:
+    """Every setting that can be checked without the catalog, the cluster or a model."""
+    if not 0 < config.max_duration <= validate.MAX_CLIP_SECONDS:
+        raise validate.UsageError(
+            f"--max-duration must be in (0, {validate.MAX_CLIP_SECONDS:g}], got "
+            f"{config.max_duration}"
+        )
+    for name in ("batch_size", "shard_size"):
+        if int(getattr(config, name)) < 1:
+            raise validate.UsageError(f"--{name.replace('_', '-')} must be >= 1")
+    if config.actors is not None and config.actors < 1:
+        raise validate.UsageError("--actors must be >= 1")
+    validate.check_variant(config.variant)
+    local = not (config.ray_address or os.environ.get("RAY_ADDRESS"))
+    validate.check_device(config.device, local=local)
+    validate.check_output_writable(config.output)
+    if config.check_weights:
+        validate.check_weights(config.variant, config.weights_dir, offline=config.offline)
 
 
 def run_extract(config: ExtractConfig) -> ExtractSummary:
+    """Run the job. Unusable input or settings raise `validate.UsageError` (a one-line
+    message) before anything is written or any cluster or model starts."""
     t0 = time.perf_counter()
+    check_config(config)
+    records, problems = read_catalog(
+        config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
+    )
+    check_not_empty(config.input, records, problems)
     spec = get_spec(config.variant)
     layout = FeatureLayout.for_run(
         spec,
@@ -97,42 +139,76 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
         frame_rule=config.frame_rule,
     )
     out = OutputDir(config.output)
-    out.claim(layout.describe())
-    out.recover()
-    if config.retry_errors:
-        log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
+    out.check_settings(layout.describe())
+    out.finished()  # a corrupt part file is named now, before the folder is claimed
 
-    records, problems = read_catalog(config.input, max_duration=config.max_duration)
-    done = out.finished_ids()
-    todo = [r for r in records if r.id not in done]
-    new_problems = [p for p in problems if p.id not in done]
-    summary = ExtractSummary(
-        output=config.output,
-        catalog=len(records) + len(problems),
-        skipped=len(records) - len(todo) + len(problems) - len(new_problems),
-    )
-    run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
-    log.info(
-        "%d clips in catalog, %d to do, %d already done",
-        summary.catalog,
-        len(todo),
-        summary.skipped,
-    )
-    if new_problems:
-        _record_catalog_problems(out, f"{run}-catalog", new_problems, layout)
-        summary.failed += len(new_problems)
-        summary.errors_by_stage["catalog"] = len(new_problems)
-    if todo:
-        ok, failed = _run_pipeline(config, layout, out, todo, run)
-        summary.ok += ok
-        summary.failed += sum(failed.values())
-        for stage, n in failed.items():
-            summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
-    summary.wall_s = time.perf_counter() - t0
-    out.record_run(
-        {"run": run, "finished_at": time.time(), "settings": asdict(config), **asdict(summary)}
-    )
+    with out.acquire_lease():
+        out.claim(layout.describe())
+        out.recover()
+        if config.retry_errors:
+            log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
+        summary = ExtractSummary(output=config.output)
+        run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
+        todo, new_problems = _plan(out, records, problems, summary)
+        if new_problems:
+            _record_catalog_problems(out, f"{run}-catalog", new_problems, layout)
+            summary.failed += len(new_problems)
+            summary.errors_by_stage["catalog"] = len(new_problems)
+        if todo:
+            ok, failed = _run_pipeline(config, layout, out, todo, run)
+            summary.ok += ok
+            summary.failed += sum(failed.values())
+            for stage, n in failed.items():
+                summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
+        summary.wall_s = time.perf_counter() - t0
+        summary.has_errors_folder = bool(out.part_files(errors=True))
+        out.record_run(
+            {"run": run, "finished_at": time.time(), "settings": asdict(config), **asdict(summary)}
+        )
     return summary
+
+
+def _plan(
+    out: OutputDir,
+    records: list[ClipRecord],
+    problems: list[CatalogProblem],
+    summary: ExtractSummary,
+) -> tuple[list[ClipRecord], list[CatalogProblem]]:
+    """What to compute: new clips, and clips whose committed row came from another catalog row
+    (their old rows are deleted first, so no reader ever sees two rows for one id)."""
+    finished = out.finished()
+    for p in problems:
+        if not p.clip:
+            log.warning("catalog: %s", p.message)
+    clip_problems = [p for p in problems if p.clip]
+    summary.warnings = len(problems) - len(clip_problems)
+    summary.catalog = len(records) + len(clip_problems)
+    todo, new_problems, stale = [], [], set()
+    items = [(r, r.id, r.input_hash()) for r in records]
+    items += [(p, p.id, p.input_hash or None) for p in clip_problems]
+    for item, cid, digest in items:
+        done = finished.get(cid)
+        if done is not None and (done.input_hash is None or done.input_hash == digest):
+            if done.kind == "features":
+                summary.skipped += 1
+            else:
+                summary.failed_before += 1
+            continue
+        if done is not None:
+            stale.add(cid)
+        (todo if isinstance(item, ClipRecord) else new_problems).append(item)
+    if stale:
+        removed = out.remove_ids(stale, finished)
+        summary.redone = len(stale)
+        log.info("%d clip(s) changed in the catalog: removed %d old row(s)", len(stale), removed)
+    log.info(
+        "%d clips in catalog, %d to do, %d already done, %d failed before",
+        summary.catalog,
+        len(todo) + len(new_problems),
+        summary.skipped,
+        summary.failed_before,
+    )
+    return todo, new_problems
 
 
 def _record_catalog_problems(
@@ -146,6 +222,7 @@ def _record_catalog_problems(
             "stage": "catalog",
             "error_type": "CatalogError",
             "message": p.message,
+            "input_hash": p.input_hash or None,
         }
         for p in problems
     ]
@@ -160,6 +237,7 @@ def _shards(todo: list[ClipRecord], size: int, run: str, max_duration: float) ->
     for i, record in enumerate(todo):
         row = record.to_row()
         row["duration"] = record.duration or max_duration
+        row["input_hash"] = record.input_hash()
         row["shard"] = f"{run}-{i // size:05d}"
         rows.append(row)
     return rows
@@ -204,10 +282,15 @@ def _run_pipeline(
     import ray
 
     from ..runtime import init_ray
+    from .stages import FeatureEncoder, decode_batch, write_batch
 
     init_ray(config.ray_address, progress=config.progress)
     spec = get_spec(config.variant)
     plan = _actor_plan(config, spec.is_tiny)
+    if config.device.startswith("cuda") and plan["num_gpus"] == 0:
+        raise validate.UsageError(
+            f"--device {config.device}: the Ray cluster has no GPUs; use --device cpu or auto"
+        )
     rows = _shards(todo, config.shard_size, run, config.max_duration)
     expected = Counter(r["shard"] for r in rows)
     log.info(

@@ -22,7 +22,17 @@ from ..io.rows import OK_RESULT, batch_rows, error_result, error_table, local_co
 
 log = logging.getLogger(__name__)
 
-CLIP_COLUMNS = ("id", "shard", "row", "source", "prompt", "negative_prompt", "seed", "start")
+CLIP_COLUMNS = (
+    "id",
+    "shard",
+    "row",
+    "source",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "start",
+    "input_hash",
+)
 EMPTY_FRAMES = np.zeros((0, 3, 1, 1), dtype=np.uint8)
 EMPTY_AUDIO = np.zeros((0,), dtype=np.float32)
 
@@ -129,9 +139,9 @@ class FeatureEncoder:
                     path=row["source"],
                     start=row["start"],
                     duration=row["duration"],
-                    sync_frames=torch.from_numpy(np.asarray(row["sync_frames"])),
-                    clip_frames=torch.from_numpy(np.asarray(row["clip_frames"])),
-                    audio=torch.from_numpy(np.asarray(row["audio"])) if row["has_audio"] else None,
+                    sync_frames=_tensor(row["sync_frames"]),
+                    clip_frames=_tensor(row["clip_frames"]),
+                    audio=_tensor(row["audio"]) if row["has_audio"] else None,
                     has_audio=row["has_audio"],
                     padded=row["padded"],
                     source_fps=row["fps"],
@@ -188,6 +198,16 @@ class FeatureEncoder:
         return dict(out)
 
 
+def _tensor(array) -> torch.Tensor:
+    """A tensor of a batch array. Ray Data hands out read-only views of its object store;
+    torch must not alias them (it warns, and a model writing in place would fault), so copy
+    exactly when the array is read-only."""
+    array = np.asarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
 def _tensors(f, layout: FeatureLayout) -> dict[str, torch.Tensor]:
     tensors = {"sync_f": f.sync_f, "text_f": f.text_f}
     if layout.clip_len:
@@ -213,9 +233,11 @@ def write_batch(
         by_shard[row["shard"]].append(i)
     for shard, idx in by_shard.items():
         ok = [i for i in idx if rows[i]["status"] == "ok"]
-        bad = [i for i in idx if rows[i]["status"] != "ok"]
         if ok:
-            out_dir.stage(shard, "features", feature_table(batch, ok, layout))
+            table = _feature_table_or_errors(batch, ok, rows, layout)
+            if table is not None:
+                out_dir.stage(shard, "features", table)
+        bad = [i for i in idx if rows[i]["status"] != "ok"]
         if bad:
             out_dir.stage(shard, "errors", error_table([rows[i] for i in bad], settings))
     return {
@@ -224,6 +246,25 @@ def write_batch(
         "status": [r["status"] for r in rows],
         "stage": [r["stage"] for r in rows],
     }
+
+
+def _feature_table_or_errors(
+    batch: dict[str, np.ndarray], idx: list[int], rows: list[dict], layout: FeatureLayout
+) -> pa.Table | None:
+    """The feature table of rows `idx`; a row whose values do not fit the schema becomes an
+    error row (stage 'write') instead of failing the block with it."""
+    try:
+        return feature_table(batch, idx, layout)
+    except Exception:  # noqa: BLE001 - find the bad row(s) below
+        pass
+    good = []
+    for i in idx:
+        try:
+            feature_table(batch, [i], layout)
+            good.append(i)
+        except Exception as exc:  # noqa: BLE001
+            rows[i].update(error_result(rows[i], "write", exc))
+    return feature_table(batch, good, layout) if good else None
 
 
 def feature_table(batch: dict[str, np.ndarray], idx: list[int], layout: FeatureLayout) -> pa.Table:

@@ -1,23 +1,38 @@
 """Video catalogs: a folder of videos (with optional prompts.txt) or a manifest table.
 
 Every clip gets a stable id (the manifest's, or a hash of source + start + duration) so reruns
-skip finished clips and joins between feature sets are exact. Paths and URIs (local, s3://,
-gs://, file://) go through `pyarrow.fs`, so the same catalog works on a laptop and a cluster.
-Rows that cannot run (no video, bad numbers, duplicate ids) are returned as catalog errors
-instead of stopping the job.
+skip finished clips and joins between feature sets are exact, and an input hash (source,
+prompt, negative prompt, start, duration, seed) so a rerun redoes a clip whose row changed.
+Paths and URIs (local, s3://, gs://, file://) go through `pyarrow.fs`, so the same catalog
+works on a laptop and a cluster.
+
+Every value is validated and typed here, at read time: a row that cannot run (no video, a
+value of the wrong type or out of range, a duplicate or unsafe id, a path outside the allowed
+roots, an undecodable CSV line) becomes a `CatalogProblem` naming the row, column and value,
+and the job records it as an error row; the rest of the catalog runs. Only a catalog that
+cannot be read at all (missing, empty, not text, no `video`/`prompt` column) raises
+`CatalogError` (exit status 2 in the CLI).
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
+import logging
 import math
+import os
 import posixpath
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
+
+from ..validate import MAX_CFG, MAX_SEED, MAX_STEPS, UsageError, id_problem
+
+log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 MANIFEST_EXTENSIONS = (".csv", ".jsonl", ".json", ".parquet")
@@ -33,9 +48,11 @@ MANIFEST_COLUMNS = (
     "cfg",
     "steps",
 )
+# What a feature row depends on besides the job's settings: a change makes a rerun redo it.
+IDENTITY_FIELDS = ("source", "prompt", "negative_prompt", "start", "duration", "seed")
 
 
-class CatalogError(ValueError):
+class CatalogError(UsageError):
     """The catalog as a whole cannot be read (missing folder, unreadable manifest)."""
 
 
@@ -55,21 +72,38 @@ class ClipRecord:
     def to_row(self) -> dict:
         return asdict(self)
 
+    def input_hash(self, fields: Iterable[str] = IDENTITY_FIELDS) -> str:
+        """Digest of the fields an output row depends on (jobs that use cfg/steps add them)."""
+        values = [[f, getattr(self, f)] for f in fields]
+        return _digest(values)
+
 
 @dataclass(frozen=True)
 class CatalogProblem:
-    """A catalog row that cannot run; it goes to the errors table with stage 'catalog'."""
+    """A catalog row that cannot run; it goes to the errors table with stage 'catalog'.
+
+    `clip=False` marks a problem of the catalog itself rather than of a clip (a prompts.txt
+    line that names no video, a symlink loop): jobs report it every run but write no error row.
+    `input_hash` identifies the row's content, so a fixed row is tried again.
+    """
 
     id: str
     source: str
     row: int
     message: str
+    clip: bool = True
+    input_hash: str = ""
 
 
 def clip_id(source: str, start: float, duration: float | None) -> str:
     """Deterministic id from what defines the clip (16 hex chars of SHA-1)."""
     key = json.dumps([source, round(float(start), 6), duration], separators=(",", ":"))
     return hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def _digest(value) -> str:
+    blob = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -81,8 +115,6 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def _abspath(path: str) -> str:
-    import os
-
     return os.path.abspath(os.path.expanduser(path))
 
 
@@ -115,28 +147,50 @@ def fallback_prompt(source: str) -> str:
 
 def parse_prompts_file(text: str) -> dict[str, str]:
     """`filename: description` lines; `#` comments and blank lines are skipped."""
-    prompts = {}
-    for line in text.splitlines():
+    return {name: prompt for name, (prompt, _) in parse_prompts_lines(text)[0].items()}
+
+
+def parse_prompts_lines(text: str) -> tuple[dict[str, tuple[str, int]], list[tuple[int, str]]]:
+    """`filename: description` lines as {name: (prompt, line number)}, and the lines that
+    are neither comments nor blank but have no colon (line number, text)."""
+    prompts: dict[str, tuple[str, int]] = {}
+    bad: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
-        if not line or line.startswith("#") or ":" not in line:
+        if not line or line.startswith("#"):
+            continue
+        if ":" not in line:
+            bad.append((number, line))
             continue
         name, prompt = line.split(":", 1)
-        prompts[name.strip()] = prompt.strip()
-    return prompts
+        prompts[name.strip()] = (prompt.strip(), number)
+    return prompts, bad
 
 
 def read_catalog(
-    source: str, *, max_duration: float = 8.0
+    source: str,
+    *,
+    max_duration: float = 8.0,
+    allow_roots: Iterable[str] | None = None,
 ) -> tuple[list[ClipRecord], list[CatalogProblem]]:
-    """Clips of a folder or manifest (path or URI), and the rows that cannot run."""
+    """Clips of a folder or manifest (path or URI), and the rows that cannot run.
+
+    `allow_roots`: folders or buckets manifest rows may point into (None: the manifest's own
+    folder, and for URIs the bucket they name; "/" allows any local path).
+    """
     fs, path = resolve(source)
-    info = fs.get_file_info(path)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:
+        raise CatalogError(f"catalog {source} cannot be read: {exc}") from exc
     if info.type == pafs.FileType.NotFound:
         raise CatalogError(f"catalog {source} does not exist")
     if info.type == pafs.FileType.Directory:
-        records, problems = _read_folder(fs, path, source), []
+        records, problems = _read_folder(fs, path, source)
     elif path.lower().endswith(MANIFEST_EXTENSIONS):
-        records, problems = _read_manifest(fs, path, source)
+        if info.size == 0:
+            raise CatalogError(f"manifest {source} is empty")
+        records, problems = _read_manifest(fs, path, source, max_duration, allow_roots)
     else:
         raise CatalogError(
             f"{source} is neither a folder nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})"
@@ -144,16 +198,49 @@ def read_catalog(
     return _validate(records, problems, max_duration)
 
 
-def _read_folder(fs: pafs.FileSystem, root: str, original: str) -> list[ClipRecord]:
-    infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
-    files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
-    prompt_files = {
-        posixpath.dirname(p): parse_prompts_file(_read_text(fs, p))
-        for p in files
-        if posixpath.basename(p) == PROMPTS_FILE
-    }
+def check_not_empty(source: str, records: list[ClipRecord], problems: list[CatalogProblem]) -> None:
+    """Refuse a catalog without a single clip (nothing to do is a mistake, not a success)."""
+    if records or any(p.clip for p in problems):
+        return
+    kinds = f"{', '.join(VIDEO_EXTENSIONS)} files" if not _looks_like_manifest(source) else "rows"
+    raise CatalogError(f"catalog {source} has no clips (no {kinds} found)")
+
+
+def _looks_like_manifest(source: str) -> bool:
+    return source.lower().endswith(MANIFEST_EXTENSIONS)
+
+
+# ---- folders ----------------------------------------------------------------------------------
+
+
+def _read_folder(
+    fs: pafs.FileSystem, root: str, original: str
+) -> tuple[list[ClipRecord], list[CatalogProblem]]:
+    problems: list[CatalogProblem] = []
+    if isinstance(fs, pafs.LocalFileSystem):
+        files = _walk_local(root, problems)
+    else:
+        infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))
+        files = sorted(i.path for i in infos if i.type == pafs.FileType.File)
+    videos = [p for p in files if p.lower().endswith(VIDEO_EXTENSIONS)]
+    prompt_files: dict[str, dict[str, tuple[str, int]]] = {}
+    for p in files:
+        if posixpath.basename(p) != PROMPTS_FILE:
+            continue
+        try:
+            table, bad = parse_prompts_lines(_read_text(fs, p))
+        except UnicodeDecodeError as exc:
+            problems.append(_file_problem(p, 0, f"{p} is not UTF-8 text ({exc.reason}); ignored"))
+            continue
+        prompt_files[posixpath.dirname(p)] = table
+        for number, text in bad:
+            problems.append(
+                _file_problem(
+                    p, number, f"{p} line {number} has no colon ('filename: description'): {text!r}"
+                )
+            )
     records = []
-    for index, path in enumerate(p for p in files if p.lower().endswith(VIDEO_EXTENSIONS)):
+    for index, path in enumerate(videos):
         source = _display(fs, path, original)
         records.append(
             ClipRecord(
@@ -163,24 +250,107 @@ def _read_folder(fs: pafs.FileSystem, root: str, original: str) -> list[ClipReco
                 row=index,
             )
         )
-    return records
+    problems += _unmatched_prompt_lines(prompt_files, videos)
+    return records, problems
 
 
-def _folder_prompt(path: str, prompt_files: dict[str, dict[str, str]]) -> str:
+def _file_problem(path: str, line: int, message: str) -> CatalogProblem:
+    return CatalogProblem(clip_id(f"{path}:{line}", 0.0, None), path, line, message, clip=False)
+
+
+def _walk_local(root: str, problems: list[CatalogProblem]) -> list[str]:
+    """Files under `root`, following symlinks once: a folder reached again by its resolved path
+    is skipped, and a link back into its own ancestry is reported as a loop."""
+    files: list[str] = []
+    seen_dirs = {os.path.realpath(root)}
+    seen_files: set[str] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(_file_problem(folder, 0, f"cannot list {folder}: {exc.strerror}"))
+            continue
+        subdirs = []
+        for entry in entries:
+            try:
+                is_dir = entry.is_dir(follow_symlinks=True)
+                is_file = not is_dir and entry.is_file(follow_symlinks=True)
+            except OSError:  # a loop of links to links, or a vanished entry
+                is_dir = is_file = False
+            if is_dir:
+                real = os.path.realpath(entry.path)
+                if real in seen_dirs:
+                    here = os.path.realpath(folder)
+                    if entry.is_symlink() and (here == real or here.startswith(real + "/")):
+                        target = os.readlink(entry.path)
+                        problems.append(
+                            _file_problem(
+                                entry.path,
+                                0,
+                                f"symlink loop: {entry.path} -> {target} (its folder was "
+                                "listed once already; skipped)",
+                            )
+                        )
+                    else:
+                        log.debug("%s: folder already listed by its resolved path", entry.path)
+                    continue
+                seen_dirs.add(real)
+                subdirs.append(entry.path)
+            elif is_file:
+                real = os.path.realpath(entry.path)
+                if real in seen_files:
+                    log.debug("%s: file already listed by its resolved path", entry.path)
+                    continue
+                seen_files.add(real)
+                files.append(entry.path)
+        stack.extend(reversed(subdirs))
+    return sorted(files)
+
+
+def _prompt_keys(path: str, folder: str) -> tuple[str, ...]:
+    rel = posixpath.relpath(path, folder)
+    name = posixpath.basename(path)
+    return (rel, name, posixpath.splitext(rel)[0], posixpath.splitext(name)[0])
+
+
+def _folder_prompt(path: str, prompt_files: dict[str, dict[str, tuple[str, int]]]) -> str:
     """The nearest prompts.txt (this folder, then its parents) naming the file decides."""
     folder = posixpath.dirname(path)
     while True:
         table = prompt_files.get(folder)
         if table:
-            rel = posixpath.relpath(path, folder)
-            name = posixpath.basename(path)
-            for key in (rel, name, posixpath.splitext(rel)[0], posixpath.splitext(name)[0]):
+            for key in _prompt_keys(path, folder):
                 if key in table:
-                    return table[key]
+                    return table[key][0]
         parent = posixpath.dirname(folder)
         if parent == folder:
             return fallback_prompt(path)
         folder = parent
+
+
+def _unmatched_prompt_lines(
+    prompt_files: dict[str, dict[str, tuple[str, int]]], videos: list[str]
+) -> list[CatalogProblem]:
+    problems = []
+    for folder, table in sorted(prompt_files.items()):
+        prefix = folder.rstrip("/") + "/"
+        matched = set()
+        for path in videos:
+            if path.startswith(prefix):
+                matched.update(k for k in _prompt_keys(path, folder) if k in table)
+        for name, (_, number) in table.items():
+            if name not in matched:
+                where = f"{prefix}{PROMPTS_FILE}"
+                problems.append(
+                    _file_problem(
+                        where,
+                        number,
+                        f"{where} line {number}: {name!r} matches no video under {folder}",
+                    )
+                )
+    return problems
 
 
 def _read_text(fs: pafs.FileSystem, path: str) -> str:
@@ -188,115 +358,288 @@ def _read_text(fs: pafs.FileSystem, path: str) -> str:
         return f.read().decode("utf-8")
 
 
+# ---- manifests --------------------------------------------------------------------------------
+
+
 def _read_manifest(
-    fs: pafs.FileSystem, path: str, original: str
+    fs: pafs.FileSystem,
+    path: str,
+    original: str,
+    max_duration: float,
+    allow_roots: Iterable[str] | None,
 ) -> tuple[list[ClipRecord], list[CatalogProblem]]:
     rows, columns = _read_rows(fs, path, original)
-    if "video" not in columns:
-        raise CatalogError(f"manifest {original} has no 'video' column (columns: {columns})")
-    unknown = sorted(set(columns) - set(MANIFEST_COLUMNS))
+    for name in ("video", "prompt"):
+        if name not in columns:
+            raise CatalogError(
+                f"manifest {original} has no {name!r} column (columns: {columns}); "
+                f"expected video, prompt and optional {', '.join(MANIFEST_COLUMNS[2:])}"
+            )
+    unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
     if unknown:
-        raise CatalogError(
-            f"manifest {original}: unknown columns {unknown}; expected {list(MANIFEST_COLUMNS)}"
-        )
+        log.warning("manifest %s: ignoring unknown columns %s", original, unknown)
     local = isinstance(fs, pafs.LocalFileSystem)
     base = posixpath.dirname(path) if local else original.rsplit("/", 1)[0]
+    roots = _allowed_roots(allow_roots, base)
     records, problems = [], []
     for row, item in enumerate(rows):
-        if "error" in item:
-            problems.append(CatalogProblem(f"row-{row}", "", row, item["error"]))
-            continue
-        video = item.get("video")
-        if not isinstance(video, str) or not video.strip():
-            problems.append(CatalogProblem(_row_id(item, row), "", row, "row has no 'video' value"))
-            continue
-        source = _local_source(_join(base, video.strip()))
-        try:
-            start = _number(item.get("start"), 0.0, "start")
-            duration = _number(item.get("duration"), None, "duration")
-            seed = None if item.get("seed") in (None, "") else int(item["seed"])
-            cfg = _number(item.get("cfg"), None, "cfg")
-            steps = None if item.get("steps") in (None, "") else int(item["steps"])
-        except (TypeError, ValueError) as exc:
-            problems.append(CatalogProblem(_row_id(item, row), source, row, str(exc)))
-            continue
-        raw_id = item.get("id")
-        records.append(
-            ClipRecord(
-                id=str(raw_id) if raw_id not in (None, "") else clip_id(source, start, duration),
-                source=source,
-                prompt="" if item.get("prompt") is None else str(item["prompt"]),
-                negative_prompt=item.get("negative_prompt") or None,  # empty cell: not given
-                start=start,
-                duration=duration,
-                seed=seed,
-                cfg=cfg,
-                steps=steps,
-                row=row,
-            )
-        )
+        result = _typed_row(row, item, base, roots, max_duration)
+        (problems if isinstance(result, CatalogProblem) else records).append(result)
     return records, problems
 
 
-def _row_id(item: dict, row: int) -> str:
-    """An id for a row that cannot be parsed: its own, or one naming the row."""
-    return str(item["id"]) if item.get("id") not in (None, "") else f"row-{row}"
+class _RowError(ValueError):
+    pass
 
 
-def _number(value, default, name: str):
+def _typed_row(
+    row: int, item: dict, base: str, roots: list[str] | None, max_duration: float
+) -> ClipRecord | CatalogProblem:
+    line = item.pop("__line__", None)
+    where = f"row {row}" + (f" (line {line})" if line else "")
+    problem_hash = _digest(item)
+    if "__error__" in item:
+        return CatalogProblem(
+            f"row-{row}", "", row, f"{where}: {item['__error__']}", True, problem_hash
+        )
+    raw_id = item.get("id")
+    fallback_id = f"row-{row}"
+    if isinstance(raw_id, str) and raw_id and not id_problem(raw_id):
+        fallback_id = raw_id
+    elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
+        fallback_id = str(raw_id)
+    source = ""
+    try:
+        video = item.get("video")
+        if not isinstance(video, str) or not video.strip():
+            raise _RowError(f"column 'video': no 'video' value ({video!r})")
+        source = _local_source(_join(base, video.strip()))
+        if roots is not None and not _inside(source, roots):
+            raise _RowError(
+                f"column 'video': {video!r} is outside the allowed roots "
+                f"{[r for r in roots if r != '*://']} (add its folder with --allow-root)"
+            )
+        prompt = item.get("prompt")
+        if prompt is None:
+            raise _RowError("column 'prompt': no prompt")
+        if not isinstance(prompt, str):
+            raise _RowError(f"column 'prompt': must be text, got {prompt!r}")
+        negative = item.get("negative_prompt")
+        if negative is not None and not isinstance(negative, str):
+            raise _RowError(f"column 'negative_prompt': must be text, got {negative!r}")
+        start = _number(item.get("start"), 0.0, "start", low=0.0)
+        duration = _number(item.get("duration"), None, "duration", low=0.0, low_open=True)
+        if duration is not None and duration > max_duration:
+            raise _RowError(f"column 'duration': must be in (0, {max_duration}], got {duration}")
+        seed = _integer(item.get("seed"), "seed", 0, MAX_SEED)
+        cfg = _number(item.get("cfg"), None, "cfg", low=0.0, high=MAX_CFG)
+        steps = _integer(item.get("steps"), "steps", 1, MAX_STEPS)
+        if raw_id in (None, ""):
+            cid = clip_id(source, start, duration)
+        elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
+            raise _RowError(f"column 'id': must be text or an integer, got {raw_id!r}")
+        else:
+            cid = str(raw_id)
+            bad_id = id_problem(cid)
+            if bad_id:
+                raise _RowError(f"column 'id': {bad_id}")
+    except _RowError as exc:
+        return CatalogProblem(fallback_id, source, row, f"{where}, {exc}", True, problem_hash)
+    return ClipRecord(
+        id=cid,
+        source=source,
+        prompt=prompt,
+        negative_prompt=negative or None,  # empty cell: not given
+        start=start,
+        duration=duration,
+        seed=seed,
+        cfg=cfg,
+        steps=steps,
+        row=row,
+    )
+
+
+def _allowed_roots(allow_roots: Iterable[str] | None, base: str) -> list[str] | None:
+    if allow_roots is None:
+        return [base if _is_uri(base) else os.path.realpath(base), "*://"]
+    roots = []
+    for root in allow_roots:
+        root = _local_source(root)
+        roots.append(root.rstrip("/") if _is_uri(root) else os.path.realpath(_abspath(root)))
+    return roots
+
+
+def _inside(source: str, roots: list[str]) -> bool:
+    if _is_uri(source):
+        scheme = source.partition("://")[0]
+        return any(
+            r == "*://" and scheme not in ("file",) or (_is_uri(r) and _under(source, r))
+            for r in roots
+        )
+    real = os.path.realpath(source)
+    return any(not _is_uri(r) and r != "*://" and _under(real, r) for r in roots)
+
+
+def _under(path: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return root == "" or path == root or path.startswith(root + "/")
+
+
+def _integer(value, name: str, low: int, high: int) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise _RowError(f"column {name!r}: must be an integer, got {value!r}")
+    try:
+        if isinstance(value, str):
+            text = value.strip()
+            number = int(text) if text.lstrip("+-").isdigit() else float(text)
+        else:
+            number = value
+        if isinstance(number, float):
+            if not math.isfinite(number) or number != int(number):
+                raise ValueError
+            number = int(number)
+        number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise _RowError(f"column {name!r}: must be an integer, got {value!r}") from None
+    if not low <= number <= high:
+        raise _RowError(f"column {name!r}: must be in {low}..{high}, got {value!r}")
+    return number
+
+
+def _number(value, default, name: str, *, low=None, high=None, low_open=False):
     if value is None or value == "":
         return default
-    x = float(value)
+    if isinstance(value, bool):
+        raise _RowError(f"column {name!r}: must be a number, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise _RowError(f"column {name!r}: must be a number, got {value!r}") from None
     if not math.isfinite(x):
-        raise ValueError(f"{name} is not a finite number: {value!r}")
+        raise _RowError(f"column {name!r}: must be a finite number, got {value!r}")
+    if low is not None and (x <= low if low_open else x < low):
+        raise _RowError(f"column {name!r}: must be {'>' if low_open else '>='} {low:g}, got {x:g}")
+    if high is not None and x > high:
+        raise _RowError(f"column {name!r}: must be <= {high:g}, got {x:g}")
     return x
 
 
 def _read_rows(fs: pafs.FileSystem, path: str, original: str) -> tuple[list[dict], list[str]]:
-    """Manifest rows as dicts and the column names. JSONL is parsed line by line, so one bad
-    line becomes that row's problem (`{"error": ...}`) instead of failing the catalog."""
-    import pyarrow.csv as pacsv
+    """Manifest rows as dicts and the column names. Text formats are parsed row by row, so a
+    bad line (bad bytes, wrong field count, not JSON) becomes that row's problem
+    (`{"__error__": ...}`) instead of failing the catalog."""
     import pyarrow.parquet as pq
 
     lower = path.lower()
-    try:
-        if lower.endswith(".parquet"):
+    if lower.endswith(".parquet"):
+        try:
             table = pq.read_table(path, filesystem=fs)
-            return table.to_pylist(), table.column_names
-        if lower.endswith(".csv"):
-            # every column as strings: ids like 007 must not become numbers
-            with fs.open_input_stream(path) as f:
-                table = pacsv.read_csv(
-                    f, convert_options=pacsv.ConvertOptions(column_types=_string_types(fs, path))
-                )
-            return table.to_pylist(), table.column_names
-        rows, columns = [], {}
-        for line in _read_text(fs, path).splitlines():
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-                if not isinstance(item, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                rows.append({"error": f"line {len(rows) + 1} is not a JSON object: {exc}"})
-                continue
-            rows.append(item)
-            columns.update(dict.fromkeys(item))
-        return rows, list(columns)
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise CatalogError(f"cannot read manifest {original}: {exc}") from exc
+        return table.to_pylist(), table.column_names
+    try:
+        with fs.open_input_stream(path) as f:
+            data = f.read()
+    except OSError as exc:
         raise CatalogError(f"cannot read manifest {original}: {exc}") from exc
+    if not data.strip():
+        raise CatalogError(f"manifest {original} is empty")
+    if b"\x00" in data[: 1 << 16]:
+        raise CatalogError(f"manifest {original} is not UTF-8 text (binary or UTF-16 data)")
+    text = data.decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    if lower.endswith(".csv"):
+        return _csv_rows(text, original)
+    if lower.endswith(".json"):
+        return _json_array_rows(text, original)
+    return _jsonl_rows(text, original)
+
+
+def _bad_bytes(text: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in text)
+
+
+def _csv_rows(text: str, original: str) -> tuple[list[dict], list[str]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except (StopIteration, csv.Error) as exc:
+        raise CatalogError(f"manifest {original}: no CSV header ({exc})") from exc
+    header = [h.strip() for h in header]
+    if _bad_bytes("".join(header)):
+        raise CatalogError(f"manifest {original}: the header line is not UTF-8 text")
+    rows = []
+    line = reader.line_num + 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            rows.append({"__line__": line, "__error__": f"not valid CSV: {exc}"})
+            line = reader.line_num + 1
+            continue
+        first, line = line, reader.line_num + 1
+        if not fields or not any(f.strip() for f in fields):
+            continue
+        if _bad_bytes("".join(fields)):
+            rows.append({"__line__": first, "__error__": "not UTF-8 text (a bad byte)"})
+        elif len(fields) != len(header):
+            rows.append(
+                {
+                    "__line__": first,
+                    "__error__": f"{len(fields)} fields, but the header has {len(header)}",
+                }
+            )
+        else:
+            item = {k: (v if v != "" else None) for k, v in zip(header, fields, strict=True)}
+            rows.append({**item, "__line__": first})
+    return rows, header
+
+
+def _jsonl_rows(text: str, original: str) -> tuple[list[dict], list[str]]:
+    rows, columns = [], {}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if _bad_bytes(line):
+            rows.append({"__line__": number, "__error__": "not UTF-8 text (a bad byte)"})
+            continue
+        try:
+            item = json.loads(line)
+            if not isinstance(item, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            rows.append({"__line__": number, "__error__": f"not a JSON object: {exc}"})
+            continue
+        columns.update(dict.fromkeys(item))
+        rows.append({**item, "__line__": number})
+    return rows, list(columns)
+
+
+def _json_array_rows(text: str, original: str) -> tuple[list[dict], list[str]]:
+    if _bad_bytes(text):
+        raise CatalogError(f"manifest {original} is not UTF-8 text")
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise CatalogError(f"manifest {original} is not valid JSON: {exc}") from exc
+    if not isinstance(items, list):
+        raise CatalogError(f"manifest {original} must hold a JSON array of objects")
+    rows, columns = [], {}
+    for item in items:
+        if isinstance(item, dict):
+            columns.update(dict.fromkeys(item))
+            rows.append(dict(item))
+        else:
+            rows.append({"__error__": f"not a JSON object: {item!r}"[:200]})
+    return rows, list(columns)
 
 
 def _local_source(source: str) -> str:
     """file:// URIs as plain absolute paths, so a clip's id does not depend on the spelling."""
     return source[len("file://") :] if source.startswith("file://") else source
-
-
-def _string_types(fs: pafs.FileSystem, path: str) -> dict:
-    with fs.open_input_stream(path) as f:
-        header = f.read(1 << 16).decode("utf-8", errors="replace").splitlines()[0]
-    return {name.strip(): pa.string() for name in header.split(",")}
 
 
 def _validate(
@@ -313,6 +656,7 @@ def _validate(
                     r.source,
                     r.row,
                     f"duplicate id {r.id!r} (first used by row {seen[r.id]})",
+                    input_hash=r.input_hash(),
                 )
             )
             continue
@@ -321,7 +665,9 @@ def _validate(
         elif r.duration is not None and not 0 < r.duration <= max_duration:
             reason = f"duration must be in (0, {max_duration}], got {r.duration}"
         if reason:
-            problems.append(CatalogProblem(r.id, r.source, r.row, reason))
+            problems.append(
+                CatalogProblem(r.id, r.source, r.row, reason, input_hash=r.input_hash())
+            )
             continue
         seen[r.id] = r.row
         ok.append(r)

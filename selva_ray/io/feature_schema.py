@@ -7,7 +7,8 @@ rows. bfloat16 has no Arrow type, so bf16 features are stored as their raw 16-bi
 
 Schema version 1 columns:
   id, source, prompt, negative_prompt, seed, start, duration, fps, has_audio, padded,
-  prompt_truncated, family, variant, encoder_checksum, settings_hash        (scalars)
+  prompt_truncated, family, variant, encoder_checksum, settings_hash,
+  input_hash (added within v1; absent in older files, read as null)       (scalars)
   sync_f   (sync_len_max, sync_dim)     text-conditioned (SelVA) or plain (MMAudio) sync features
   sync_len                              valid rows of sync_f (8 per 0.32 s window)
   text_f   (77, text_dim)               CLIP per-token text features of the prompt
@@ -22,12 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from selva_core.variants import ModelSpec
+
+if TYPE_CHECKING:  # torch is imported by the functions that make tensors: a driver that only
+    import torch  # plans and validates a job does not pay for it
 
 SCHEMA_VERSION = 1
 STORAGE_DTYPES = {"float16": np.float16, "bfloat16": np.uint16, "float32": np.float32}
@@ -49,6 +53,7 @@ SCALARS = [
     ("variant", pa.string()),
     ("encoder_checksum", pa.string()),
     ("settings_hash", pa.string()),
+    ("input_hash", pa.string()),  # digest of the catalog row; a changed row is redone
 ]
 
 
@@ -155,6 +160,8 @@ class FeatureLayout:
 
 def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
     """A float tensor as the numpy array that Parquet stores (bf16 as raw uint16 bits)."""
+    import torch
+
     if storage_dtype == "bfloat16":
         return x.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy().view(np.uint16)
     return x.detach().float().cpu().numpy().astype(STORAGE_DTYPES[storage_dtype])
@@ -162,6 +169,8 @@ def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
 
 def from_storage(array: np.ndarray, storage_dtype: str) -> torch.Tensor:
     """Stored values back to a float32 tensor."""
+    import torch
+
     if storage_dtype == "bfloat16":
         raw = torch.from_numpy(np.ascontiguousarray(array).view(np.int16))
         return raw.view(torch.bfloat16).float()
@@ -182,6 +191,8 @@ def read_tensor(table: pa.Table, column: str) -> torch.Tensor:
     chunked = table.column(column)
     arrays = [chunk.to_numpy_ndarray() for chunk in chunked.chunks]
     if not arrays:
+        import torch
+
         return torch.empty(0)
     return from_storage(np.concatenate(arrays), dtype)
 
@@ -207,4 +218,5 @@ def read_features(output: str, columns: list[str] | None = None) -> pa.Table:
     tables = [pq.read_table(p, columns=columns, filesystem=out.fs) for p in out.part_files()]
     if not tables:
         raise FileNotFoundError(f"no feature files in {output}")
-    return pa.concat_tables(tables)
+    # files written before `input_hash` existed lack it: promote fills it with nulls
+    return pa.concat_tables(tables, promote_options="default")

@@ -8,6 +8,7 @@ Layout (local path or URI):
     DIR/errors/part-<shard>-<digest>.parquet bad items (id, source, row, stage, message)
     DIR/_ledger/<shard>.json                 success marker of a committed shard
     DIR/_staging/<shard>/*.frag              fragments of shards in flight (invisible)
+    DIR/_lease/<token>.json                  the run that holds the folder (with a heartbeat)
 
 Workers write fragments (hidden name, then renamed to `.frag`, so a fragment is either whole
 or absent); the driver commits a shard once every clip of it is accounted for by renaming its
@@ -15,6 +16,15 @@ fragments into place and writing the marker last. Which clips are finished is re
 visible Parquet files themselves, so deleting part files makes a rerun redo exactly those
 clips. After a crash, fragments that were fully written are committed on the next start: an
 interruption loses only the blocks that were in flight.
+
+One run at a time: a run holds a lease (`_lease/<token>.json`, refreshed by a heartbeat) from
+its claim to its end; a second run refuses to start while the lease is live, and takes over a
+lease whose heartbeat is older than `LEASE_STALE_S` (its owner died). The lease uses only
+create, list and delete through `pyarrow.fs`, so it works the same on object storage.
+
+Rows carry an `input_hash` (what the row was computed from); a rerun whose catalog row changed
+first deletes the old row (rewriting its file without it, atomically by rename), then computes
+the clip again: a reader sees the old row, then no row, then the new row, never two.
 """
 
 from __future__ import annotations
@@ -23,6 +33,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
+import random
+import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -32,6 +46,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from ..validate import UsageError
 from .catalog import resolve
 
 log = logging.getLogger(__name__)
@@ -44,11 +59,31 @@ RESULTS = "results"
 # kind of a job's main table -> its folder under DIR ("" = DIR itself); fragments of any of
 # these kinds count as finished clips, fragments of kind "errors" as failed ones
 DATA_FOLDERS = {"features": "", "results": RESULTS}
+LEASE = "_lease"
+LEASE_HEARTBEAT_S = 20.0
+LEASE_STALE_S = 120.0  # a lease not refreshed for this long belongs to a dead run
 TARGET_ROW_GROUP_BYTES = 64 << 20
 
 
-class SettingsMismatchError(RuntimeError):
+class SettingsMismatchError(UsageError, RuntimeError):
     """The folder already holds output made with other settings."""
+
+
+class OutputBusyError(UsageError, RuntimeError):
+    """Another live run holds the folder's lease."""
+
+
+class CorruptOutputError(UsageError, RuntimeError):
+    """A file of the folder (`_meta.json`, a part file) cannot be read; the message names it."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A committed row: in which table (features/errors), from what input, in which file."""
+
+    kind: str
+    input_hash: str | None
+    path: str
 
 
 @dataclass
@@ -78,16 +113,25 @@ class OutputDir:
     def read_meta(self) -> dict | None:
         try:
             with self.fs.open_input_stream(self.path(META)) as f:
-                return json.loads(f.read().decode())
+                meta = json.loads(f.read().decode())
         except FileNotFoundError:
             return None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise CorruptOutputError(
+                f"{self.path(META)} is corrupt ({exc}); restore it or use another output folder"
+            ) from exc
+        if not isinstance(meta, dict):
+            raise CorruptOutputError(f"{self.path(META)} is corrupt (not a JSON object)")
+        return meta
 
-    def write_meta(self, meta: dict) -> None:
-        self._write_bytes(self.path(META), json.dumps(meta, indent=1, sort_keys=True).encode())
-
-    def claim(self, layout_description: dict) -> None:
-        """Record the run's settings, or refuse a folder made with different ones."""
-        self.fs.create_dir(self.root, recursive=True)
+    def check_settings(self, layout_description: dict) -> None:
+        """Refuse a folder that is not a folder, or holds results of other settings, without
+        writing anything (a run that fails to start must not claim the folder)."""
+        info = self.fs.get_file_info(self.root)
+        if info.type == pafs.FileType.File:
+            raise UsageError(f"output {self.uri} is a file, not a folder")
+        if info.type == pafs.FileType.NotFound:
+            return
         meta = self.read_meta()
         if meta is not None and meta.get("settings_hash") != layout_description["settings_hash"]:
             old, new = meta.get("settings", {}), layout_description["settings"]
@@ -96,6 +140,15 @@ class OutputDir:
                 f"{self.uri} holds {self.kind} made with other settings {diff} (old, new); "
                 "use another output folder"
             )
+
+    def write_meta(self, meta: dict) -> None:
+        self._write_bytes(self.path(META), json.dumps(meta, indent=1, sort_keys=True).encode())
+
+    def claim(self, layout_description: dict) -> None:
+        """Record the run's settings, or refuse a folder made with different ones."""
+        self.check_settings(layout_description)
+        self.fs.create_dir(self.root, recursive=True)
+        meta = self.read_meta()
         if meta is None:
             self.write_meta({**layout_description, "runs": []})
 
@@ -122,11 +175,64 @@ class OutputDir:
 
     def finished_ids(self, include_errors: bool = True) -> set[str]:
         """Ids present in committed files of the main table (and error files)."""
-        files = self.part_files() + (self.part_files(errors=True) if include_errors else [])
-        done: set[str] = set()
-        for path in files:
-            done.update(pq.read_table(path, columns=["id"], filesystem=self.fs)["id"].to_pylist())
+        return set(self.finished(include_errors=include_errors))
+
+    def finished(self, include_errors: bool = True) -> dict[str, Finished]:
+        """Every committed row: id -> table, input hash (None for rows written before input
+        hashes existed) and file. Main-table rows win over error rows of the same id."""
+        done: dict[str, Finished] = {}
+        kinds = [("errors", True)] if include_errors else []
+        for kind, errors in [*kinds, (self.kind, False)]:
+            for path in self.part_files(errors=errors):
+                table = self._read_ids(path)
+                hashes = (
+                    table["input_hash"].to_pylist()
+                    if "input_hash" in table.column_names
+                    else [None] * table.num_rows
+                )
+                for cid, h in zip(table["id"].to_pylist(), hashes, strict=True):
+                    done[cid] = Finished(kind, h, path)
         return done
+
+    def _read_ids(self, path: str) -> pa.Table:
+        try:
+            names = pq.read_schema(path, filesystem=self.fs).names
+            columns = ["id"] + (["input_hash"] if "input_hash" in names else [])
+            return pq.read_table(path, columns=columns, filesystem=self.fs)
+        except (pa.ArrowInvalid, OSError, KeyError) as exc:
+            raise CorruptOutputError(
+                f"{path} is not a readable Parquet file ({' '.join(str(exc).split())[:200]}); "
+                "move it out of the folder (its clips will be redone) and run again"
+            ) from exc
+
+    def remove_ids(self, ids: set[str], finished: dict[str, Finished] | None = None) -> int:
+        """Delete the committed rows of `ids` (stale results of changed inputs): each file
+        holding one is rewritten without it under a hidden name, then renamed over itself."""
+        finished = self.finished() if finished is None else finished
+        by_file: dict[str, set[str]] = {}
+        for cid in ids:
+            if cid in finished:
+                by_file.setdefault(finished[cid].path, set()).add(cid)
+        removed = 0
+        for path, victims in sorted(by_file.items()):
+            table = pq.read_table(path, filesystem=self.fs)
+            keep = pa.array([cid not in victims for cid in table["id"].to_pylist()])
+            kept = table.filter(keep)
+            removed += table.num_rows - kept.num_rows
+            if kept.num_rows == 0:
+                self.fs.delete_file(path)
+                continue
+            folder, name = path.rsplit("/", 1)
+            tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+            pq.write_table(
+                kept,
+                tmp,
+                filesystem=self.fs,
+                row_group_size=row_group_rows(kept),
+                compression="zstd",
+            )
+            self.fs.move(tmp, path)
+        return removed
 
     def clear_errors(self) -> int:
         files = self.part_files(errors=True)
@@ -214,6 +320,72 @@ class OutputDir:
             log.info("recovered %d shard(s) of an interrupted run", len(commits))
         return commits
 
+    # ---- lease --------------------------------------------------------------------------------
+
+    def acquire_lease(
+        self, *, stale_after_s: float = LEASE_STALE_S, heartbeat_s: float = LEASE_HEARTBEAT_S
+    ) -> Lease:
+        """Hold the folder for this run, or raise OutputBusyError naming the live holder."""
+        lease = Lease(self, stale_after_s=stale_after_s, heartbeat_s=heartbeat_s)
+        for attempt in range(3):
+            self._check_no_live_lease(lease, stale_after_s)
+            lease.write()
+            others = self._live_leases(lease.token, stale_after_s)
+            if not others:
+                lease.start_heartbeat()
+                return lease
+            # Two runs wrote at once: both step back, and try again after a random pause,
+            # so at most one of them ever proceeds.
+            lease.delete()
+            time.sleep(random.uniform(0.2, 1.0) * (attempt + 1))
+        self._check_no_live_lease(lease, stale_after_s)
+        raise OutputBusyError(f"{self.uri} is contended by another run starting now; retry")
+
+    def _lease_files(self) -> list[pafs.FileInfo]:
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(self.path(LEASE)))
+        except FileNotFoundError:
+            return []
+        return [i for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".json")]
+
+    def _live_leases(self, own: str, stale_after_s: float) -> list[dict]:
+        live = []
+        for info in self._lease_files():
+            if info.base_name == f"{own}.json":
+                continue
+            try:
+                with self.fs.open_input_stream(info.path) as f:
+                    holder = json.loads(f.read().decode())
+                beat = float(holder["heartbeat_at"])
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                holder = {"token": info.base_name, "host": "?", "pid": "?"}
+                beat = info.mtime.timestamp() if info.mtime else 0.0
+            age = time.time() - beat
+            if age > stale_after_s:
+                log.warning(
+                    "taking over the stale lease of %s (host %s, pid %s, last heartbeat %.0f s "
+                    "ago)",
+                    self.uri,
+                    holder.get("host"),
+                    holder.get("pid"),
+                    age,
+                )
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.delete_file(info.path)
+                continue
+            live.append({**holder, "age": age, "file": info.path})
+        return live
+
+    def _check_no_live_lease(self, lease: Lease, stale_after_s: float) -> None:
+        others = self._live_leases(lease.token, stale_after_s)
+        if others:
+            h = others[0]
+            raise OutputBusyError(
+                f"{self.uri} is in use by another run (host {h.get('host')}, pid {h.get('pid')}, "
+                f"heartbeat {h['age']:.0f} s ago); wait for it to finish, or if it died, delete "
+                f"{h['file']} (a lease goes stale after {stale_after_s:.0f} s)"
+            )
+
     def _write_bytes(self, path: str, data: bytes) -> None:
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
         with self.fs.open_output_stream(tmp) as f:
@@ -264,6 +436,57 @@ class ShardTracker:
             self.out.commit(shard)
             self.committed.add(shard)
         self.out.recover()
+
+
+class Lease:
+    """This run's hold on an output folder; refreshed by a daemon thread until released."""
+
+    def __init__(self, out: OutputDir, *, stale_after_s: float, heartbeat_s: float):
+        self.out = out
+        self.token = f"{int(time.time())}-{uuid.uuid4().hex[:12]}"
+        self.path = out.path(LEASE, f"{self.token}.json")
+        self.heartbeat_s = heartbeat_s
+        self.acquired_at = time.time()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def write(self) -> None:
+        self.out.fs.create_dir(self.out.path(LEASE), recursive=True)
+        record = {
+            "token": self.token,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "acquired_at": self.acquired_at,
+            "heartbeat_at": time.time(),
+        }
+        self.out._write_bytes(self.path, json.dumps(record).encode())
+
+    def start_heartbeat(self) -> None:
+        self._thread = threading.Thread(target=self._beat, name="selva-lease", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.write()
+            except OSError as exc:  # keep trying: a blip must not end the run
+                log.warning("could not refresh the lease %s: %s", self.path, exc)
+
+    def delete(self) -> None:
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.out.fs.delete_file(self.path)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self.delete()
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def row_group_rows(table: pa.Table) -> int:

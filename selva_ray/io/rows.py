@@ -2,7 +2,8 @@
 result a stage attaches when a clip fails, and the error table every job writes to `errors/`.
 
 One shape for all jobs, so a reader of any output folder finds failures in the same columns:
-`id, source, row, stage, error_type, message, settings_hash`.
+`id, source, row, stage, error_type, message, settings_hash, input_hash` (the last one: what
+the row was computed from, so a rerun with a fixed catalog row tries the clip again).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ ERROR_SCHEMA = pa.schema(
         ("error_type", pa.string()),
         ("message", pa.string()),
         ("settings_hash", pa.string()),
+        ("input_hash", pa.string()),
     ]
 )
 OK_RESULT = {"status": "ok", "stage": "", "error_type": "", "message": ""}
@@ -60,22 +62,36 @@ def error_result(row: dict, stage: str, exc: BaseException) -> dict:
 
 
 def error_table(rows: list[dict], settings_hash: str) -> pa.Table:
-    """Error rows in the shared `errors/` schema."""
+    """Error rows in the shared `errors/` schema. Values are coerced to the schema's types,
+    so an odd value in one row can never fail the error table of a whole block."""
     return pa.Table.from_pylist(
         [
             {
-                "id": r["id"],
-                "source": r["source"],
-                "row": r.get("row"),
-                "stage": r["stage"],
-                "error_type": r["error_type"],
-                "message": r["message"],
+                "id": _text(r.get("id")),
+                "source": _text(r.get("source")),
+                "row": _int_or_none(r.get("row")),
+                "stage": _text(r.get("stage")),
+                "error_type": _text(r.get("error_type")),
+                "message": _text(r.get("message")),
                 "settings_hash": settings_hash,
+                "input_hash": _text(r.get("input_hash")) or None,
             }
             for r in rows
         ],
         schema=ERROR_SCHEMA,
     )
+
+
+def _text(value) -> str:
+    return "" if value is None else str(value)
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if -(2**63) <= number < 2**63 else None
 
 
 @contextlib.contextmanager
