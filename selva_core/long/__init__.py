@@ -4,6 +4,13 @@ See `windows` (planning, seeds, decoding), `join` (crossfade / continue joins) a
 (the seam metric). `Pipeline.sample_latents(known_latents=...)` does the `continue` sampling.
 """
 
+from selva_core.long.generate import (
+    LongTrack,
+    generate_long,
+    pipe_quantum,
+    sample_windows,
+    window_features,
+)
 from selva_core.long.join import (
     DEFAULT_SEAM_FADE,
     JOIN_MODES,
@@ -35,21 +42,26 @@ __all__ = [
     "DEFAULT_WINDOW",
     "JOIN_MODES",
     "JoinMode",
+    "LongTrack",
     "SeamReport",
     "Window",
     "continuation_prefix",
     "continue_join",
     "crossfade_join",
+    "generate_long",
     "iter_window_clips",
     "join_windows",
     "latent_quantum",
     "latent_shift",
     "overlap_spans",
+    "pipe_quantum",
     "plan_windows",
+    "sample_windows",
     "seam_report",
     "seam_spans",
     "spectral_flux",
     "track_samples",
     "video_duration",
+    "window_features",
     "window_seed",
 ]

@@ -9,9 +9,11 @@ Two modes (see issue 11):
 - ``continue`` (default): window k+1 is sampled holding its first latent frames, the ones it
   shares with window k, to window k's final latent (flow-matching inpainting; see
   `selva_core.sampling.sample_latents`), so both windows decode to nearly the same audio there;
-  the seam is then a short equal-power crossfade (`seam_fade`, 0.1 s) in the middle of the
-  overlap, as far as possible from both windows' edges, where the decoders see the least
-  context.
+  the seam is then a short crossfade (`seam_fade`, 0.1 s) in the middle of the overlap, as
+  far as possible from both windows' edges, where the decoders see the least context. As the
+  two signals there are nearly the same (coherent), this crossfade is equal-*gain* (raised
+  cosine: gains sin^2 / cos^2, summing to 1): an equal-power one would lift coherent audio by
+  up to 3 dB mid-fade, a bump the seam metric sees.
 
 All functions work on mono float waveforms; the output has exactly `total_samples` samples.
 """
@@ -83,7 +85,8 @@ def join_windows(
     seam_fade: float = DEFAULT_SEAM_FADE,
 ) -> torch.Tensor:
     """One (total_samples,) float32 track from per-window waveforms (each starting at its
-    window's start), equal-power crossfaded over `seam_spans(windows, mode, seam_fade)`."""
+    window's start), crossfaded over `seam_spans(windows, mode, seam_fade)`: equal-power for
+    `crossfade` (unrelated signals), equal-gain for `continue` (coherent ones)."""
     if len(windows_wavs) != len(windows):
         raise ValueError(f"{len(windows_wavs)} waveforms for {len(windows)} windows")
     if total_samples < 0:
@@ -92,6 +95,7 @@ def join_windows(
         (_sample(a, sample_rate), _sample(b, sample_rate))
         for a, b in (seam_spans(windows, mode, seam_fade) if len(windows) > 1 else [])
     ]
+    power = mode == "crossfade"
     out = torch.zeros(total_samples, dtype=torch.float32)
     for k, (w, wav) in enumerate(zip(windows, windows_wavs, strict=True)):
         if wav.dim() != 1:
@@ -115,12 +119,14 @@ def join_windows(
         piece[: src_hi - src_lo] = wav[src_lo:src_hi].float()
         if k > 0:
             a, b = spans[k - 1]
-            piece[a - lo : b - lo] *= _fade(b - a, rising=True)
+            piece[a - lo : b - lo] *= fade_gains(b - a, rising=True, power=power)
         if k < len(spans):
             a, b = spans[k]
-            piece[a - lo : b - lo] *= _fade(b - a, rising=False)
+            piece[a - lo : b - lo] *= fade_gains(b - a, rising=False, power=power)
         out[lo:hi] += piece
-    return out
+    # an equal-power fade of two unrelated full-scale signals can peak at sqrt(2): keep the
+    # track in the vocoder's [-1, 1], as any clip's waveform is
+    return out.clamp_(-1.0, 1.0)
 
 
 def crossfade_join(
@@ -190,11 +196,13 @@ def _slack(sample_rate: int) -> int:
     return max(2, math.ceil(sample_rate * 0.001))
 
 
-def _fade(n: int, rising: bool) -> torch.Tensor:
-    """Equal-power gains over n samples: sin (rising) or cos (falling) of a quarter period,
-    sampled at sample centres, so rising**2 + falling**2 == 1 at every sample."""
+def fade_gains(n: int, rising: bool, power: bool = True) -> torch.Tensor:
+    """Crossfade gains over n samples, at sample centres. Equal power (`power`): sin / cos of a
+    quarter period, rising**2 + falling**2 == 1. Equal gain: their squares (raised cosine),
+    rising + falling == 1."""
     phase = (torch.arange(n, dtype=torch.float64) + 0.5) / max(n, 1) * (math.pi / 2)
-    return (torch.sin(phase) if rising else torch.cos(phase)).float()
+    g = torch.sin(phase) if rising else torch.cos(phase)
+    return (g if power else g * g).float()
 
 
 __all__ = [
@@ -204,6 +212,7 @@ __all__ = [
     "continuation_prefix",
     "continue_join",
     "crossfade_join",
+    "fade_gains",
     "join_windows",
     "latent_shift",
     "overlap_spans",
