@@ -92,7 +92,8 @@ def plan_windows(
     last = last_units * unit
     if last > starts[-1] + _EPS:
         starts.append(last)
-    return [Window(i, float(s), float(s) + window) for i, s in enumerate(starts)]
+    # rounded to the nanosecond: 6.976, not 6.976000000000001 (sample positions are unchanged)
+    return [Window(i, round(s, 9), round(s + window, 9)) for i, s in enumerate(starts)]
 
 
 def window_seed(clip_seed: int, index: int) -> int:

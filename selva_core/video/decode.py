@@ -29,6 +29,8 @@ last frame, to 16 sync frames, int(8 * 0.64) = 5 CLIP frames and duration 0.64.
 Only the requested window is decoded (seek to `start`, stop once both streams are full), one
 frame at a time into preallocated uint8 outputs, so memory does not grow with the file's length,
 and only by about one full-resolution frame plus decoder buffers with its resolution.
+`VideoReader` keeps one file open and reads window after window (long videos; see
+`selva_core.long`); `decode_clip` is one `VideoReader.read`.
 
 Bad input raises a `selva_core.video.errors.VideoError` subclass naming the file. Damage is
 detected where FFmpeg reports it: an mp4/mov cut short (corrupt packet) or undecodable data;

@@ -17,6 +17,7 @@ clip's time span, raises `MaskMismatchError` naming both files.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -73,15 +74,27 @@ class MaskSettings:
 
     def digest(self) -> str:
         """32 hex chars of SHA-256 over the mask file's bytes, strength and paths."""
-        h = hashlib.sha256()
         try:
-            with open(self.path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
+            st = os.stat(self.path)
         except OSError as exc:
             raise MaskError(self.path, f"cannot read mask file: {exc}") from exc
+        h = hashlib.sha256(_file_sha256(self.path, st.st_size, st.st_mtime_ns).encode())
         h.update(json.dumps([self.strength, list(self.paths)]).encode())
         return h.hexdigest()[:32]
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """SHA-256 of a file, cached per (path, size, mtime): the windows of a long video share
+    one mask video, which is hashed once."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise MaskError(path, f"cannot read mask file: {exc}") from exc
+    return h.hexdigest()
 
 
 def is_image(path: str | os.PathLike[str]) -> bool:
