@@ -6,13 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from selva_ray.io.catalog import (
-    CatalogError,
-    ClipRecord,
-    clip_id,
-    parse_prompts_file,
-    read_catalog,
-)
+from selva_ray.io.catalog import CatalogError, clip_id, parse_prompts_file, read_catalog
 
 
 def touch(path):
@@ -127,23 +121,3 @@ def test_unusable_catalogs_raise(tmp_path):
 def test_prompts_file_parsing():
     text = "# comment\n\na.mp4: first: second\nno colon here\n b.mp4 :  spaced  \n"
     assert parse_prompts_file(text) == {"a.mp4": "first: second", "b.mp4": "spaced"}
-
-
-def test_optional_mask_column_resolves_like_video(tmp_path):
-    (tmp_path / "m").mkdir()
-    manifest = tmp_path / "m" / "clips.jsonl"
-    rows = [
-        {"video": "a.mp4", "prompt": "dog", "mask": "masks/a.png"},
-        {"video": "b.mp4", "prompt": "rain", "mask": ""},  # empty: no mask
-        {"video": "c.mp4", "prompt": "wind"},
-        {"video": "d.mp4", "prompt": "bell", "mask": 3},
-    ]
-    manifest.write_text("\n".join(json.dumps(r) for r in rows))
-    records, problems = read_catalog(str(manifest))
-    assert [r.mask for r in records] == [str(tmp_path / "m" / "masks" / "a.png"), None, None]
-    assert records[0].to_row()["mask"] == records[0].mask
-    assert (
-        len(problems) == 1 and problems[0].row == 3 and "mask must be a path" in problems[0].message
-    )
-    # without a mask column nothing changes: the field defaults to None
-    assert ClipRecord(id="x", source="/v.mp4", prompt="p").mask is None

@@ -32,7 +32,6 @@ MANIFEST_COLUMNS = (
     "seed",
     "cfg",
     "steps",
-    "mask",
 )
 
 
@@ -52,9 +51,6 @@ class ClipRecord:
     cfg: float | None = None  # generation only; None: the job's --cfg
     steps: int | None = None  # generation only; None: the job's --steps
     row: int = -1  # manifest row (0-based) or listing index, for error messages
-    # object mask for the clip (image, or video aligned with it), path or URI resolved like
-    # `source`; None: no mask. See selva_core.video.mask.
-    mask: str | None = None
 
     def to_row(self) -> dict:
         return asdict(self)
@@ -221,7 +217,6 @@ def _read_manifest(
             seed = None if item.get("seed") in (None, "") else int(item["seed"])
             cfg = _number(item.get("cfg"), None, "cfg")
             steps = None if item.get("steps") in (None, "") else int(item["steps"])
-            mask = _mask_source(item.get("mask"), base)
         except (TypeError, ValueError) as exc:
             problems.append(CatalogProblem(_row_id(item, row), source, row, str(exc)))
             continue
@@ -238,19 +233,9 @@ def _read_manifest(
                 cfg=cfg,
                 steps=steps,
                 row=row,
-                mask=mask,
             )
         )
     return records, problems
-
-
-def _mask_source(value, base: str) -> str | None:
-    """The `mask` cell: empty means none; otherwise a path resolved like `video`."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if not isinstance(value, str):
-        raise ValueError(f"mask must be a path to an image or video, got {value!r}")
-    return _local_source(_join(base, value.strip()))
 
 
 def _row_id(item: dict, row: int) -> str:
