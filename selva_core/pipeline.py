@@ -31,6 +31,7 @@ from .video.decode import (
     normalize_clip_frames,
     normalize_sync_frames,
 )
+from .video.mask import MaskSettings, apply_mask
 from .weights import WeightStore
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Features:
     has_audio: bool = False
     latent: DiagonalGaussian | None = None  # posterior of the clip's own audio, (N, C) each
     info: dict = field(default_factory=dict)  # decode metadata, token counts, timings
+    mask_digest: str | None = None  # object mask used on the frames (MaskSettings.digest)
 
 
 @dataclass
@@ -93,6 +95,7 @@ class ClipInput:
     has_audio: bool = False
     padded: bool = False
     source_fps: float = 0.0
+    mask_digest: str | None = None
 
 
 def default_window_chunk(device: str | torch.device) -> int | None:
@@ -188,15 +191,19 @@ class Pipeline:
         start: float = 0.0,
         max_duration: float = 8.0,
         with_audio: bool = False,
+        mask: MaskSettings | None = None,
     ) -> DecodedClip:
-        """Frames for this variant's family, and the audio track at its rate if asked."""
-        return decode_clip(
+        """Frames for this variant's family, and the audio track at its rate if asked;
+        with `mask`, background greyed out (`selva_core.video.mask`)."""
+        config = decode_config_for(self.spec, self.config.frame_rule)
+        clip = decode_clip(
             video,
             start=start,
             max_duration=max_duration,
             audio_rate=self.sampling_rate if with_audio else None,
-            config=decode_config_for(self.spec, self.config.frame_rule),
+            config=config,
         )
+        return clip if mask is None else apply_mask(clip, mask, config=config)
 
     @torch.no_grad()
     def extract_features(
@@ -207,15 +214,23 @@ class Pipeline:
         start: float = 0.0,
         max_duration: float = 8.0,
         with_audio_latents: bool = False,
+        mask: MaskSettings | None = None,
     ) -> Features:
-        """Decode (unless given a decoded clip) and encode one clip's conditions."""
-        decoded = (
-            video
-            if isinstance(video, DecodedClip)
-            else self.decode(
-                video, start=start, max_duration=max_duration, with_audio=with_audio_latents
+        """Decode (unless given a decoded clip) and encode one clip's conditions; `mask`
+        greys out the background first (the features then carry its digest)."""
+        if isinstance(video, DecodedClip):
+            decoded = video
+            if mask is not None:
+                config = decode_config_for(self.spec, self.config.frame_rule)
+                decoded = apply_mask(decoded, mask, config=config)
+        else:
+            decoded = self.decode(
+                video,
+                start=start,
+                max_duration=max_duration,
+                with_audio=with_audio_latents,
+                mask=mask,
             )
-        )
         return self.features_from_decoded([decoded], [prompt], with_audio_latents)[0]
 
     @torch.no_grad()
@@ -280,6 +295,7 @@ class Pipeline:
                     start=clip.start,
                     has_audio=clip.has_audio,
                     latent=latent,
+                    mask_digest=getattr(clip, "mask_digest", None),
                     info={
                         "padded": clip.padded,
                         "source_fps": clip.source_fps,
@@ -327,6 +343,7 @@ class Pipeline:
         steps: int = 25,
         cfg: float = 4.5,
         progress: Callable[[int, int], None] | None = None,
+        known_latents: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
         """Waveforms (B, samples) float32 on the CPU, trimmed to each clip's duration.
 
@@ -342,6 +359,7 @@ class Pipeline:
             steps=steps,
             cfg=cfg,
             progress=progress,
+            known_latents=known_latents,
         )
         return self.decode_latents(latents, feats[0].duration)
 
@@ -355,8 +373,15 @@ class Pipeline:
         steps: int = 25,
         cfg: float = 4.5,
         progress: Callable[[int, int], None] | None = None,
+        known_latents: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """The sampling half of `generate`: un-normalized latents (B, N, C) in float32."""
+        """The sampling half of `generate`: un-normalized latents (B, N, C) in float32.
+
+        `known_latents` (`continue` windows of a long video): per clip None, or un-normalized
+        latent frames (K, C) its sequence must start with, e.g. `continuation_prefix` of the
+        previous window's latent; they are held there by flow-matching inpainting and the rest
+        is generated to continue them. None (default) samples exactly as without it.
+        """
         feats = list(features)
         if not feats:
             raise ValueError("no features to generate from")
@@ -392,6 +417,7 @@ class Pipeline:
             negative_text_f=negative_text_f,
             config=SamplerConfig(num_steps=steps, cfg_strength=cfg),
             progress=progress,
+            known_latents=known_latents,
         )
 
     def _negative_text(self, negs: list[str | None], gen) -> torch.Tensor | None:

@@ -48,7 +48,8 @@ def make_frame(index: int, width: int, height: int, pattern: str = "index", seed
     """One RGB frame (H, W, 3) uint8 for source frame `index`.
 
     pattern "index": index stripes + colour blocks (see module doc); "noise": smooth-ish
-    deterministic random content (for exact resize comparisons); "gray": flat level index % 256.
+    deterministic random content (for exact resize comparisons); "gray": flat level index % 256;
+    "square": a bright square moving over a dark background (`square_position`).
     """
     if pattern == "index":
         if not 0 <= index <= MAX_INDEX:
@@ -69,7 +70,21 @@ def make_frame(index: int, width: int, height: int, pattern: str = "index", seed
         return np.repeat(np.repeat(small, 4, axis=0), 4, axis=1)[:height, :width].copy()
     if pattern == "gray":
         return np.full((height, width, 3), index % 256, np.uint8)
+    if pattern == "square":
+        img = np.full((height, width, 3), 40, np.uint8)
+        x, y, side = square_position(index, width, height)
+        img[y : y + side, x : x + side] = (250, 220, 60)
+        return img
     raise ValueError(f"unknown pattern {pattern!r}")
+
+
+def square_position(index: int, width: int, height: int) -> tuple[int, int, int]:
+    """(x, y, side) of pattern "square"'s moving object in frame `index`: a square of a third
+    of the height, vertically centred, sliding 2 px per frame left to right and wrapping."""
+    side = max(height // 3, 2)
+    y = (height - side) // 2
+    x = (2 * index) % max(width - side, 1)
+    return x, y, side
 
 
 def frame_index(frame_chw: np.ndarray | object) -> int:
@@ -328,6 +343,7 @@ __all__ = [
     "colour_blocks",
     "frame_index",
     "make_frame",
+    "square_position",
     "write_audio_only",
     "write_empty_file",
     "write_text_file",

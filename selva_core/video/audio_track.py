@@ -48,6 +48,27 @@ def select_audio_stream(container: av.container.InputContainer):
     return container.streams.audio[0] if container.streams.audio else None
 
 
+def _left_margin(src_rate: int, sample_rate: int) -> tuple[int, int]:
+    """(source, output) samples decoded before the window: a whole number of resampler
+    periods, so output sample 0 stays on the grid."""
+    if src_rate == sample_rate:
+        return 0, 0
+    g = math.gcd(src_rate, sample_rate)
+    in_unit, out_unit = src_rate // g, sample_rate // g
+    units = math.ceil(_MARGIN_SAMPLES / in_unit)
+    return units * in_unit, units * out_unit
+
+
+def window_seeks(stream, start: float, sample_rate: int) -> bool:
+    """Whether `decode_audio_window` seeks for this window (it reads from the current position
+    when the window's margin reaches the file's start, so that needs a fresh container)."""
+    src_rate = int(stream.codec_context.sample_rate or 0)
+    if src_rate <= 0:
+        return False
+    pre_in, _ = _left_margin(src_rate, int(sample_rate))
+    return int(round(start * src_rate)) - pre_in > 0
+
+
 def decode_audio_window(
     container: av.container.InputContainer,
     stream,
@@ -71,11 +92,7 @@ def decode_audio_window(
     if src_rate <= 0:
         raise AudioDecodeError(path, f"audio stream #{stream.index} reports no sample rate")
     resampling = src_rate != sample_rate
-    g = math.gcd(src_rate, sample_rate)
-    in_unit, out_unit = src_rate // g, sample_rate // g
-    # left margin: a whole number of resampler periods, so output sample 0 stays on the grid
-    units = math.ceil(_MARGIN_SAMPLES / in_unit) if resampling else 0
-    pre_in, pre_out = units * in_unit, units * out_unit
+    pre_in, pre_out = _left_margin(src_rate, sample_rate)
     need_in = math.ceil(num_samples * src_rate / sample_rate) + (
         _MARGIN_SAMPLES if resampling else 0
     )

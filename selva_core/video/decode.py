@@ -29,6 +29,8 @@ last frame, to 16 sync frames, int(8 * 0.64) = 5 CLIP frames and duration 0.64.
 Only the requested window is decoded (seek to `start`, stop once both streams are full), one
 frame at a time into preallocated uint8 outputs, so memory does not grow with the file's length,
 and only by about one full-resolution frame plus decoder buffers with its resolution.
+`VideoReader` keeps one file open and reads window after window (long videos; see
+`selva_core.long`); `decode_clip` is one `VideoReader.read`.
 
 Bad input raises a `selva_core.video.errors.VideoError` subclass naming the file. Damage is
 detected where FFmpeg reports it: an mp4/mov cut short (corrupt packet) or undecodable data;
@@ -52,6 +54,7 @@ from selva_core.video.audio_track import (
     AudioTrack,
     decode_audio_window,
     select_audio_stream,
+    window_seeks,
 )
 from selva_core.video.errors import (
     CorruptVideoError,
@@ -143,6 +146,7 @@ class DecodedClip:
     clip_times: tuple[float, ...]
     family: Family
     frame_rule: FrameRule
+    mask_digest: str | None = None  # set by `selva_core.video.mask.apply_mask`
 
     @property
     def num_sync_frames(self) -> int:
@@ -313,7 +317,8 @@ class _Slots:
         return out, times
 
 
-def _transforms(cfg: DecodeConfig):
+def frame_transforms(cfg: DecodeConfig):
+    """(sync, clip) resize functions on (C, H, W) uint8 tensors, as applied to every frame."""
     bicubic = TF.InterpolationMode.BICUBIC
     s, c = cfg.sync_size, cfg.clip_size
     if cfg.family == "selva":
@@ -378,7 +383,7 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
     exact = cfg.frame_rule == "exact"
     start_x = Fraction(start) if exact else float(start)
     end_x = Fraction(start) + Fraction(max_duration) if exact else start + max_duration
-    sync_tf, clip_tf = _transforms(cfg)
+    sync_tf, clip_tf = frame_transforms(cfg)
     sync = _Slots(cfg.sync_fps, start_x, end_x, exact, sync_tf, cfg.sync_size)
     clip = _Slots(
         cfg.clip_fps, start_x, end_x, exact, clip_tf, cfg.clip_size, store=cfg.keep_clip_frames
@@ -468,76 +473,204 @@ def decode_clip(
     `audio_rate`, exactly `audio_samples` long (default int(audio_rate * duration)), zero-padded
     past the track's end. A file without audio gives ``has_audio=False, audio=None``. Bad input
     raises a `VideoError` subclass naming the file.
-    """
-    cfg = config or DecodeConfig()
-    if family is not None and family != cfg.family:
-        cfg = replace(cfg, family=family)
-    if not start >= 0:
-        raise ValueError(f"start must be >= 0 seconds, got {start}")
-    if not max_duration > 0:
-        raise ValueError(f"max_duration must be > 0 seconds, got {max_duration}")
-    spath = os.fspath(path)
-    # never ask for less than one sync window: the model cannot use less
-    window = max(float(max_duration), cfg.min_sync_frames / cfg.sync_fps)
 
-    with open_media(spath) as container:
-        stream = _select_video_stream(container, spath)
-        ctx = stream.codec_context
-        _check_size(spath, ctx.width, ctx.height, cfg.max_side)
-        has_audio = select_audio_stream(container) is not None
-        stream.thread_type = "AUTO"
-        if cfg.threads > 0:
-            ctx.thread_count = cfg.threads
-        meta = {
-            "source_fps": float(stream.guessed_rate or stream.average_rate or 0.0),
-            "source_width": int(ctx.width),
-            "source_height": int(ctx.height),
-            "source_duration": _source_duration(container, stream),
-            "source_codec": ctx.name,
-        }
+    For many windows of one file, open a `VideoReader` once and call its `read` per window.
+    """
+    with VideoReader(path, config=config, family=family) as reader:
+        return reader.read(
+            start=start,
+            max_duration=max_duration,
+            audio_rate=audio_rate,
+            audio_samples=audio_samples,
+        )
+
+
+class VideoReader:
+    """One open video file, read window by window (`read`), e.g. a long video cut into windows.
+
+    The container stays open between reads: each `read` seeks to its window and decodes only
+    that window into fresh, window-sized buffers, so memory is bounded by one window whatever
+    the file's length, and a window decoded here is identical to `decode_clip` on that window.
+    Audio windows come from a second container on the same file (kept open too), so video and
+    audio demuxing never disturb each other's position. Use as a context manager or `close()`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        config: DecodeConfig | None = None,
+        family: Family | None = None,
+    ) -> None:
+        cfg = config or DecodeConfig()
+        if family is not None and family != cfg.family:
+            cfg = replace(cfg, family=family)
+        self.config = cfg
+        self.path = os.fspath(path)
+        self._audio_container = None
+        self._audio_used = False
+        self._used = False
+        self._container = open_media(self.path)
+        try:
+            stream = _select_video_stream(self._container, self.path)
+            ctx = stream.codec_context
+            _check_size(self.path, ctx.width, ctx.height, cfg.max_side)
+            self.has_audio = select_audio_stream(self._container) is not None
+            stream.thread_type = "AUTO"
+            if cfg.threads > 0:
+                ctx.thread_count = cfg.threads
+            self._stream = stream
+            self.meta = {
+                "source_fps": float(stream.guessed_rate or stream.average_rate or 0.0),
+                "source_width": int(ctx.width),
+                "source_height": int(ctx.height),
+                "source_duration": _source_duration(self._container, stream),
+                "source_codec": ctx.name,
+            }
+        except BaseException:
+            self._container.close()
+            raise
+
+    # ---- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for c in (self._container, self._audio_container):
+            if c is not None:
+                c.close()
+        self._audio_container = None
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- metadata ---------------------------------------------------------------------------
+
+    def video_duration(self) -> float:
+        """Seconds the video stream lasts: from the container's metadata, else from a scan of
+        the packets' timestamps (no decoding). This is the length a joined track must have."""
+        meta = self.meta["source_duration"]
+        if meta is not None and meta > 0:
+            return float(meta)
+        stream, end = self._stream, None
+        self._rewind()
+        try:
+            for packet in self._container.demux(stream):
+                if packet.pts is None:
+                    continue
+                t = (packet.pts + (packet.duration or 0)) * packet.time_base
+                end = t if end is None or t > end else end
+        except av.error.FFmpegError as exc:
+            raise CorruptVideoError(self.path, f"cannot scan the video packets: {exc}") from exc
+        if end is None:
+            raise EmptyVideoError(self.path, "the video stream has no timestamped packet")
+        return float(end)
+
+    def _rewind(self) -> None:
+        """Back to the file's start if an earlier read moved the demuxer."""
+        if self._used:
+            self._container.seek(0)
+        self._used = True
+
+    # ---- reading ----------------------------------------------------------------------------
+
+    def read(
+        self,
+        start: float = 0.0,
+        max_duration: float = 8.0,
+        *,
+        audio_rate: int | None = None,
+        audio_samples: int | None = None,
+        pad_to: float | None = None,
+    ) -> DecodedClip:
+        """One window: as `decode_clip` with the same arguments. `pad_to` (seconds): a window
+        whose frames end earlier (the last window of a file) is padded by repeating its last
+        frame to that duration, so every window of a long video has the same sequence lengths;
+        `content_duration` keeps what the frames cover."""
+        cfg, spath = self.config, self.path
+        if not start >= 0:
+            raise ValueError(f"start must be >= 0 seconds, got {start}")
+        if not max_duration > 0:
+            raise ValueError(f"max_duration must be > 0 seconds, got {max_duration}")
+        # never ask for less than one sync window: the model cannot use less
+        window = max(float(max_duration), cfg.min_sync_frames / cfg.sync_fps)
+        container, stream = self._container, self._stream
+        if start <= 0:
+            self._rewind()  # a start > 0 seeks anyway
+        self._used = True
         sync, clip, decoded, last_time = _read_window(container, stream, spath, start, window, cfg)
         if sync.count == 0:
             _explain_no_frames(container, stream, spath, start, window, decoded, last_time)
 
-    # the official truncation to what both streams cover (same float arithmetic)
-    content_duration = window
-    if clip.count / cfg.clip_fps < content_duration:
-        content_duration = clip.count / cfg.clip_fps
-    if sync.count / cfg.sync_fps < content_duration:
-        content_duration = sync.count / cfg.sync_fps
-    n_clip, n_sync = int(cfg.clip_fps * content_duration), int(cfg.sync_fps * content_duration)
-    # shorter than one sync window: repeat the last frame (padding happens inside take())
-    padded = n_sync < cfg.min_sync_frames
-    duration = cfg.min_sync_frames / cfg.sync_fps if padded else content_duration
-    sync_frames, sync_times = sync.take(n_sync, cfg.min_sync_frames if padded else 0)
-    clip_frames, clip_times = clip.take(n_clip, int(cfg.clip_fps * duration) if padded else 0)
+        # the official truncation to what both streams cover (same float arithmetic)
+        content_duration = window
+        if clip.count / cfg.clip_fps < content_duration:
+            content_duration = clip.count / cfg.clip_fps
+        if sync.count / cfg.sync_fps < content_duration:
+            content_duration = sync.count / cfg.sync_fps
+        n_clip, n_sync = int(cfg.clip_fps * content_duration), int(cfg.sync_fps * content_duration)
+        # shorter than one sync window: repeat the last frame (padding happens inside take())
+        padded = n_sync < cfg.min_sync_frames
+        duration = cfg.min_sync_frames / cfg.sync_fps if padded else content_duration
+        sync_pad = cfg.min_sync_frames if padded else 0
+        if pad_to is not None and duration < pad_to:
+            padded, duration = True, float(pad_to)
+            sync_pad = int(cfg.sync_fps * duration)
+        sync_frames, sync_times = sync.take(n_sync, sync_pad)
+        clip_frames, clip_times = clip.take(n_clip, int(cfg.clip_fps * duration) if padded else 0)
 
-    audio = None
-    audio_valid = None
-    if audio_rate is not None and has_audio:
-        n_audio = audio_samples if audio_samples is not None else int(audio_rate * duration)
-        track = read_audio(spath, sample_rate=audio_rate, num_samples=n_audio, start=start)
-        if track is not None:
-            audio, audio_valid = track.samples, track.valid_samples
+        audio = None
+        audio_valid = None
+        if audio_rate is not None and self.has_audio:
+            n_audio = audio_samples if audio_samples is not None else int(audio_rate * duration)
+            track = self.read_audio(sample_rate=audio_rate, num_samples=n_audio, start=start)
+            if track is not None:
+                audio, audio_valid = track.samples, track.valid_samples
 
-    return DecodedClip(
-        path=spath,
-        sync_frames=sync_frames,
-        clip_frames=clip_frames,
-        duration=duration,
-        content_duration=content_duration,
-        start=float(start),
-        padded=padded,
-        has_audio=has_audio,
-        audio=audio,
-        audio_rate=audio_rate if audio is not None else None,
-        audio_valid_samples=audio_valid,
-        sync_times=sync_times,
-        clip_times=clip_times,
-        family=cfg.family,
-        frame_rule=cfg.frame_rule,
-        **meta,
-    )
+        return DecodedClip(
+            path=spath,
+            sync_frames=sync_frames,
+            clip_frames=clip_frames,
+            duration=duration,
+            content_duration=content_duration,
+            start=float(start),
+            padded=padded,
+            has_audio=self.has_audio,
+            audio=audio,
+            audio_rate=audio_rate if audio is not None else None,
+            audio_valid_samples=audio_valid,
+            sync_times=sync_times,
+            clip_times=clip_times,
+            family=cfg.family,
+            frame_rule=cfg.frame_rule,
+            **self.meta,
+        )
+
+    def read_audio(self, *, sample_rate: int, num_samples: int, start: float = 0.0):
+        """The audio track over a window (see `read_audio`); None without an audio track."""
+        if not self.has_audio:
+            return None
+        if not start >= 0:
+            raise ValueError(f"start must be >= 0 seconds, got {start}")
+        if self._audio_container is None:
+            self._audio_container = open_media(self.path)
+            self._audio_used = False
+        stream = select_audio_stream(self._audio_container)
+        if self._audio_used and not window_seeks(stream, start, sample_rate):
+            # a window at the file's start is read without seeking: begin on a fresh handle
+            self._audio_container.close()
+            self._audio_container = open_media(self.path)
+            stream = select_audio_stream(self._audio_container)
+        self._audio_used = True
+        return decode_audio_window(
+            self._audio_container,
+            stream,
+            path=self.path,
+            start=float(start),
+            sample_rate=int(sample_rate),
+            num_samples=int(num_samples),
+        )
 
 
 def read_audio(
@@ -580,7 +713,9 @@ __all__ = [
     "AudioTrack",
     "DecodeConfig",
     "DecodedClip",
+    "VideoReader",
     "decode_clip",
+    "frame_transforms",
     "normalize_clip_frames",
     "normalize_sync_frames",
     "open_media",
