@@ -85,9 +85,11 @@ def mux_audio(
     *,
     start: float = 0.0,
     duration: float | None = None,
+    container: str = "mp4",
 ) -> Path:
-    """Write `output` (mp4): the video's packets from `start` for `duration` seconds, copied
-    without re-encoding, plus `wav` (mono, starting at `start`) as an AAC track.
+    """Write `output` (`container`: mp4, mov or matroska): the video's packets from `start`
+    for `duration` seconds, copied without re-encoding, plus `wav` (mono, starting at
+    `start`) as an AAC track.
 
     Copying packets means the cut begins at the keyframe at or before `start`; the track is
     delayed by the difference so sound and picture stay aligned. Audio longer than the copied
@@ -103,7 +105,7 @@ def mux_audio(
         end = start + (duration if duration is not None else len(samples) / sample_rate)
         if start > 0:
             src.seek(int(start / tb), stream=vin, backward=True, any_frame=False)
-        with atomic_path(output) as tmp, av.open(str(tmp), "w", format="mp4") as dst:
+        with atomic_path(output) as tmp, av.open(str(tmp), "w", format=container) as dst:
             vout = dst.add_stream_from_template(vin)
             aout = dst.add_stream("aac", rate=sample_rate, layout="mono")
             aout.bit_rate = AAC_BITRATE

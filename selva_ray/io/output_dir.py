@@ -1,9 +1,10 @@
-"""The output folder of a feature job, and its ledger.
+"""The output folder of a job, and its ledger.
 
 Layout (local path or URI):
 
     DIR/_meta.json                           settings, schema, summaries of the runs
-    DIR/part-<shard>-<digest>.parquet        features, committed per shard
+    DIR/part-<shard>-<digest>.parquet        features (extract), committed per shard
+    DIR/results/part-<shard>-<digest>.parquet  one row per generated clip (generate)
     DIR/errors/part-<shard>-<digest>.parquet bad items (id, source, row, stage, message)
     DIR/_ledger/<shard>.json                 success marker of a committed shard
     DIR/_staging/<shard>/*.frag              fragments of shards in flight (invisible)
@@ -27,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -39,10 +41,12 @@ LEDGER = "_ledger"
 STAGING = "_staging"
 ERRORS = "errors"
 TARGET_ROW_GROUP_BYTES = 64 << 20
+# Table kind (the fragment name's prefix) -> its folder under DIR ("" is DIR itself).
+KIND_FOLDERS = {"features": "", "results": "results", "errors": ERRORS}
 
 
 class SettingsMismatchError(RuntimeError):
-    """The folder already holds features made with other settings."""
+    """The folder already holds output made with other settings."""
 
 
 @dataclass
@@ -81,8 +85,8 @@ class OutputDir:
             old, new = meta.get("settings", {}), layout_description["settings"]
             diff = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
             raise SettingsMismatchError(
-                f"{self.uri} holds features made with other settings {diff} (old, new); "
-                "use another output folder"
+                f"{self.uri} holds output made with other settings: {', '.join(sorted(diff))} "
+                f"differ {diff} (old, new); use another output folder"
             )
         if meta is None:
             self.write_meta({**layout_description, "runs": []})
@@ -94,8 +98,13 @@ class OutputDir:
 
     # ---- finished work ----------------------------------------------------------------------
 
-    def part_files(self, errors: bool = False) -> list[str]:
-        folder = self.path(ERRORS) if errors else self.root
+    def folder(self, kind: str) -> str:
+        sub = KIND_FOLDERS[kind]
+        return self.path(sub) if sub else self.root
+
+    def part_files(self, errors: bool = False, *, kind: str = "features") -> list[str]:
+        """Committed part files of one table kind (`errors=True` is kind "errors")."""
+        folder = self.folder(ERRORS if errors else kind)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=False))
         except FileNotFoundError:
@@ -160,13 +169,14 @@ class OutputDir:
         for frag in frags:
             kind, digest = frag.rsplit("/", 1)[-1].removesuffix(".frag").split("-", 1)
             rows = pq.read_metadata(frag, filesystem=self.fs).num_rows
-            if kind == "features":
-                result.ok += rows
-                dest = self.path(f"part-{shard}-{digest}.parquet")
-            else:
+            if kind == ERRORS:
                 result.failed += rows
-                self.fs.create_dir(self.path(ERRORS), recursive=True)
-                dest = self.path(ERRORS, f"part-{shard}-{digest}.parquet")
+            else:
+                result.ok += rows
+            target = self.folder(kind)
+            if target != self.root:
+                self.fs.create_dir(target, recursive=True)
+            dest = f"{target}/part-{shard}-{digest}.parquet"
             self.fs.move(frag, dest)
             result.files.append(dest)
         marker = {
@@ -197,6 +207,47 @@ class OutputDir:
         if commits:
             log.info("recovered %d shard(s) of an interrupted run", len(commits))
         return commits
+
+    def drop_rows(self, kind: str, ids: set[str]) -> int:
+        """Remove rows with these ids from the committed part files of `kind`; each touched
+        file is rewritten under its own name (hidden temp, then renamed), or deleted if empty."""
+        dropped = 0
+        for path in self.part_files(kind=kind):
+            table = pq.read_table(path, filesystem=self.fs)
+            keep = pc.invert(pc.is_in(table["id"], pa.array(sorted(ids), pa.string())))
+            kept = table.filter(keep)
+            if kept.num_rows == table.num_rows:
+                continue
+            dropped += table.num_rows - kept.num_rows
+            if kept.num_rows == 0:
+                self.fs.delete_file(path)
+                continue
+            tmp = f"{path.rsplit('/', 1)[0]}/.{uuid.uuid4().hex[:8]}.tmp"
+            pq.write_table(kept, tmp, filesystem=self.fs, compression="zstd")
+            self.fs.move(tmp, path)
+        return dropped
+
+    def put_file(self, local_path: str, rel: str) -> str:
+        """Copy a local file to DIR/rel: written under a hidden name, renamed when whole."""
+        import os
+        import shutil
+
+        final = self.path(rel)
+        folder, name = final.rsplit("/", 1)
+        self.fs.create_dir(folder, recursive=True)
+        tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, final)
+            return final
+        with open(local_path, "rb") as src, self.fs.open_output_stream(tmp) as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+        self.fs.move(tmp, final)
+        return final
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
 
     def _write_bytes(self, path: str, data: bytes) -> None:
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
