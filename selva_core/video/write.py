@@ -112,14 +112,19 @@ def mux_audio(
             first_pts = None
             last_end = 0.0
             for packet in src.demux(vin):
-                if packet.dts is None or packet.pts is None:
+                if packet.size == 0 or (packet.dts is None and packet.pts is None):
                     continue  # the flush packet
-                if packet.dts * tb >= end:
+                # Matroska leaves the dts of the first frames of a B-frame stream unset; those
+                # packets are kept (the muxer derives it), cut by pts instead.
+                if packet.pts is None:
+                    packet.pts = packet.dts
+                if (packet.dts if packet.dts is not None else packet.pts) * tb >= end:
                     break
                 if first_pts is None:
                     first_pts = packet.pts
                 packet.pts -= first_pts
-                packet.dts -= first_pts
+                if packet.dts is not None:
+                    packet.dts -= first_pts
                 packet.stream = vout
                 last_end = max(last_end, float((packet.pts + (packet.duration or 0)) * tb))
                 dst.mux(packet)

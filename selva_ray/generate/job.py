@@ -445,6 +445,8 @@ def _record_problems(
 
 
 def _actor_plan(config: GenerateConfig, tiny: bool, *, catalog_input: bool) -> dict:
+    import ray
+
     from ..runtime import DTYPES, cluster_gpus
 
     gpus = cluster_gpus() if config.device in ("auto", "cuda") else 0.0
@@ -456,6 +458,14 @@ def _actor_plan(config: GenerateConfig, tiny: bool, *, catalog_input: bool) -> d
     decode_memory = int(config.decode_memory_gb * GiB)
     if decode_memory == int(memory * GiB):
         decode_memory -= 1 << 20  # identical remote args would fuse decode into the actors
+    # Model actors hold their CPUs for the whole run; on a small cluster leave one CPU to the
+    # decode / load / write tasks or they could never be scheduled.
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    pool = actors + (encoders if catalog_input else 0)
+    cpus_per_actor = config.cpus_per_actor
+    if cpus and pool * cpus_per_actor > cpus - 1:
+        cpus_per_actor = max(0.1, (cpus - 1) / pool)
+        log.info("%g CPUs in the cluster: %.2f CPU per model actor", cpus, cpus_per_actor)
     precision = config.precision or ("bf16" if use_gpu else "fp32")
     if precision not in DTYPES:
         raise GenerateInputError(f"precision must be one of {sorted(DTYPES)}")
@@ -466,6 +476,7 @@ def _actor_plan(config: GenerateConfig, tiny: bool, *, catalog_input: bool) -> d
         "encoder_gpus": config.encoder_gpus if use_gpu else 0,
         "device": ("cuda" if use_gpu else "cpu") if config.device == "auto" else config.device,
         "precision": precision,
+        "cpus_per_actor": cpus_per_actor,
         "memory": int(memory * GiB),
         "decode_memory": decode_memory,
     }
@@ -572,7 +583,7 @@ def _run_pipeline(
                 max_tasks_in_flight_per_actor=2,
             ),
             num_gpus=plan["encoder_gpus"],
-            num_cpus=config.cpus_per_actor,
+            num_cpus=plan["cpus_per_actor"],
             memory=plan["memory"],
         )
     else:
@@ -612,7 +623,7 @@ def _run_pipeline(
             max_tasks_in_flight_per_actor=2,
         ),
         num_gpus=plan["num_gpus"],
-        num_cpus=config.cpus_per_actor,
+        num_cpus=plan["cpus_per_actor"],
         memory=plan["memory"],
     )
     ds = ds.map_batches(
