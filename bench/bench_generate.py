@@ -44,11 +44,28 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 PROMPTS = ["a dog barking", "rain on a tin roof", "a car engine idling", "birds chirping"]
 
 
-def small_components(device: str, dtype: torch.dtype):
-    """small_16k sizes, random weights (module-level so Ray can ship it to actors)."""
-    from bench_one_clip import real_size_components
+def small_components(device: str, dtype: torch.dtype, role: str = "all"):
+    """small_16k sizes, random weights; the generator role builds only what it runs."""
+    from selva_core import build
+    from selva_core.audio import bigvgan, vae
+    from selva_core.pipeline import Components
 
-    parts = real_size_components()
+    if role == "generator":
+        parts = Components(
+            generator=build.random_generator("small_16k").eval(),
+            sync_encoder=None,
+            clip=None,
+            t5=None,
+            vae=vae.random_vae(vae.VAE_16K, 0, decoder_only=True).eval(),
+            vocoder=bigvgan.random_vocoder(bigvgan.BIGVGAN_16K, 0),
+            mel=None,
+        )
+    else:
+        from bench_one_clip import real_size_components
+
+        parts = real_size_components()
+        if role == "encoder":
+            parts.generator = parts.vae = parts.vocoder = None
     for name in ("generator", "sync_encoder", "clip", "t5", "vae", "vocoder"):
         module = getattr(parts, name)
         if module is not None:
@@ -242,6 +259,10 @@ def main() -> None:
 
     import ray
 
+    # Ray workers import this file's helpers (bench_one_clip) and the package from here.
+    root = HERE.parent
+    paths = [str(root), str(HERE), str(root / "tests"), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
     torch.set_num_threads(os.cpu_count() or 1)
     ray.init(num_cpus=4, object_store_memory=1 << 30, include_dashboard=False)
     rows = []

@@ -132,10 +132,12 @@ def read_track(path: Path) -> tuple[np.ndarray, int]:
 
 
 def tracks(output: Path) -> dict[str, np.ndarray]:
+    """Every track as floats in [-1, 1] (24-bit FLAC decodes as int32)."""
     out = {}
     for clip_id, row in results(output).items():
         samples, _ = read_track(output / row["audio_path"])
-        out[clip_id] = samples.astype(np.float64) / 32768.0
+        scale = 32768.0 if samples.dtype == np.int16 else 2.0**31
+        out[clip_id] = samples.astype(np.float64) / scale
     return out
 
 
@@ -174,6 +176,7 @@ def test_catalog_run_gives_a_track_and_a_video_per_good_clip(catalog_run, catalo
     for row in rows.values():
         samples, rate = read_track(output / row["audio_path"])
         decoded = decode_clip(row["source"], max_duration=8.0)
+        assert row["audio_path"].endswith(".flac") and samples.dtype == np.int32  # 24-bit
         assert rate == row["sample_rate"] == RATE
         assert len(samples) == row["samples"] == round(decoded.duration * RATE)
         assert row["duration"] == pytest.approx(decoded.duration)
@@ -305,7 +308,7 @@ def test_bad_rows_become_error_rows(cluster, catalog, tmp_path):
         )
     )
     output = tmp_path / "out"
-    summary = run_generate(config(manifest, output, batch_size=2))
+    summary = run_generate(config(manifest, output, batch_size=2, audio_format="wav", bits=16))
     assert (summary.ok, summary.failed) == (1, 3)
     errors = {e["id"]: e for e in pq.read_table(output / "errors").to_pylist()}
     assert errors["no-prompt"]["stage"] == "encode" and "empty" in errors["no-prompt"]["message"]
@@ -314,6 +317,8 @@ def test_bad_rows_become_error_rows(cluster, catalog, tmp_path):
     assert errors["bad-seed"]["stage"] == "catalog"
     row = results(output)["ok"]
     assert (row["seed"], row["cfg"], row["steps"]) == (7, 3.0, 2)
+    samples, rate = read_track(output / row["audio_path"])
+    assert row["audio_path"] == "audio/ok.wav" and samples.dtype == np.int16 and rate == RATE
 
 
 # ---- command line and units ---------------------------------------------------------------------
@@ -362,8 +367,8 @@ def test_loudness_normalisation_and_true_peak_ceiling():
     assert 20 * math.log10(true_peak(out, RATE)) == pytest.approx(-1.0, abs=1e-3)
     assert loudness(out, RATE) < -3.0
     # inter-sample peaks: a sine at fs/4 sampled at 45 degrees peaks between samples
-    k = torch.arange(4000)
-    tricky = torch.sin(2 * math.pi * k / 4 + math.pi / 4)
+    k = torch.arange(4000, dtype=torch.float64)
+    tricky = torch.sin(2 * math.pi * k / 4 + math.pi / 4).float()
     assert float(tricky.abs().max()) == pytest.approx(math.sqrt(0.5), abs=1e-6)
     assert true_peak(tricky, RATE) == pytest.approx(1.0, abs=0.01)
     level = measure(tricky, RATE)

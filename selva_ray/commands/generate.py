@@ -41,6 +41,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-duration", type=float, default=8.0, help="seconds per clip (default 8)")
     p.add_argument("--format", choices=["flac", "wav"], default="flac", help="audio file format")
     p.add_argument(
+        "--bits", type=int, choices=[16, 24], default=24, help="sample depth (default 24)"
+    )
+    p.add_argument(
         "--loudness",
         type=float,
         help="normalise each track to this integrated loudness in LUFS (e.g. -23)",
@@ -99,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         cfg=args.cfg,
         steps=args.steps,
         audio_format=args.format,
+        bits=args.bits,
         loudness=args.loudness,
         peak=args.peak,
         mux=args.mux,

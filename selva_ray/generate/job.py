@@ -68,6 +68,7 @@ class GenerateConfig:
     cfg: float = 4.5
     steps: int = 25
     audio_format: str = "flac"
+    bits: int = 24  # sample depth of the written tracks: 16 or 24
     loudness: float | None = None  # LUFS target; None: the model's level
     peak: float | None = None  # dBTP ceiling; None: -1 when normalising loudness, else none
     mux: bool = False
@@ -93,7 +94,8 @@ class GenerateConfig:
     frame_rule: str = "official"
     progress: bool = True  # Ray Data's own progress output
     progress_interval_s: float = 10.0
-    # Benchmarks only: build the models by hand, `factory(device, dtype) -> Components`.
+    # Benchmarks only: build the models by hand (e.g. random weights at real sizes),
+    # `factory(device, dtype, role) -> Components`, role "encoder" or "generator".
     components_factory: Callable | None = None
 
 
@@ -324,6 +326,8 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
 def _check_config(config: GenerateConfig) -> None:
     if config.audio_format not in AUDIO_FORMATS:
         raise GenerateInputError(f"--format must be one of {AUDIO_FORMATS}")
+    if config.bits not in (16, 24):
+        raise GenerateInputError("--bits must be 16 or 24")
     if config.batch_size < 1 or config.shard_size < 1:
         raise GenerateInputError("--batch-size and --shard-size must be >= 1")
     if config.mix_original is not None and not config.mux:
@@ -357,6 +361,7 @@ def _settings(config: GenerateConfig, spec, adapters: list[Adapter], plan: dict)
         "cfg": config.cfg,
         "steps": config.steps,
         "format": config.audio_format,
+        "bits": config.bits,
         "sample_rate": spec.sampling_rate,
         "loudness": config.loudness,
         "peak": effective_peak(config),
@@ -634,6 +639,7 @@ def _run_pipeline(
             "variant": spec.name,
             "sample_rate": spec.sampling_rate,
             "audio_format": config.audio_format,
+            "bits": config.bits,
             "loudness": config.loudness,
             "peak": effective_peak(config),
             "mux": config.mux,

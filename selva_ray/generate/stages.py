@@ -107,7 +107,7 @@ def decode_stage(batch: dict[str, np.ndarray], **kwargs) -> dict[str, list]:
 class TimedFeatureEncoder(FeatureEncoder):
     """The extraction's encoder actor (fp32 output, nothing written), timing each batch.
 
-    `components_factory(device, dtype)` builds the models by hand instead of loading
+    `components_factory(device, dtype, "encoder")` builds the models by hand instead of loading
     published weights (benchmarks at real sizes with random weights)."""
 
     def __init__(self, *, components_factory=None, **kwargs):
@@ -126,7 +126,7 @@ class TimedFeatureEncoder(FeatureEncoder):
         config = PipelineConfig(
             variant=self.layout.variant, dtype=dtype, device=device, generation=False
         )
-        self.pipe = Pipeline(config, components=components_factory(device, dtype))
+        self.pipe = Pipeline(config, components=components_factory(device, dtype, "encoder"))
         self.checksum = "custom"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
@@ -246,7 +246,7 @@ class AudioGenerator:
         dtype = resolve_dtype(precision, device)
         self.store = WeightStore(weights_dir, allow_download=allow_download)
         if components_factory is not None:
-            parts = components_factory(device, dtype)
+            parts = components_factory(device, dtype, "generator")
         else:
             kw = {"dtype": dtype, "device": device}
             parts = Components(
@@ -416,6 +416,7 @@ def write_outputs(
     variant: str,
     sample_rate: int,
     audio_format: str,
+    bits: int,
     loudness: float | None,
     peak: float | None,
     mux: bool,
@@ -432,7 +433,7 @@ def write_outputs(
             continue
         try:
             results[i] = _write_clip(
-                out_dir, row, sample_rate, audio_format, loudness, peak, mux, mix_original
+                out_dir, row, sample_rate, audio_format, bits, loudness, peak, mux, mix_original
             )
         except Exception as exc:  # noqa: BLE001
             row.update(error_result(row, "write", exc))
@@ -466,14 +467,15 @@ def _write_clip(
     row: dict,
     sample_rate: int,
     audio_format: str,
+    bits: int,
     loudness: float | None,
     peak: float | None,
     mux: bool,
     mix_original: float | None,
 ) -> dict:
-    from selva_core.video.write import mux_audio, write_flac
+    from selva_core.video.write import mux_audio
 
-    from .audio import measure, mix_under, normalise, source_track, write_wav
+    from .audio import measure, mix_under, normalise, source_track, write_audio
 
     t0 = time.perf_counter()
     wav = torch.from_numpy(np.array(row["audio"], dtype=np.float32))
@@ -491,10 +493,7 @@ def _write_clip(
     local = out_dir.fs.type_name == "local"
     with tempfile.TemporaryDirectory(prefix="selva-gen-") as tmp:
         audio_path = out_dir.path(audio_rel) if local else f"{tmp}/a.{audio_format}"
-        if audio_format == "flac":
-            write_flac(audio_path, wav, sample_rate)
-        else:
-            write_wav(audio_path, wav, sample_rate)
+        write_audio(audio_path, wav, sample_rate, audio_format, bits)
         if not local:
             out_dir.put_file(audio_path, audio_rel)
         if mux:
