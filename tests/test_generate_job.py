@@ -368,7 +368,10 @@ def test_loudness_normalisation_and_true_peak_ceiling():
     assert loudness(out, RATE) < -3.0
     # inter-sample peaks: a sine at fs/4 sampled at 45 degrees peaks between samples
     k = torch.arange(4000, dtype=torch.float64)
-    tricky = torch.sin(2 * math.pi * k / 4 + math.pi / 4).float()
+    ramp = torch.hann_window(800, dtype=torch.float64)[:400]  # smooth edges: an abrupt
+    fade = torch.ones(4000, dtype=torch.float64)  # start would ring above the tone's peak
+    fade[:400], fade[-400:] = ramp, ramp.flip(0)
+    tricky = (fade * torch.sin(2 * math.pi * k / 4 + math.pi / 4)).float()
     assert float(tricky.abs().max()) == pytest.approx(math.sqrt(0.5), abs=1e-6)
     assert true_peak(tricky, RATE) == pytest.approx(1.0, abs=0.01)
     level = measure(tricky, RATE)
