@@ -1,10 +1,11 @@
 """Throughput of the generation job against a sequential loop and the generator stage alone.
 
     python bench/bench_generate.py [--sizes tiny,small_16k] [--clips 16] [--small-clips 16]
-        [--steps 25] [--batch-size 8] [--json bench_generate.json]
+        [--duration 8] [--steps 25] [--batch-size 8] [--threads 1] [--json bench_generate.json]
 
-For each size, over the same N clips (8 s videos written here, one prompt each), measured in
-this one run on this machine:
+For each size, over the same N clips (videos of --duration s written here, one prompt each),
+measured in this one run on this machine (torch uses --threads threads in this process; each
+model actor of the job gets one logical CPU, i.e. one thread):
 
 - loop:            what `generate-one` does, clip after clip (decode, features, sampling,
                    vocoder, FLAC), with the models loaded once beforehand (load time excluded,
@@ -203,8 +204,7 @@ def run_job(size: str, source: Path, out: Path, steps: int, batch_size: int, cat
             steps=steps,
             batch_size=batch_size,
             shard_size=batch_size,
-            # 2 logical CPUs per model actor: torch then uses both cores, as the loop does
-            cpus_per_actor=1.0 if catalog else 2.0,
+            cpus_per_actor=1.0,
             actor_memory_gb=1.0 if size == "tiny" else 6.0,
             progress=False,
             components_factory=factory,
@@ -214,10 +214,12 @@ def run_job(size: str, source: Path, out: Path, steps: int, batch_size: int, cat
     return summary
 
 
-def bench_size(size: str, n: int, steps: int, batch_size: int, catalog_job: bool) -> dict:
+def bench_size(
+    size: str, n: int, duration: float, steps: int, batch_size: int, catalog_job: bool
+) -> dict:
     with tempfile.TemporaryDirectory(prefix=f"bench-gen-{size}-") as tmp:
         tmp = Path(tmp)
-        clips = write_clips(tmp / "catalog", n, 8.0)
+        clips = write_clips(tmp / "catalog", n, duration)
         pipe = pipeline(size)
         (tmp / "loop").mkdir()
         loop_s, feats = run_loop(pipe, clips, steps, tmp / "loop")
@@ -228,6 +230,7 @@ def bench_size(size: str, n: int, steps: int, batch_size: int, catalog_job: bool
         row = {
             "size": size,
             "clips": n,
+            "duration_s": duration,
             "steps": steps,
             "batch_size": batch_size,
             "loop_clips_per_s": n / loop_s,
@@ -247,7 +250,9 @@ def main() -> None:
     p.add_argument("--sizes", default="tiny,small_16k")
     p.add_argument("--clips", type=int, default=16, help="clips at tiny size")
     p.add_argument("--small-clips", type=int, default=16, help="clips at small_16k size")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per clip")
     p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--threads", type=int, default=1, help="torch threads in this process")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument(
         "--no-small-catalog",
@@ -263,7 +268,7 @@ def main() -> None:
     root = HERE.parent
     paths = [str(root), str(HERE), str(root / "tests"), os.environ.get("PYTHONPATH", "")]
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     ray.init(num_cpus=4, object_store_memory=1 << 30, include_dashboard=False)
     rows = []
     try:
@@ -271,7 +276,9 @@ def main() -> None:
             n = args.clips if size == "tiny" else args.small_clips
             catalog_job = size == "tiny" or not args.no_small_catalog
             t0 = time.perf_counter()
-            rows.append(bench_size(size, n, args.steps, args.batch_size, catalog_job))
+            rows.append(
+                bench_size(size, n, args.duration, args.steps, args.batch_size, catalog_job)
+            )
             print(f"[{size}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
     finally:
         ray.shutdown()
@@ -290,7 +297,8 @@ def main() -> None:
             f"{r['job_features_clips_per_s'] / r['loop_clips_per_s']:.2f} | "
             + (f"{cat:.3f} | {cat / r['loop_clips_per_s']:.2f} |" if cat else "- | - |")
         )
-    Path(args.json).write_text(json.dumps({"rows": rows, "threads": os.cpu_count()}, indent=1))
+    info = {"rows": rows, "threads": args.threads, "cores": os.cpu_count()}
+    Path(args.json).write_text(json.dumps(info, indent=1))
     print(f"wrote {args.json}")
 
 
