@@ -85,9 +85,11 @@ def mux_audio(
     *,
     start: float = 0.0,
     duration: float | None = None,
+    container: str = "mp4",
 ) -> Path:
-    """Write `output` (mp4): the video's packets from `start` for `duration` seconds, copied
-    without re-encoding, plus `wav` (mono, starting at `start`) as an AAC track.
+    """Write `output` (`container`: mp4, mov or matroska): the video's packets from `start`
+    for `duration` seconds, copied without re-encoding, plus `wav` (mono, starting at
+    `start`) as an AAC track.
 
     Copying packets means the cut begins at the keyframe at or before `start`; the track is
     delayed by the difference so sound and picture stay aligned. Audio longer than the copied
@@ -103,21 +105,26 @@ def mux_audio(
         end = start + (duration if duration is not None else len(samples) / sample_rate)
         if start > 0:
             src.seek(int(start / tb), stream=vin, backward=True, any_frame=False)
-        with atomic_path(output) as tmp, av.open(str(tmp), "w", format="mp4") as dst:
+        with atomic_path(output) as tmp, av.open(str(tmp), "w", format=container) as dst:
             vout = dst.add_stream_from_template(vin)
             aout = dst.add_stream("aac", rate=sample_rate, layout="mono")
             aout.bit_rate = AAC_BITRATE
             first_pts = None
             last_end = 0.0
             for packet in src.demux(vin):
-                if packet.dts is None or packet.pts is None:
+                if packet.size == 0 or (packet.dts is None and packet.pts is None):
                     continue  # the flush packet
-                if packet.dts * tb >= end:
+                # Matroska leaves the dts of the first frames of a B-frame stream unset; those
+                # packets are kept (the muxer derives it), cut by pts instead.
+                if packet.pts is None:
+                    packet.pts = packet.dts
+                if (packet.dts if packet.dts is not None else packet.pts) * tb >= end:
                     break
                 if first_pts is None:
                     first_pts = packet.pts
                 packet.pts -= first_pts
-                packet.dts -= first_pts
+                if packet.dts is not None:
+                    packet.dts -= first_pts
                 packet.stream = vout
                 last_end = max(last_end, float((packet.pts + (packet.duration or 0)) * tb))
                 dst.mux(packet)

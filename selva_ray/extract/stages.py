@@ -47,8 +47,12 @@ def decode_batch(
     max_duration: float,
     frame_rule: str,
     audio_rate: int | None,
+    carry: tuple[str, ...] = (),
 ) -> dict[str, list]:
-    """Catalog rows -> uint8 frames (and mono audio) at the model's rates."""
+    """Catalog rows -> uint8 frames (and mono audio) at the model's rates.
+
+    `carry` names extra input columns passed through unchanged (other jobs' per-clip settings).
+    """
     from selva_core.pipeline import decode_config_for
     from selva_core.variants import get_spec
     from selva_core.video.decode import decode_clip
@@ -75,7 +79,7 @@ def decode_batch(
             has_audio, padded = clip.has_audio, clip.padded
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
             result = error_result(row, "decode", exc)
-        for key in CLIP_COLUMNS:
+        for key in (*CLIP_COLUMNS, *carry):
             out[key].append(row.get(key))
         for key, value in result.items():
             out[key].append(value)
@@ -103,6 +107,7 @@ class FeatureEncoder:
         precision: str | None = None,
         weights_dir: str | None = None,
         allow_download: bool | None = None,
+        carry: tuple[str, ...] = (),
     ):
         from selva_core.build import encoder_fingerprint
         from selva_core.pipeline import Pipeline, PipelineConfig
@@ -111,6 +116,7 @@ class FeatureEncoder:
         from ..runtime import resolve_device, resolve_dtype
 
         self.layout = layout
+        self.carry = tuple(carry)  # extra input columns passed through unchanged
         device = resolve_device(device)
         store = WeightStore(weights_dir, allow_download=allow_download)
         self.pipe = Pipeline(
@@ -176,7 +182,7 @@ class FeatureEncoder:
         dtype = lay.storage_dtype
         out: dict[str, list] = defaultdict(list)
         for i, row in enumerate(rows):
-            for key in (*CLIP_COLUMNS, "status", "stage", "error_type", "message"):
+            for key in (*CLIP_COLUMNS, *self.carry, "status", "stage", "error_type", "message"):
                 out[key].append(row[key])
             for key in ("duration", "fps", "has_audio", "padded"):
                 out[key].append(row[key])

@@ -159,8 +159,14 @@ class OutputDir:
 
     # ---- finished work ----------------------------------------------------------------------
 
-    def part_files(self, errors: bool = False) -> list[str]:
-        folder = self.path(ERRORS if errors else DATA_FOLDERS[self.kind])
+    def folder(self, kind: str) -> str:
+        """Where committed files of a table kind (features, results, errors) live."""
+        sub = ERRORS if kind == ERRORS else DATA_FOLDERS[kind]
+        return self.path(sub) if sub else self.root
+
+    def part_files(self, errors: bool = False, *, kind: str | None = None) -> list[str]:
+        """Committed part files of the folder's main table (or `kind`), or of its errors."""
+        folder = self.folder(ERRORS if errors else kind or self.kind)
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=False))
         except FileNotFoundError:
@@ -213,26 +219,54 @@ class OutputDir:
         for cid in ids:
             if cid in finished:
                 by_file.setdefault(finished[cid].path, set()).add(cid)
-        removed = 0
-        for path, victims in sorted(by_file.items()):
-            table = pq.read_table(path, filesystem=self.fs)
-            keep = pa.array([cid not in victims for cid in table["id"].to_pylist()])
-            kept = table.filter(keep)
-            removed += table.num_rows - kept.num_rows
-            if kept.num_rows == 0:
-                self.fs.delete_file(path)
-                continue
-            folder, name = path.rsplit("/", 1)
-            tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-            pq.write_table(
-                kept,
-                tmp,
-                filesystem=self.fs,
-                row_group_size=row_group_rows(kept),
-                compression="zstd",
-            )
-            self.fs.move(tmp, path)
+        return sum(
+            self._rewrite_without(path, victims) for path, victims in sorted(by_file.items())
+        )
+
+    def drop_rows(self, kind: str, ids: set[str]) -> int:
+        """Remove the rows of `ids` from every committed part file of `kind`."""
+        return sum(self._rewrite_without(path, ids) for path in self.part_files(kind=kind))
+
+    def _rewrite_without(self, path: str, victims: set[str]) -> int:
+        """Rewrite one part file without the rows of `victims` (hidden temp, then renamed over
+        it; deleted when nothing is left); the number of rows removed."""
+        table = pq.read_table(path, filesystem=self.fs)
+        keep = pa.array([cid not in victims for cid in table["id"].to_pylist()])
+        kept = table.filter(keep)
+        removed = table.num_rows - kept.num_rows
+        if removed == 0:
+            return 0
+        if kept.num_rows == 0:
+            self.fs.delete_file(path)
+            return removed
+        folder, name = path.rsplit("/", 1)
+        tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        pq.write_table(
+            kept, tmp, filesystem=self.fs, row_group_size=row_group_rows(kept), compression="zstd"
+        )
+        self.fs.move(tmp, path)
         return removed
+
+    def put_file(self, local_path: str, rel: str) -> str:
+        """Copy a local file to DIR/rel: written under a hidden name, renamed when whole."""
+        import shutil
+
+        final = self.path(rel)
+        folder, name = final.rsplit("/", 1)
+        self.fs.create_dir(folder, recursive=True)
+        tmp = f"{folder}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            shutil.copyfile(local_path, tmp)
+            os.replace(tmp, final)
+            return final
+        with open(local_path, "rb") as src, self.fs.open_output_stream(tmp) as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+        self.fs.move(tmp, final)
+        return final
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
 
     def clear_errors(self) -> int:
         files = self.part_files(errors=True)

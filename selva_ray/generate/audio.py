@@ -1,0 +1,164 @@
+"""Level of generated tracks: measurement (peak, true peak, RMS, BS.1770 loudness), loudness
+normalisation with a true-peak ceiling, WAV writing, and mixing a source's own track under.
+
+Pure torch / PyAV (no Ray): the writer tasks of the generation job call these per clip.
+"""
+
+from __future__ import annotations
+
+import math
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+OVERSAMPLE = 4  # true peak: the peak of the 4x oversampled signal (ITU-R BS.1770-4 annex 2)
+MIN_LOUDNESS_S = 0.4  # one gating block: shorter clips have no integrated loudness
+SILENCE_DB = -120.0  # what "no signal" reads as, instead of -inf
+BIT_DEPTHS = (16, 24)
+
+
+@dataclass(frozen=True)
+class Level:
+    peak_dbfs: float
+    true_peak_dbtp: float
+    rms_dbfs: float
+    loudness_lufs: float | None  # None: too short to measure, or silent
+
+
+def db(x: float) -> float:
+    return 20.0 * math.log10(x) if x > 0 else SILENCE_DB
+
+
+def true_peak(wav: torch.Tensor, sample_rate: int) -> float:
+    """Largest absolute sample of the 4x oversampled mono waveform (linear)."""
+    import torchaudio.functional as AF
+
+    if wav.numel() == 0:
+        return 0.0
+    up = AF.resample(wav.float().unsqueeze(0), sample_rate, sample_rate * OVERSAMPLE)
+    return max(float(up.abs().max()), float(wav.abs().max()))
+
+
+def loudness(wav: torch.Tensor, sample_rate: int) -> float | None:
+    """Integrated loudness (LUFS, ITU-R BS.1770, gated) of a mono waveform, or None."""
+    import torchaudio.functional as AF
+
+    if wav.numel() < MIN_LOUDNESS_S * sample_rate or not bool(wav.abs().max() > 0):
+        return None
+    value = float(AF.loudness(wav.float().unsqueeze(0), sample_rate))
+    return value if math.isfinite(value) else None
+
+
+def measure(wav: torch.Tensor, sample_rate: int) -> Level:
+    x = wav.float()
+    peak = float(x.abs().max()) if x.numel() else 0.0
+    rms = float(x.pow(2).mean().sqrt()) if x.numel() else 0.0
+    return Level(
+        peak_dbfs=db(peak),
+        true_peak_dbtp=db(true_peak(x, sample_rate)),
+        rms_dbfs=db(rms),
+        loudness_lufs=loudness(x, sample_rate),
+    )
+
+
+def normalise(
+    wav: torch.Tensor,
+    sample_rate: int,
+    *,
+    target_lufs: float | None,
+    ceiling_dbtp: float | None,
+) -> tuple[torch.Tensor, float]:
+    """Gain the track to `target_lufs`, then lower it so its true peak stays at or under
+    `ceiling_dbtp` (a plain gain, never a limiter: the sound is not reshaped). Returns the
+    waveform and the gain in dB. A clip without measurable loudness keeps its level (only the
+    ceiling applies)."""
+    gain = 0.0
+    if target_lufs is not None:
+        current = loudness(wav, sample_rate)
+        if current is not None:
+            gain = target_lufs - current
+    if ceiling_dbtp is not None:
+        tp = db(true_peak(wav, sample_rate))
+        if tp + gain > ceiling_dbtp:
+            gain = ceiling_dbtp - tp
+    if gain == 0.0:
+        return wav, 0.0
+    return wav * (10.0 ** (gain / 20.0)), gain
+
+
+def pcm(wav: torch.Tensor, bits: int) -> np.ndarray:
+    """Full-scale clipped, rounded integer samples: int16 for 16 bits; for 24 bits int32
+    holding the 24-bit value in its top three bytes (how FFmpeg takes 24-bit audio)."""
+    if bits not in BIT_DEPTHS:
+        raise ValueError(f"bits must be one of {BIT_DEPTHS}, got {bits}")
+    x = wav.detach().double().clamp(-1.0, 1.0).cpu().numpy()
+    full = (1 << (bits - 1)) - 1
+    q = np.round(x * full)
+    return q.astype(np.int16) if bits == 16 else (q.astype(np.int32) << 8)
+
+
+def write_audio(path: str | Path, wav: torch.Tensor, sample_rate: int, fmt: str, bits: int):
+    """Mono FLAC or WAV (PCM, 16 or 24 bits), written to a hidden name and renamed when
+    whole. 24 bits keep sample-level differences far below the model's own precision."""
+    from selva_core.video.write import atomic_path
+
+    samples = pcm(wav, bits)
+    with atomic_path(path) as tmp:
+        if fmt == "wav":
+            with wave.open(str(tmp), "wb") as f:
+                f.setnchannels(1)
+                f.setsampwidth(bits // 8)
+                f.setframerate(sample_rate)
+                data = samples if bits == 16 else samples.view(np.uint8).reshape(-1, 4)[:, 1:]
+                f.writeframes(np.ascontiguousarray(data).tobytes())
+        elif fmt == "flac":
+            import av
+
+            layout = "s16" if bits == 16 else "s32"
+            with av.open(str(tmp), "w", format="flac") as out:
+                stream = out.add_stream("flac", rate=sample_rate, layout="mono")
+                stream.format = layout
+                frame = av.AudioFrame.from_ndarray(samples[None, :], format=layout, layout="mono")
+                frame.sample_rate = sample_rate
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+                for packet in stream.encode(None):
+                    out.mux(packet)
+        else:
+            raise ValueError(f"unknown audio format {fmt!r}")
+    return Path(path)
+
+
+def source_track(
+    path: str, start: float, sample_rate: int, num_samples: int
+) -> torch.Tensor | None:
+    """The source's own audio over the clip window, mono at `sample_rate`; None if it has none."""
+    from selva_core.video.audio_track import decode_audio_window, select_audio_stream
+    from selva_core.video.decode import open_media
+
+    with open_media(path) as container:
+        stream = select_audio_stream(container)
+        if stream is None:
+            return None
+        track = decode_audio_window(
+            container,
+            stream,
+            path=path,
+            start=start,
+            sample_rate=sample_rate,
+            num_samples=num_samples,
+        )
+    return track.samples
+
+
+def mix_under(wav: torch.Tensor, original: torch.Tensor | None, gain_db: float) -> torch.Tensor:
+    """`wav` with `original` added at `gain_db` (clipped to full scale when written)."""
+    if original is None:
+        return wav
+    n = min(wav.shape[-1], original.shape[-1])
+    mixed = wav.clone()
+    mixed[:n] += original[:n].to(wav.dtype) * (10.0 ** (gain_db / 20.0))
+    return mixed

@@ -1,0 +1,726 @@
+"""Batch generation and dubbing on Ray Data: an audio track (and a dubbed video) per clip.
+
+catalog  -> decode (CPU tasks) -> feature encoders (actors) -+
+features -> feature loader (CPU tasks) ----------------------+-> generator actors -> writers
+
+The driver plans the work: clips that already have a committed result row and file are
+skipped, the rest are sorted by sequence key (duration -> sequence lengths, steps, cfg) so
+that clips which can share a generator batch travel together, and cut into shards; it commits
+each shard once all of its clips are accounted for, and prints progress every few seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from selva_core.sampling import SamplerConfig
+from selva_core.variants import get_spec
+
+from ..io.catalog import CatalogProblem, ClipRecord, read_catalog, resolve
+from ..io.feature_schema import FeatureLayout
+from ..io.output_dir import OutputDir
+from ..io.rows import error_table, local_copy
+from .stages import (
+    RESULT_SCHEMA,
+    AudioGenerator,
+    TimedFeatureEncoder,
+    decode_stage,
+    load_features,
+    sequence_key,
+    write_outputs,
+)
+
+log = logging.getLogger(__name__)
+GiB = 1 << 30
+# A generator call takes up to this many batches' worth of clips and regroups them by key,
+# so clips that arrive interleaved still fill whole batches.
+GROUP_WINDOW = 2
+AUDIO_FORMATS = ("flac", "wav")
+
+
+class GenerateInputError(ValueError):
+    """Unusable settings or inputs (bad flag values, adapter files, features folder)."""
+
+
+@dataclass
+class GenerateConfig:
+    input: str  # catalog (folder or manifest) or a features folder written by `extract`
+    output: str
+    variant: str = "small_16k"
+    max_duration: float = 8.0  # catalog input; a features folder has its own
+    prompt: str | None = None  # for clips whose catalog row has no prompt
+    negative_prompt: str | None = None  # None: the model's stored empty-prompt features
+    seed: int = 42
+    cfg: float = 4.5
+    steps: int = 25
+    audio_format: str = "flac"
+    bits: int = 24  # sample depth of the written tracks: 16 or 24
+    loudness: float | None = None  # LUFS target; None: the model's level
+    peak: float | None = None  # dBTP ceiling; None: -1 when normalising loudness, else none
+    mux: bool = False
+    mix_original: float | None = None  # dB gain of the source's own track in the video
+    adapters: list[str] = field(default_factory=list)  # FILE[@STRENGTH], stacked in order
+    precision: str | None = None  # None: bf16 on GPU, fp32 on CPU
+    device: str = "auto"
+    batch_size: int = 8  # clips per generator batch
+    actors: int | None = None  # generator actors; None: one per GPU, else 1
+    gpus_per_actor: float | None = None  # None: 1 (features input) or 0.5 (encoders share)
+    encoder_actors: int | None = None  # catalog input; None: one per GPU, else 1
+    encoder_gpus: float = 0.5
+    cpus_per_actor: float = 1.0
+    actor_memory_gb: float | None = None  # None: by model size
+    decode_cpus: float = 1.0
+    decode_memory_gb: float = 1.0
+    shard_size: int = 64
+    fail_on_error: bool = False
+    retry_errors: bool = False
+    weights_dir: str | None = None
+    offline: bool = False
+    ray_address: str | None = None
+    frame_rule: str = "official"
+    progress: bool = True  # Ray Data's own progress output
+    progress_interval_s: float = 10.0
+    # Benchmarks only: build the models by hand (e.g. random weights at real sizes),
+    # `factory(device, dtype, role) -> Components`, role "encoder" or "generator".
+    components_factory: Callable | None = None
+
+
+@dataclass
+class GenerateSummary:
+    output: str
+    input_kind: str = "catalog"
+    catalog: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    wall_s: float = 0.0
+    batch_fill: float = 0.0  # clips per generator batch / batch size, averaged over batches
+    batches: int = 0
+    errors_by_stage: dict = field(default_factory=dict)
+
+    @property
+    def attempted(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.attempted / self.wall_s if self.wall_s > 0 else 0.0
+
+    def exit_code(self, fail_on_error: bool) -> int:
+        """1 when asked to fail on any error, or when every attempted clip failed."""
+        if self.failed and (fail_on_error or self.ok == 0):
+            return 1
+        return 0
+
+    def lines(self) -> list[str]:
+        stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))
+        return [
+            f"{self.input_kind} {self.catalog} clips: {self.ok} ok, {self.failed} failed"
+            + (f" ({stages})" if stages else "")
+            + f", {self.skipped} skipped (already done)",
+            f"wall time {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s, "
+            f"{self.batches} generator batches, average batch fill {self.batch_fill:.2f}",
+            f"results in {self.output.rstrip('/')}/results/, "
+            f"errors in {self.output.rstrip('/')}/errors/",
+        ]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    path: str
+    strength: float
+    name: str
+    sha256: str
+
+    def describe(self) -> dict:
+        return {"name": self.name, "strength": self.strength, "sha256": self.sha256}
+
+
+def parse_adapter(text: str) -> tuple[str, float]:
+    """`FILE[@STRENGTH]` -> (file, strength); a file name may itself contain '@'."""
+    path, sep, tail = text.rpartition("@")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return text, 1.0
+
+
+def resolve_adapters(specs: list[str]) -> list[Adapter]:
+    """Read every adapter once on the driver (a bad file stops the job before any work) and
+    fingerprint it; the actors load the same files."""
+    from selva_core.lora.adapter_file import AdapterFormatError, read_adapter
+
+    adapters = []
+    for text in specs:
+        path, strength = parse_adapter(text)
+        if not math.isfinite(strength):
+            raise GenerateInputError(f"adapter {text!r}: strength must be a finite number")
+        try:
+            with local_copy(path) as local:
+                with open(local, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                meta = read_adapter(local).meta
+        except (AdapterFormatError, OSError, ValueError) as exc:
+            raise GenerateInputError(f"adapter {path}: {exc}") from exc
+        name = path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        log.info("adapter %s at strength %g (rank %d, %s)", name, strength, meta.rank, meta.init)
+        adapters.append(Adapter(path, strength, name, digest))
+    return adapters
+
+
+# ---- input ----------------------------------------------------------------------------------
+
+
+def features_layout(uri: str) -> FeatureLayout | None:
+    """The layout of an `extract` output folder, or None if `uri` is not one."""
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return None
+    meta = OutputDir(uri).read_meta()
+    if not meta or "tensors" not in meta or "settings" not in meta:
+        return None
+    try:
+        return FeatureLayout(**meta["settings"])
+    except TypeError as exc:
+        raise GenerateInputError(f"{uri}: unreadable feature settings in _meta.json") from exc
+
+
+def _feature_rows(uri: str) -> list[dict]:
+    """One plan row per stored clip: its scalars and where its tensors are."""
+    out = OutputDir(uri)
+    rows = []
+    columns = ["id", "source", "prompt", "negative_prompt", "seed", "start", "duration"]
+    for path in out.part_files():
+        table = pq.read_table(path, columns=columns, filesystem=out.fs)
+        for k, item in enumerate(table.to_pylist()):
+            rows.append({**item, "feature_file": path, "feature_row": k, "row": None})
+    return rows
+
+
+def _probe_duration(record: ClipRecord, max_duration: float) -> float:
+    """Expected clip duration, for grouping only: the manifest's, or a look at the container
+    header of a local file (the decoder's exact value is used for generation)."""
+    if record.duration is not None:
+        return record.duration
+    fs, path = resolve(record.source)
+    if fs.type_name != "local":
+        return max_duration
+    try:
+        import av
+
+        with av.open(path) as c:
+            stream = c.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                total = float(stream.duration * stream.time_base)
+            else:
+                total = c.duration / av.time_base
+    except Exception:  # noqa: BLE001 - the decode stage reports it properly
+        return max_duration
+    return min(max_duration, max(total - record.start, 16 / 25))
+
+
+# ---- the job --------------------------------------------------------------------------------
+
+
+def run_generate(config: GenerateConfig) -> GenerateSummary:
+    t0 = time.perf_counter()
+    _check_config(config)
+    spec = get_spec(config.variant)
+    adapters = resolve_adapters(config.adapters)
+    layout = features_layout(config.input)
+    if layout is not None and layout.variant != spec.name:
+        raise GenerateInputError(
+            f"features in {config.input} were made for variant {layout.variant!r}, not "
+            f"{spec.name!r}; pass --variant {layout.variant}"
+        )
+    kind = "features" if layout is not None else "catalog"
+
+    from ..runtime import init_ray
+
+    init_ray(config.ray_address, progress=config.progress)
+    plan = _actor_plan(config, spec.is_tiny, catalog_input=layout is None)
+    settings = _settings(config, spec, adapters, plan)
+    settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    out = OutputDir(config.output, kind="results")
+    out.claim(
+        {
+            "kind": "generate",
+            "settings": settings,
+            "settings_hash": settings_hash,
+            "results_columns": RESULT_SCHEMA.names,
+        }
+    )
+    out.recover()
+    if config.retry_errors:
+        log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
+
+    if layout is None:
+        records, problems = read_catalog(config.input, max_duration=config.max_duration)
+        rows = [_catalog_row(r, config) for r in records]
+        if rows:
+            with ThreadPoolExecutor(8) as pool:
+                planned = pool.map(lambda r: _probe_duration(r, config.max_duration), records)
+                for row, d in zip(rows, planned, strict=True):
+                    row["planned"] = d
+    else:
+        rows, problems = _feature_rows(config.input), []
+        for row in rows:
+            row.update(_defaults(row, config))
+            row["planned"] = row["duration"]
+    bad = _bad_settings(rows)
+    bad_ids = {p.id for p in bad}
+    rows = [r for r in rows if r["id"] not in bad_ids]
+    problems = problems + bad
+
+    done = _finished(out, config.mux)
+    todo = [r for r in rows if r["id"] not in done]
+    new_problems = [p for p in problems if p.id not in done]
+    summary = GenerateSummary(
+        output=config.output,
+        input_kind=kind,
+        catalog=len(rows) + len(problems),
+        skipped=len(rows) - len(todo) + len(problems) - len(new_problems),
+    )
+    run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
+    log.info(
+        "%d clips in %s, %d to do, %d already done",
+        summary.catalog,
+        kind,
+        len(todo),
+        summary.skipped,
+    )
+    if new_problems:
+        _record_problems(out, f"{run}-catalog", new_problems, settings_hash)
+        summary.failed += len(new_problems)
+        summary.errors_by_stage["catalog"] = len(new_problems)
+    if todo:
+        ok, failed, fill = _run_pipeline(
+            config, spec, layout, out, todo, run, plan, adapters, settings_hash
+        )
+        summary.ok += ok
+        summary.failed += sum(failed.values())
+        summary.batch_fill, summary.batches = fill
+        for stage, n in failed.items():
+            summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
+    summary.wall_s = time.perf_counter() - t0
+    out.record_run({"run": run, "finished_at": time.time(), **asdict(summary)})
+    return summary
+
+
+def _check_config(config: GenerateConfig) -> None:
+    if config.audio_format not in AUDIO_FORMATS:
+        raise GenerateInputError(f"--format must be one of {AUDIO_FORMATS}")
+    if config.bits not in (16, 24):
+        raise GenerateInputError("--bits must be 16 or 24")
+    if config.batch_size < 1 or config.shard_size < 1:
+        raise GenerateInputError("--batch-size and --shard-size must be >= 1")
+    if config.mix_original is not None and not config.mux:
+        raise GenerateInputError("--mix-original needs --mux (it mixes into the dubbed video)")
+    for name in ("loudness", "peak", "mix_original"):
+        value = getattr(config, name)
+        if value is not None and not (math.isfinite(value) and value <= 0):
+            raise GenerateInputError(f"--{name.replace('_', '-')} must be a level <= 0 dB")
+    try:
+        SamplerConfig(num_steps=config.steps, cfg_strength=config.cfg)
+    except ValueError as exc:
+        raise GenerateInputError(str(exc)) from exc
+
+
+def effective_peak(config: GenerateConfig) -> float | None:
+    if config.peak is not None:
+        return config.peak
+    return -1.0 if config.loudness is not None else None
+
+
+def _settings(config: GenerateConfig, spec, adapters: list[Adapter], plan: dict) -> dict:
+    """What decides the output; a folder is only continued with the same values."""
+    return {
+        "variant": spec.name,
+        "precision": plan["precision"],
+        "max_duration": config.max_duration,
+        "frame_rule": config.frame_rule,
+        "prompt": config.prompt,
+        "negative_prompt": config.negative_prompt,
+        "seed": config.seed,
+        "cfg": config.cfg,
+        "steps": config.steps,
+        "format": config.audio_format,
+        "bits": config.bits,
+        "sample_rate": spec.sampling_rate,
+        "loudness": config.loudness,
+        "peak": effective_peak(config),
+        "mux": config.mux,
+        "mix_original": config.mix_original,
+        "adapters": [a.describe() for a in adapters],
+    }
+
+
+def _defaults(row: dict, config: GenerateConfig) -> dict:
+    """Per-clip values from the catalog (or stored features), else the job's flags."""
+    return {
+        "prompt": row.get("prompt") or config.prompt or "",
+        "negative_prompt": row.get("negative_prompt")
+        if row.get("negative_prompt") is not None
+        else config.negative_prompt,
+        "seed": int(row["seed"]) if row.get("seed") is not None else config.seed,
+        "cfg": float(row["cfg"]) if row.get("cfg") is not None else config.cfg,
+        "steps": int(row["steps"]) if row.get("steps") is not None else config.steps,
+    }
+
+
+def _catalog_row(record: ClipRecord, config: GenerateConfig) -> dict:
+    row = record.to_row()
+    row.update(_defaults(row, config))
+    row["duration"] = record.duration or config.max_duration
+    return row
+
+
+def _bad_settings(rows: list[dict]) -> list[CatalogProblem]:
+    problems = []
+    for r in rows:
+        try:
+            SamplerConfig(num_steps=r["steps"], cfg_strength=r["cfg"])
+        except ValueError as exc:
+            row = r["row"] if r.get("row") is not None else -1
+            problems.append(CatalogProblem(r["id"], r["source"], row, str(exc)))
+    return problems
+
+
+def _finished(out: OutputDir, mux: bool) -> set[str]:
+    """Ids with a committed result row whose files exist, plus ids with an error row. Result
+    rows whose file is gone are dropped, so those clips are done again (exactly once)."""
+    listed = {}
+    for folder in ("audio", "video"):
+        try:
+            infos = out.fs.get_file_info(pafs.FileSelector(out.path(folder)))
+            listed[folder] = {f"{folder}/{i.base_name}" for i in infos}
+        except FileNotFoundError:
+            listed[folder] = set()
+    done, stale = set(), set()
+    for path in out.part_files(kind="results"):
+        table = pq.read_table(path, columns=["id", "audio_path", "video_path"], filesystem=out.fs)
+        for item in table.to_pylist():
+            whole = item["audio_path"] in listed["audio"] and (
+                not mux or (item["video_path"] or "") in listed["video"]
+            )
+            (done if whole else stale).add(item["id"])
+    stale -= done
+    if stale:
+        log.info("%d result row(s) without their file: doing those clips again", len(stale))
+        out.drop_rows("results", stale)
+    for path in out.part_files(errors=True):
+        done.update(pq.read_table(path, columns=["id"], filesystem=out.fs)["id"].to_pylist())
+    return done
+
+
+def _record_problems(
+    out: OutputDir, shard: str, problems: list[CatalogProblem], settings_hash: str
+) -> None:
+    rows = [
+        {
+            "id": p.id,
+            "source": p.source,
+            "row": p.row,
+            "stage": "catalog",
+            "error_type": "CatalogError",
+            "message": p.message,
+        }
+        for p in problems
+    ]
+    for p in problems:
+        log.warning("catalog row %d (%s): %s", p.row, p.source or p.id, p.message)
+    out.stage(shard, "errors", error_table(rows, settings_hash))
+    out.commit(shard)
+
+
+def _actor_plan(config: GenerateConfig, tiny: bool, *, catalog_input: bool) -> dict:
+    import ray
+
+    from ..runtime import DTYPES, cluster_gpus
+
+    gpus = cluster_gpus() if config.device in ("auto", "cuda") else 0.0
+    use_gpu = gpus > 0 or config.device.startswith("cuda")
+    per_gpu = config.gpus_per_actor or (0.5 if catalog_input else 1.0)
+    actors = config.actors or (max(1, int(gpus)) if use_gpu else 1)
+    encoders = config.encoder_actors or (max(1, int(gpus)) if use_gpu else 1)
+    memory = config.actor_memory_gb or (1.5 if tiny else 10.0)
+    decode_memory = int(config.decode_memory_gb * GiB)
+    if decode_memory == int(memory * GiB):
+        decode_memory -= 1 << 20  # identical remote args would fuse decode into the actors
+    # Model actors hold their CPUs for the whole run; on a small cluster leave one CPU to the
+    # decode / load / write tasks or they could never be scheduled.
+    cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    pool = actors + (encoders if catalog_input else 0)
+    cpus_per_actor = config.cpus_per_actor
+    if cpus and pool * cpus_per_actor > cpus - 1:
+        cpus_per_actor = max(0.1, (cpus - 1) / pool)
+        log.info("%g CPUs in the cluster: %.2f CPU per model actor", cpus, cpus_per_actor)
+    precision = config.precision or ("bf16" if use_gpu else "fp32")
+    if precision not in DTYPES:
+        raise GenerateInputError(f"precision must be one of {sorted(DTYPES)}")
+    return {
+        "actors": actors,
+        "encoders": encoders,
+        "num_gpus": per_gpu if use_gpu else 0,
+        "encoder_gpus": config.encoder_gpus if use_gpu else 0,
+        "device": ("cuda" if use_gpu else "cpu") if config.device == "auto" else config.device,
+        "precision": precision,
+        "cpus_per_actor": cpus_per_actor,
+        "memory": int(memory * GiB),
+        "decode_memory": decode_memory,
+    }
+
+
+def _order(rows: list[dict], spec, batch_size: int, shard_size: int, run: str) -> list[list]:
+    """Rows sorted by sequence key and cut into planned batches (full ones first), each
+    labelled with its shard. Returns the batches."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = sequence_key(spec, r["planned"], r["steps"], r["cfg"])
+        groups.setdefault(key, []).append(r)
+    full, tails = [], []
+    for key in sorted(groups):
+        members = sorted(groups[key], key=lambda r: (r.get("feature_file") or "", r["id"]))
+        for k in range(0, len(members), batch_size):
+            chunk = members[k : k + batch_size]
+            (full if len(chunk) == batch_size else tails).append(chunk)
+    batches = full + tails
+    i = 0
+    for chunk in batches:
+        for r in chunk:
+            r["shard"] = f"{run}-{i // shard_size:05d}"
+            i += 1
+    return batches
+
+
+PLAN_FIELDS = [
+    ("id", pa.string()),
+    ("shard", pa.string()),
+    ("row", pa.int64()),
+    ("source", pa.string()),
+    ("prompt", pa.string()),
+    ("negative_prompt", pa.string()),
+    ("seed", pa.int64()),
+    ("start", pa.float64()),
+    ("duration", pa.float64()),
+    ("cfg", pa.float64()),
+    ("steps", pa.int64()),
+]
+
+
+def _run_pipeline(
+    config: GenerateConfig,
+    spec,
+    layout: FeatureLayout | None,
+    out: OutputDir,
+    todo: list[dict],
+    run: str,
+    plan: dict,
+    adapters: list[Adapter],
+    settings_hash: str,
+) -> tuple[int, Counter, tuple[float, int]]:
+    import ray
+
+    batches = _order(todo, spec, config.batch_size, config.shard_size, run)
+    expected = Counter(r["shard"] for chunk in batches for r in chunk)
+    allow_download = False if config.offline else None
+    log.info(
+        "%d clips in %d shard(s), %d planned batch(es); %d generator actor(s) on %s",
+        len(todo),
+        len(expected),
+        len(batches),
+        plan["actors"],
+        plan["device"],
+    )
+    if layout is None:
+        rows = [r for chunk in batches for r in chunk]
+        items = [{name: r.get(name) for name, _ in PLAN_FIELDS} for r in rows]
+        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
+        ds = ds.map_batches(
+            decode_stage,
+            fn_kwargs={
+                "variant": spec.name,
+                "max_duration": config.max_duration,
+                "frame_rule": config.frame_rule,
+                "audio_rate": None,
+            },
+            batch_size=1,
+            num_cpus=config.decode_cpus,
+            memory=plan["decode_memory"],
+        )
+        encode_layout = FeatureLayout.for_run(
+            spec,
+            max_duration=config.max_duration,
+            storage_dtype="float32",
+            frame_rule=config.frame_rule,
+        )
+        ds = ds.map_batches(
+            TimedFeatureEncoder,
+            fn_constructor_kwargs={
+                "layout": encode_layout,
+                "device": plan["device"],
+                "precision": plan["precision"],
+                "weights_dir": config.weights_dir,
+                "allow_download": allow_download,
+                "components_factory": config.components_factory,
+            },
+            batch_size=config.batch_size,
+            compute=ray.data.ActorPoolStrategy(
+                min_size=1,
+                max_size=plan["encoders"],
+                initial_size=plan["encoders"],
+                max_tasks_in_flight_per_actor=2,
+            ),
+            num_gpus=plan["encoder_gpus"],
+            num_cpus=plan["cpus_per_actor"],
+            memory=plan["memory"],
+        )
+    else:
+        schema = pa.schema(
+            [*PLAN_FIELDS, ("feature_file", pa.string()), ("feature_row", pa.int64())]
+        )
+        tables = [
+            pa.Table.from_pylist([{n: r.get(n) for n in schema.names} for r in chunk], schema)
+            for chunk in batches
+        ]
+        ds = ray.data.from_arrow(tables)
+        ds = ds.map_batches(
+            load_features,
+            fn_kwargs={"layout": layout, "filesystem_uri": config.input},
+            batch_size=None,
+            num_cpus=1,
+            memory=plan["decode_memory"],
+        )
+    window = config.batch_size * GROUP_WINDOW
+    ds = ds.map_batches(
+        AudioGenerator,
+        fn_constructor_kwargs={
+            "variant": spec.name,
+            "batch_size": config.batch_size,
+            "device": plan["device"],
+            "precision": plan["precision"],
+            "weights_dir": config.weights_dir,
+            "allow_download": allow_download,
+            "adapters": [{"path": a.path, **a.describe()} for a in adapters],
+            "components_factory": config.components_factory,
+        },
+        batch_size=window,
+        compute=ray.data.ActorPoolStrategy(
+            min_size=1,
+            max_size=plan["actors"],
+            initial_size=plan["actors"],
+            max_tasks_in_flight_per_actor=2,
+        ),
+        num_gpus=plan["num_gpus"],
+        num_cpus=plan["cpus_per_actor"],
+        memory=plan["memory"],
+    )
+    ds = ds.map_batches(
+        write_outputs,
+        fn_kwargs={
+            "output": config.output,
+            "settings_hash": settings_hash,
+            "variant": spec.name,
+            "sample_rate": spec.sampling_rate,
+            "audio_format": config.audio_format,
+            "bits": config.bits,
+            "loudness": config.loudness,
+            "peak": effective_peak(config),
+            "mux": config.mux,
+            "mix_original": config.mix_original,
+            "adapters": [{"path": a.path, **a.describe()} for a in adapters],
+        },
+        batch_size=window,
+        num_cpus=1,
+    )
+    return _drive(ds, out, expected, config)
+
+
+def _drive(ds, out: OutputDir, expected: Counter, config: GenerateConfig):
+    """Consume the writers' reports: commit whole shards, count, print progress."""
+    total = sum(expected.values())
+    state = {"ok": 0, "failed": 0}
+    t0 = time.perf_counter()
+    stop = threading.Event()
+
+    def progress() -> None:
+        elapsed = time.perf_counter() - t0
+        done = state["ok"] + state["failed"]
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = total - done
+        eta = f"{left / rate:.0f} s" if rate > 0 else "unknown"
+        log.info(
+            "generate: %d done, %d failed, %d left; %.2f clips/s, ETA %s",
+            state["ok"],
+            state["failed"],
+            left,
+            rate,
+            eta,
+        )
+
+    def ticker() -> None:
+        while not stop.wait(config.progress_interval_s):
+            progress()
+
+    thread = threading.Thread(target=ticker, name="generate-progress", daemon=True)
+    thread.start()
+    seen: Counter = Counter()
+    failed: Counter = Counter()
+    committed: set[str] = set()
+    fill_rows, fill_batches = 0, 0.0
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for shard, status, stage, n in zip(
+                batch["shard"].to_pylist(),
+                batch["status"].to_pylist(),
+                batch["stage"].to_pylist(),
+                batch["batch_clips"].to_pylist(),
+                strict=True,
+            ):
+                seen[shard] += 1
+                if status == "ok":
+                    state["ok"] += 1
+                else:
+                    state["failed"] += 1
+                    failed[stage] += 1
+                if n:
+                    fill_rows += 1
+                    fill_batches += 1.0 / n
+                if seen[shard] == expected[shard] and shard not in committed:
+                    commit = out.commit(shard)
+                    committed.add(shard)
+                    log.info(
+                        "committed shard %s: %d ok, %d failed", shard, commit.ok, commit.failed
+                    )
+    finally:
+        stop.set()
+        thread.join()
+    progress()
+    for shard in set(expected) - committed:  # rows lost upstream would leave a shard open
+        log.warning(
+            "shard %s saw %d/%d clips; committing what was written",
+            shard,
+            seen[shard],
+            expected[shard],
+        )
+        out.commit(shard)
+    out.recover()
+    batches = round(fill_batches)
+    fill = fill_rows / (fill_batches * config.batch_size) if fill_batches else 0.0
+    return state["ok"], failed, (fill, batches)

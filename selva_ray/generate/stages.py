@@ -1,0 +1,579 @@
+"""The Ray Data stages of batch generation.
+
+catalog input:  decode (CPU tasks, the extraction's) -> feature encoders (actors, the
+                extraction's FeatureEncoder with fp32 output) -> generator actors -> writers
+features input: feature loader (CPU tasks reading extract's Parquet) -> generator -> writers
+
+Every stage passes a failed clip on as an error row (status, stage, error type, message), so
+one bad clip never costs its neighbours. Per-clip timings travel with the rows (NaN for a stage
+that did not run in this job) and end up in the results table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import re
+import socket
+import tempfile
+import time
+from collections import defaultdict
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ..extract.stages import CLIP_COLUMNS, FeatureEncoder, decode_batch
+from ..io.feature_schema import FeatureLayout, from_storage
+from ..io.output_dir import OutputDir
+from ..io.rows import OK_RESULT, batch_rows, error_result, error_table, local_copy, plain
+
+log = logging.getLogger(__name__)
+
+NAN = float("nan")
+# Per-clip generation settings that ride along through the extraction stages.
+GEN_COLUMNS = ("cfg", "steps")
+STATUS_COLUMNS = ("status", "stage", "error_type", "message")
+# Video codecs an MP4 file holds (the muxed video is MP4 unless the source is .mov / .mkv).
+MP4_VIDEO_CODECS = {"h264", "hevc", "mpeg4", "av1", "vp9", "mpeg2video", "mjpeg"}
+
+ADAPTER_TYPE = pa.list_(
+    pa.struct([("name", pa.string()), ("strength", pa.float64()), ("sha256", pa.string())])
+)
+RESULT_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("seed", pa.int64()),
+        ("cfg", pa.float64()),
+        ("steps", pa.int32()),
+        ("variant", pa.string()),
+        ("adapters", ADAPTER_TYPE),
+        ("audio_path", pa.string()),
+        ("video_path", pa.string()),
+        ("start", pa.float64()),
+        ("duration", pa.float64()),
+        ("samples", pa.int64()),
+        ("sample_rate", pa.int32()),
+        ("peak_dbfs", pa.float64()),
+        ("true_peak_dbtp", pa.float64()),
+        ("rms_dbfs", pa.float64()),
+        ("loudness_lufs", pa.float64()),
+        ("gain_db", pa.float64()),
+        ("status", pa.string()),
+        ("batch_clips", pa.int32()),
+        ("worker", pa.string()),
+        ("decode_s", pa.float64()),
+        ("features_s", pa.float64()),
+        ("sampling_s", pa.float64()),
+        ("vocoder_s", pa.float64()),
+        ("write_s", pa.float64()),
+        ("settings_hash", pa.string()),
+    ]
+)
+
+
+def sequence_key(spec, duration: float, steps: int, cfg: float) -> tuple:
+    """Clips with equal keys can share a generator batch: same sequence lengths (the model has
+    no attention mask, so padding would change the audio) and the same sampler settings."""
+    seq = spec.sequence(duration)
+    return (seq.latent_seq_len, seq.clip_seq_len, seq.sync_seq_len, int(steps), float(cfg))
+
+
+def clip_samples(duration: float, sample_rate: int) -> int:
+    """Samples of a clip's track: exactly its duration at the model's rate."""
+    return int(round(duration * sample_rate))
+
+
+# ---- catalog input: decode and encode ---------------------------------------------------------
+
+
+def decode_stage(batch: dict[str, np.ndarray], **kwargs) -> dict[str, list]:
+    """The extraction's decode, carrying the generation settings and the decode time."""
+    t0 = time.perf_counter()
+    out = decode_batch(batch, carry=GEN_COLUMNS, **kwargs)
+    n = len(out["id"])
+    out["decode_s"] = [(time.perf_counter() - t0) / max(n, 1)] * n
+    return out
+
+
+class TimedFeatureEncoder(FeatureEncoder):
+    """The extraction's encoder actor (fp32 output, nothing written), timing each batch.
+
+    `components_factory(device, dtype, "encoder")` builds the models by hand instead of loading
+    published weights (benchmarks at real sizes with random weights)."""
+
+    def __init__(self, *, components_factory=None, **kwargs):
+        kwargs.setdefault("carry", (*GEN_COLUMNS, "decode_s"))
+        if components_factory is None:
+            super().__init__(**kwargs)
+            return
+        from selva_core.pipeline import Pipeline, PipelineConfig
+
+        from ..runtime import resolve_device, resolve_dtype
+
+        self.layout = kwargs["layout"]
+        self.carry = tuple(kwargs["carry"])
+        device = resolve_device(kwargs.get("device", "auto"))
+        dtype = resolve_dtype(kwargs.get("precision"), device)
+        config = PipelineConfig(
+            variant=self.layout.variant, dtype=dtype, device=device, generation=False
+        )
+        self.pipe = Pipeline(config, components=components_factory(device, dtype, "encoder"))
+        self.checksum = "custom"
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        t0 = time.perf_counter()
+        out = super().__call__(batch)
+        n = len(out["id"])
+        out["features_s"] = [(time.perf_counter() - t0) / max(n, 1)] * n
+        return out
+
+
+# ---- features input: read extract's Parquet ---------------------------------------------------
+
+
+def load_features(
+    batch: dict[str, np.ndarray], *, layout: FeatureLayout, filesystem_uri: str
+) -> dict[str, list]:
+    """Plan rows (feature file + row index) -> the stored tensors as float32, per clip.
+
+    Each file is read once per call, and only the row groups that hold the wanted rows."""
+    out_dir = OutputDir(filesystem_uri)
+    rows = list(batch_rows(batch))
+    tensors = ["sync_f", "text_f", *(["clip_f"] if layout.clip_len else [])]
+    lengths = ["sync_len", *(["clip_len"] if layout.clip_len else [])]
+    loaded: dict[int, dict] = {}
+    by_file: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_file[row["feature_file"]].append(i)
+    for path, idx in by_file.items():
+        try:
+            wanted = [rows[i]["feature_row"] for i in idx]
+            table = _read_rows(out_dir, path, wanted, [*tensors, *lengths])
+            for j, i in enumerate(idx):
+                if table["id"][j].as_py() != rows[i]["id"]:
+                    raise ValueError(f"{path}: row {rows[i]['feature_row']} is not {rows[i]['id']}")
+                one = table.slice(j, 1)
+                loaded[i] = {n: _stored(one, n)[0] for n in tensors}
+                loaded[i].update({n: one[n][0].as_py() for n in lengths})
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
+            for i in idx:
+                rows[i].update(error_result(rows[i], "features", exc))
+    out: dict[str, list] = defaultdict(list)
+    shapes = layout.tensor_shapes()
+    for i, row in enumerate(rows):
+        for key in (*CLIP_COLUMNS, *GEN_COLUMNS, "duration"):
+            out[key].append(row.get(key))
+        for key, value in (OK_RESULT | {k: row[k] for k in STATUS_COLUMNS if k in row}).items():
+            out[key].append(value)
+        got = loaded.get(i)
+        for name in tensors:
+            out[name].append(got[name] if got else np.zeros(shapes[name], np.float32))
+        for name in lengths:
+            out[name].append(got[name] if got else 0)
+        out["decode_s"].append(NAN)
+        out["features_s"].append(NAN)
+    return dict(out)
+
+
+def _read_rows(out_dir: OutputDir, path: str, wanted: list[int], columns: list[str]) -> pa.Table:
+    """Rows `wanted` (indices in the file) of a feature file, reading only their row groups."""
+    pf = pq.ParquetFile(path, filesystem=out_dir.fs)
+    starts = [0]
+    for g in range(pf.metadata.num_row_groups):
+        starts.append(starts[-1] + pf.metadata.row_group(g).num_rows)
+    group_of = {
+        w: next(g for g in range(len(starts) - 1) if starts[g] <= w < starts[g + 1]) for w in wanted
+    }
+    groups = sorted(set(group_of.values()))
+    table = pf.read_row_groups(groups, columns=["id", *columns])
+    offset, at = {}, 0
+    for g in groups:
+        offset[g] = at
+        at += starts[g + 1] - starts[g]
+    local = [offset[group_of[w]] + w - starts[group_of[w]] for w in wanted]
+    return table.take(pa.array(local, pa.int64()))
+
+
+def _stored(table: pa.Table, column: str) -> np.ndarray:
+    from ..io.feature_schema import DTYPE_KEY
+
+    field = table.schema.field(column)
+    dtype = (field.metadata or {}).get(DTYPE_KEY, b"float32").decode()
+    array = table.column(column).combine_chunks().to_numpy_ndarray()
+    return from_storage(array, dtype).numpy()
+
+
+# ---- generation -------------------------------------------------------------------------------
+
+
+class AudioGenerator:
+    """Callable-class actor: generator + VAE decoder + vocoder loaded once, adapters merged
+    once; each call groups its clips by sequence key and samples each group in batches of at
+    most `batch_size` clips (CFG's two passes as one batched forward)."""
+
+    def __init__(
+        self,
+        *,
+        variant: str,
+        batch_size: int,
+        device: str = "auto",
+        precision: str | None = None,
+        weights_dir: str | None = None,
+        allow_download: bool | None = None,
+        adapters: list[dict] | tuple = (),
+        components_factory=None,
+    ):
+        from selva_core import build
+        from selva_core.pipeline import Components, Pipeline, PipelineConfig
+        from selva_core.variants import get_spec
+        from selva_core.weights import WeightStore
+
+        from ..runtime import resolve_device, resolve_dtype
+
+        t0 = time.perf_counter()
+        self.spec = get_spec(variant)
+        self.batch_size = int(batch_size)
+        device = resolve_device(device)
+        dtype = resolve_dtype(precision, device)
+        self.store = WeightStore(weights_dir, allow_download=allow_download)
+        if components_factory is not None:
+            parts = components_factory(device, dtype, "generator")
+        else:
+            kw = {"dtype": dtype, "device": device}
+            parts = Components(
+                generator=build.load_generator(self.spec, self.store, **kw),
+                sync_encoder=None,
+                clip=None,  # loaded on first use: only negative prompts given as text need it
+                t5=None,
+                vae=build.load_vae(self.spec, self.store, **kw),
+                vocoder=build.load_vocoder(self.spec, self.store, **kw),
+                mel=None,
+            )
+        self.pipe = Pipeline(
+            PipelineConfig(variant=self.spec.name, dtype=dtype, device=device),
+            components=parts,
+        )
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"  # which actor made a clip
+        self.adapters = list(adapters)
+        if self.adapters:
+            merge_adapters(self.pipe.generator, self.adapters)
+        log.info("generator actor ready in %.1f s on %s", time.perf_counter() - t0, device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows = list(batch_rows(batch))
+        groups: dict[tuple, list[tuple[int, object]]] = defaultdict(list)
+        for i, row in enumerate(rows):
+            if row["status"] != "ok":
+                continue
+            try:
+                feats = self._features(row)
+                key = sequence_key(self.spec, feats.duration, row["steps"], row["cfg"])
+            except Exception as exc:  # noqa: BLE001
+                row.update(error_result(row, "generate", exc))
+                continue
+            groups[key].append((i, feats))
+        made: dict[int, tuple] = {}
+        for key in sorted(groups):
+            members = groups[key]
+            for k in range(0, len(members), self.batch_size):
+                made.update(self._run(rows, members[k : k + self.batch_size], key))
+        return self._output(rows, made)
+
+    def _features(self, row: dict):
+        from selva_core.pipeline import Features
+
+        sync = torch.from_numpy(np.array(row["sync_f"], dtype=np.float32))[: row["sync_len"]]
+        clip = None
+        if self.spec.uses_clip_frames:
+            clip = torch.from_numpy(np.array(row["clip_f"], dtype=np.float32))[: row["clip_len"]]
+        return Features(
+            variant=self.spec.name,
+            prompt=row["prompt"],
+            duration=float(row["duration"]),
+            sync_f=sync,
+            text_f=torch.from_numpy(np.array(row["text_f"], dtype=np.float32)),
+            clip_f=clip,
+            source=row["source"],
+            start=row["start"] or 0.0,
+        )
+
+    def _run(self, rows: list[dict], members: list, key: tuple) -> dict[int, tuple]:
+        """One batch; if it fails, clip by clip so only the bad ones become error rows."""
+        try:
+            return self._generate(rows, members, key)
+        except Exception as exc:  # noqa: BLE001
+            if len(members) == 1:
+                i = members[0][0]
+                rows[i].update(error_result(rows[i], "generate", exc))
+                return {}
+        made = {}
+        for member in members:
+            made.update(self._run(rows, [member], key))
+        return made
+
+    def _generate(self, rows: list[dict], members: list, key: tuple) -> dict[int, tuple]:
+        feats = [f for _, f in members]
+        negs = [rows[i]["negative_prompt"] for i, _ in members]
+        if self.pipe.clip is None and any(isinstance(n, str) for n in negs):
+            from selva_core.conditioning import load_clip
+
+            cfg = self.pipe.config
+            self.pipe.clip = load_clip(self.spec, self.store, dtype=cfg.dtype, device=cfg.device)
+        # Equal sequence lengths, possibly different durations: sample at one of them (the
+        # model sees only lengths), then trim each track to its own duration.
+        same = [dataclasses.replace(f, duration=feats[0].duration) for f in feats]
+        t0 = time.perf_counter()
+        latents = self.pipe.sample_latents(
+            same,
+            negative_prompt=negs,
+            seed=[int(rows[i]["seed"]) for i, _ in members],
+            steps=key[3],
+            cfg=key[4],
+        )
+        t1 = time.perf_counter()
+        wavs = self.pipe.decode_latents(latents, max(f.duration for f in feats))
+        t2 = time.perf_counter()
+        n = len(members)
+        made = {}
+        for j, (i, f) in enumerate(members):
+            keep = min(wavs.shape[-1], clip_samples(f.duration, self.pipe.sampling_rate))
+            wav = wavs[j, :keep].numpy().astype(np.float32)
+            made[i] = (wav, (t1 - t0) / n, (t2 - t1) / n, n)
+        return made
+
+    def _output(self, rows: list[dict], made: dict[int, tuple]) -> dict[str, list]:
+        out: dict[str, list] = defaultdict(list)
+        keep = (*CLIP_COLUMNS, *GEN_COLUMNS, *STATUS_COLUMNS, "duration", "decode_s", "features_s")
+        for i, row in enumerate(rows):
+            wav, sampling_s, vocoder_s, n = made.get(i, (np.zeros(0, np.float32), NAN, NAN, 0))
+            if row["status"] == "ok" and i not in made:  # cannot happen; never lose a clip
+                row.update(error_result(row, "generate", RuntimeError("no audio produced")))
+            for k in keep:
+                value = row.get(k)
+                out[k].append(NAN if value is None and k.endswith("_s") else value)
+            out["audio"].append(wav)
+            out["sampling_s"].append(sampling_s)
+            out["vocoder_s"].append(vocoder_s)
+            out["batch_clips"].append(n)
+            out["worker"].append(self.worker)
+        return dict(out)
+
+
+def merge_adapters(generator: torch.nn.Module, adapters: list[dict]) -> None:
+    """Load each adapter file at its strength, stacked, then fold them all into the weights."""
+    from selva_core.lora.adapter_file import load_adapter
+    from selva_core.lora.apply import merge_lora
+
+    for k, a in enumerate(adapters):
+        with local_copy(a["path"]) as path:
+            load_adapter(generator, path, adapter=f"adapter{k}", strength=float(a["strength"]))
+    merge_lora(generator, keep_copy=False)
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+
+def safe_name(clip_id: str) -> str:
+    """A file name from a clip id: itself when it is plain, else a cleaned form plus a digest."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", clip_id).lstrip(".") or "clip"
+    if clean == clip_id and len(clip_id) <= 120:
+        return clip_id
+    return f"{clean[:100]}-{hashlib.sha1(clip_id.encode()).hexdigest()[:10]}"
+
+
+def mux_container(source: str) -> tuple[str, str]:
+    """(PyAV format, extension) of the dubbed video: the source's own container when it holds
+    the copied video and an AAC track (.mp4 .mov .mkv), else MP4, or Matroska for codecs
+    MP4 cannot hold."""
+    import av
+
+    ext = source.rsplit(".", 1)[-1].lower() if "." in source else ""
+    if ext in ("mp4", "m4v"):
+        return "mp4", "mp4"
+    if ext == "mov":
+        return "mov", "mov"
+    if ext == "mkv":
+        return "matroska", "mkv"
+    with local_copy(source) as path, av.open(path) as c:
+        codec = c.streams.video[0].codec_context.name if c.streams.video else ""
+    return ("mp4", "mp4") if codec in MP4_VIDEO_CODECS else ("matroska", "mkv")
+
+
+def write_outputs(
+    batch: dict[str, np.ndarray],
+    *,
+    output: str,
+    settings_hash: str,
+    variant: str,
+    sample_rate: int,
+    audio_format: str,
+    bits: int,
+    loudness: float | None,
+    peak: float | None,
+    mux: bool,
+    mix_original: float | None,
+    adapters: list[dict],
+) -> dict[str, list]:
+    """Write each clip's audio (and dubbed video), then stage the shard's result and error
+    rows; report (shard, id, status, stage, batch_clips) to the driver."""
+    out_dir = OutputDir(output, kind="results")
+    rows = list(batch_rows(batch))
+    results: dict[int, dict] = {}
+    for i, row in enumerate(rows):
+        if row["status"] != "ok":
+            continue
+        try:
+            results[i] = _write_clip(
+                out_dir, row, sample_rate, audio_format, bits, loudness, peak, mux, mix_original
+            )
+        except Exception as exc:  # noqa: BLE001
+            row.update(error_result(row, "write", exc))
+    adapter_cells = [
+        {"name": a["name"], "strength": float(a["strength"]), "sha256": a["sha256"]}
+        for a in adapters
+    ]
+    by_shard: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_shard[row["shard"]].append(i)
+    for shard, idx in by_shard.items():
+        ok = [i for i in idx if rows[i]["status"] == "ok"]
+        bad = [i for i in idx if rows[i]["status"] != "ok"]
+        if ok:
+            items = [(rows[i], results[i]) for i in ok]
+            table = _result_table(items, variant, sample_rate, adapter_cells, settings_hash)
+            out_dir.stage(shard, "results", table)
+        if bad:
+            out_dir.stage(shard, "errors", error_table([rows[i] for i in bad], settings_hash))
+    return {
+        "shard": [r["shard"] for r in rows],
+        "id": [r["id"] for r in rows],
+        "status": [r["status"] for r in rows],
+        "stage": [r["stage"] for r in rows],
+        "batch_clips": [int(r["batch_clips"] or 0) for r in rows],
+    }
+
+
+def _write_clip(
+    out_dir: OutputDir,
+    row: dict,
+    sample_rate: int,
+    audio_format: str,
+    bits: int,
+    loudness: float | None,
+    peak: float | None,
+    mux: bool,
+    mix_original: float | None,
+) -> dict:
+    from selva_core.video.write import mux_audio
+
+    from .audio import measure, mix_under, normalise, source_track, write_audio
+
+    t0 = time.perf_counter()
+    wav = torch.from_numpy(np.array(row["audio"], dtype=np.float32))
+    if wav.numel() != clip_samples(row["duration"], sample_rate):
+        raise ValueError(
+            f"track has {wav.numel()} samples, expected "
+            f"{clip_samples(row['duration'], sample_rate)} for {row['duration']:.3f} s"
+        )
+    wav, gain = normalise(wav, sample_rate, target_lufs=loudness, ceiling_dbtp=peak)
+    wav = wav.clamp(-1.0, 1.0)
+    level = measure(wav, sample_rate)
+    name = safe_name(row["id"])
+    audio_rel = f"audio/{name}.{audio_format}"
+    video_rel = None
+    local = out_dir.fs.type_name == "local"
+    with tempfile.TemporaryDirectory(prefix="selva-gen-") as tmp:
+        audio_path = out_dir.path(audio_rel) if local else f"{tmp}/a.{audio_format}"
+        write_audio(audio_path, wav, sample_rate, audio_format, bits)
+        if not local:
+            out_dir.put_file(audio_path, audio_rel)
+        if mux:
+            container, ext = mux_container(row["source"])
+            video_rel = f"video/{name}.{ext}"
+            video_path = out_dir.path(video_rel) if local else f"{tmp}/v.{ext}"
+            start = row["start"] or 0.0
+            with local_copy(row["source"]) as source:
+                track = wav
+                if mix_original is not None:
+                    original = source_track(source, start, sample_rate, wav.numel())
+                    track = mix_under(wav, original, mix_original)
+                mux_audio(
+                    source,
+                    track,
+                    sample_rate,
+                    video_path,
+                    start=start,
+                    duration=row["duration"],
+                    container=container,
+                )
+            if not local:
+                out_dir.put_file(video_path, video_rel)
+    return {
+        "audio_path": audio_rel,
+        "video_path": video_rel,
+        "samples": int(wav.numel()),
+        "gain_db": gain,
+        "level": level,
+        "write_s": time.perf_counter() - t0,
+    }
+
+
+def _result_table(
+    items: list[tuple[dict, dict]],
+    variant: str,
+    sample_rate: int,
+    adapters: list[dict],
+    settings_hash: str,
+) -> pa.Table:
+    records = []
+    for row, res in items:
+        level = res["level"]
+        records.append(
+            {
+                "id": row["id"],
+                "source": row["source"],
+                "row": row.get("row"),
+                "prompt": row["prompt"],
+                "negative_prompt": row["negative_prompt"],
+                "seed": row["seed"],
+                "cfg": row["cfg"],
+                "steps": row["steps"],
+                "variant": variant,
+                "adapters": adapters,
+                "audio_path": res["audio_path"],
+                "video_path": res["video_path"],
+                "start": row["start"] or 0.0,
+                "duration": row["duration"],
+                "samples": res["samples"],
+                "sample_rate": sample_rate,
+                "peak_dbfs": level.peak_dbfs,
+                "true_peak_dbtp": level.true_peak_dbtp,
+                "rms_dbfs": level.rms_dbfs,
+                "loudness_lufs": level.loudness_lufs,
+                "gain_db": res["gain_db"],
+                "status": "ok",
+                "batch_clips": row["batch_clips"],
+                "worker": row.get("worker"),
+                "decode_s": _time(row.get("decode_s")),
+                "features_s": _time(row.get("features_s")),
+                "sampling_s": _time(row.get("sampling_s")),
+                "vocoder_s": _time(row.get("vocoder_s")),
+                "write_s": res["write_s"],
+                "settings_hash": settings_hash,
+            }
+        )
+    return pa.Table.from_pylist(records, schema=RESULT_SCHEMA)
+
+
+def _time(value) -> float | None:
+    value = plain(value)
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value

@@ -1,0 +1,380 @@
+"""The generation job on a real local Ray cluster, over real videos made here (`tiny` model).
+
+Several runs share one catalog; each waveform comparison is between runs that differ in one
+respect (batching and actors, input kind, adapter strength).
+"""
+
+import hashlib
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import torch
+from video_factory import AudioSpec, write_text_file, write_video
+
+from selva_core.video.decode import decode_clip
+from selva_ray.extract import ExtractConfig, run_extract
+from selva_ray.generate import GenerateConfig, GenerateInputError, run_generate
+from selva_ray.generate.audio import loudness, measure, normalise, true_peak
+from selva_ray.generate.job import parse_adapter
+from selva_ray.io.output_dir import OutputDir, SettingsMismatchError
+
+RATE = 16000
+# 11 good clips in 3 durations (8 x 1 s, 2 x 1.5 s, 1 x 2 s) and one broken file
+GOOD = {
+    **{f"dog_bark/a{i}.mp4": 1.0 for i in range(6)},
+    "dog_bark/a6.mkv": 1.0,
+    "dog_bark/a7.webm": 1.0,
+    "rain/b0.mp4": 1.5,
+    "rain/b1.mp4": 1.5,
+    "rain/c0.mov": 2.0,
+}
+BROKEN = "rain/broken.mp4"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray.init(num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def catalog(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("catalog")
+    for i, (name, duration) in enumerate(GOOD.items()):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        kwargs = {"codec": "libvpx-vp9"} if name.endswith(".webm") else {}
+        audio = AudioSpec(freq=330.0 + 40 * i) if i % 3 == 0 else None
+        write_video(root / name, duration=duration, fps=25, size=(64, 48), audio=audio, **kwargs)
+    write_text_file(root / BROKEN)
+    return root
+
+
+def config(input_: Path, output: Path, **kw) -> GenerateConfig:
+    values = {
+        "variant": "tiny",
+        "steps": 2,
+        "batch_size": 8,
+        "shard_size": 4,
+        "loudness": -23.0,
+        "progress": False,
+        **kw,
+    }
+    return GenerateConfig(input=str(input_), output=str(output), **values)
+
+
+@pytest.fixture(scope="module")
+def catalog_run(cluster, catalog, tmp_path_factory):
+    output = tmp_path_factory.mktemp("gen-catalog")
+    summary = run_generate(config(catalog, output, mux=True))
+    return output, summary
+
+
+@pytest.fixture(scope="module")
+def features(cluster, catalog, tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("features")
+    run_extract(
+        ExtractConfig(
+            input=str(catalog),
+            output=str(output),
+            variant="tiny",
+            storage_dtype="float32",
+            batch_size=8,
+            progress=False,
+        )
+    )
+    return output
+
+
+@pytest.fixture(scope="module")
+def features_run(features, tmp_path_factory):
+    output = tmp_path_factory.mktemp("gen-features")
+    summary = run_generate(config(features, output))
+    return output, summary
+
+
+@pytest.fixture(scope="module")
+def adapter_file(tmp_path_factory) -> Path:
+    from selva_core.build import load_generator
+    from selva_core.lora.adapter_file import save_adapter
+    from selva_core.lora.apply import apply_lora, lora_layers
+
+    model = load_generator("tiny")
+    apply_lora(model, rank=2)
+    g = torch.Generator().manual_seed(3)
+    for layer in lora_layers(model).values():
+        b = layer.lora_B["default"]
+        b.data = 0.5 * torch.randn(b.shape, generator=g)
+    path = tmp_path_factory.mktemp("adapters") / "bark_style.safetensors"
+    save_adapter(path, model, variant="tiny")
+    return path
+
+
+def results(output: Path) -> dict[str, dict]:
+    rows = pq.read_table(output / "results").to_pylist()
+    return {r["id"]: r for r in rows}
+
+
+def read_track(path: Path) -> tuple[np.ndarray, int]:
+    with av.open(str(path)) as c:
+        stream = c.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        chunks = [f.to_ndarray().reshape(-1) for f in c.decode(stream)]
+    return np.concatenate(chunks), rate
+
+
+def tracks(output: Path) -> dict[str, np.ndarray]:
+    """Every track as floats in [-1, 1] (24-bit FLAC decodes as int32)."""
+    out = {}
+    for clip_id, row in results(output).items():
+        samples, _ = read_track(output / row["audio_path"])
+        scale = 32768.0 if samples.dtype == np.int16 else 2.0**31
+        out[clip_id] = samples.astype(np.float64) / scale
+    return out
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    assert a.shape == b.shape
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def video_packets(path: Path, until: float | None = None) -> list[str]:
+    with av.open(str(path)) as c:
+        stream = c.streams.video[0]
+        tb = stream.time_base
+        out = []
+        for p in c.demux(stream):
+            if p.dts is None or p.size == 0:
+                continue
+            if until is not None and p.dts * tb >= until:
+                break
+            out.append(hashlib.sha256(bytes(p)).hexdigest())
+    return out
+
+
+# ---- the catalog run ----------------------------------------------------------------------------
+
+
+def test_catalog_run_gives_a_track_and_a_video_per_good_clip(catalog_run, catalog):
+    output, summary = catalog_run
+    assert (summary.ok, summary.failed, summary.skipped) == (len(GOOD), 1, 0)
+    assert summary.errors_by_stage == {"decode": 1}
+    assert summary.exit_code(fail_on_error=False) == 0
+    assert summary.exit_code(fail_on_error=True) == 1
+    rows = results(output)
+    assert sorted(r["source"] for r in rows.values()) == sorted(str(catalog / n) for n in GOOD)
+    assert len(list((output / "audio").iterdir())) == len(GOOD)
+    assert len(list((output / "video").iterdir())) == len(GOOD)
+    for row in rows.values():
+        samples, rate = read_track(output / row["audio_path"])
+        decoded = decode_clip(row["source"], max_duration=8.0)
+        assert row["audio_path"].endswith(".flac") and samples.dtype == np.int32  # 24-bit
+        assert rate == row["sample_rate"] == RATE
+        assert len(samples) == row["samples"] == round(decoded.duration * RATE)
+        assert row["duration"] == pytest.approx(decoded.duration)
+        assert row["prompt"] == Path(row["source"]).parent.name.replace("_", " ")
+        # the dubbed video: the source's packets byte for byte, plus the new track
+        video = output / row["video_path"]
+        source_ext = Path(row["source"]).suffix
+        assert video.suffix == (".mp4" if source_ext == ".webm" else source_ext)
+        copied = video_packets(video)
+        assert copied and copied == video_packets(Path(row["source"]))[: len(copied)]
+        assert len(copied) == len(video_packets(Path(row["source"]), until=row["duration"]))
+        with av.open(str(video)) as c:
+            assert len(c.streams.audio) == 1 and c.streams.audio[0].codec_context.name == "aac"
+    errors = pq.read_table(output / "errors").to_pylist()
+    assert [(e["source"], e["stage"]) for e in errors] == [(str(catalog / BROKEN), "decode")]
+    assert not list(output.rglob("*.tmp")) and not list(output.rglob(".*"))
+
+
+def test_batches_group_equal_durations_and_report_timings(catalog_run):
+    output, summary = catalog_run
+    rows = results(output)
+    by_duration: dict[float, set[int]] = {}
+    for r in rows.values():
+        by_duration.setdefault(round(r["duration"], 3), set()).add(r["batch_clips"])
+    # 8 one-second clips fill one batch of 8; the others batch with their own duration only
+    assert by_duration == {0.96: {8}, 1.48: {2}, 1.96: {1}}
+    assert summary.batches == 3
+    assert summary.batch_fill == pytest.approx(11 / 24)
+    for r in rows.values():
+        for key in ("decode_s", "features_s", "sampling_s", "vocoder_s", "write_s"):
+            assert r[key] is not None and r[key] > 0, key
+        assert (r["seed"], r["cfg"], r["steps"], r["variant"]) == (42, 4.5, 2, "tiny")
+        assert r["adapters"] == [] and r["status"] == "ok"
+        # loudness normalisation to -23 LUFS under a -1 dBTP ceiling
+        assert r["true_peak_dbtp"] <= -1.0 + 0.05
+        assert r["loudness_lufs"] == pytest.approx(-23.0, abs=0.3) or r["true_peak_dbtp"] > -1.1
+        assert r["peak_dbfs"] <= r["true_peak_dbtp"] + 1e-6 and r["rms_dbfs"] < r["peak_dbfs"]
+    meta = OutputDir(str(output)).read_meta()
+    assert meta["settings"]["steps"] == 2 and meta["settings"]["peak"] == -1.0
+    assert set(r["settings_hash"] for r in rows.values()) == {meta["settings_hash"]}
+
+
+# ---- reproducibility ----------------------------------------------------------------------------
+
+
+def test_features_folder_gives_the_catalog_run_audio(catalog_run, features_run):
+    cat, _ = catalog_run
+    feat, summary = features_run
+    assert summary.input_kind == "features" and summary.ok == len(GOOD)
+    a, b = tracks(cat), tracks(feat)
+    assert a.keys() == b.keys()
+    for clip_id in a:
+        assert rel_l2(b[clip_id], a[clip_id]) < 1e-5, clip_id
+    rows = results(feat)
+    assert all(r["decode_s"] is None and r["features_s"] is None for r in rows.values())
+    assert all(r["video_path"] is None for r in rows.values())
+
+
+def test_same_seed_same_waveform_alone_in_a_batch_and_on_two_actors(
+    catalog_run, features, tmp_path
+):
+    cat, _ = catalog_run
+    output = tmp_path / "alone"
+    summary = run_generate(config(features, output, batch_size=1, actors=2))
+    assert summary.ok == len(GOOD) and summary.batch_fill == 1.0
+    rows = results(output)
+    assert {r["batch_clips"] for r in rows.values()} == {1}
+    assert len({r["worker"] for r in rows.values()}) == 2  # both actors made clips
+    batched, alone = tracks(cat), tracks(output)
+    for clip_id, row in results(cat).items():
+        assert rel_l2(alone[clip_id], batched[clip_id]) < 1e-5, (clip_id, row["batch_clips"])
+
+
+def test_strength_zero_is_no_adapter_and_strength_one_changes_the_audio(
+    features, features_run, adapter_file, tmp_path
+):
+    base = tracks(features_run[0])
+    zero = tmp_path / "zero"
+    run_generate(config(features, zero, adapters=[f"{adapter_file}@0"]))
+    for clip_id, samples in tracks(zero).items():
+        assert np.array_equal(samples, base[clip_id]), clip_id
+    one = tmp_path / "one"
+    run_generate(config(features, one, adapters=[str(adapter_file)]))
+    changed = tracks(one)
+    assert all(rel_l2(changed[k], base[k]) > 1e-2 for k in base)
+    digest = hashlib.sha256(adapter_file.read_bytes()).hexdigest()
+    want = [{"name": "bark_style", "strength": 1.0, "sha256": digest}]
+    assert all(r["adapters"] == want for r in results(one).values())
+    assert OutputDir(str(one)).read_meta()["settings"]["adapters"] == want
+
+
+# ---- resume and refusal -------------------------------------------------------------------------
+
+
+def test_rerun_does_only_clips_without_a_result_and_file(features, features_run):
+    output, _ = features_run
+    before = tracks(output)
+    again = run_generate(config(features, output))
+    assert (again.ok, again.failed, again.skipped) == (0, 0, len(GOOD))
+    victim = sorted(results(output).values(), key=lambda r: r["id"])[0]
+    (output / victim["audio_path"]).unlink()
+    redo = run_generate(config(features, output))
+    assert (redo.ok, redo.skipped) == (1, len(GOOD) - 1)
+    ids = pq.read_table(output / "results")["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == len(GOOD)  # every clip exactly once
+    after = tracks(output)
+    assert rel_l2(after[victim["id"]], before[victim["id"]]) < 1e-5
+
+
+def test_a_folder_made_with_other_settings_is_refused(features, features_run):
+    output, _ = features_run
+    with pytest.raises(SettingsMismatchError, match="steps"):
+        run_generate(config(features, output, steps=3))
+    with pytest.raises(GenerateInputError, match="variant 'tiny'"):
+        run_generate(config(features, output, variant="tiny_44k"))
+
+
+def test_bad_rows_become_error_rows(cluster, catalog, tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    a0 = catalog / "dog_bark/a0.mp4"
+    manifest.write_text(
+        "\n".join(
+            [
+                f'{{"video": "{a0}", "prompt": "bark", "id": "ok", "seed": 7, "cfg": 3}}',
+                f'{{"video": "{a0}", "prompt": "", "id": "no-prompt"}}',
+                f'{{"video": "{a0}", "prompt": "x", "id": "bad-steps", "steps": 0}}',
+                f'{{"video": "{a0}", "prompt": "x", "id": "bad-seed", "seed": "abc"}}',
+            ]
+        )
+    )
+    output = tmp_path / "out"
+    summary = run_generate(config(manifest, output, batch_size=2, audio_format="wav", bits=16))
+    assert (summary.ok, summary.failed) == (1, 3)
+    errors = {e["id"]: e for e in pq.read_table(output / "errors").to_pylist()}
+    assert errors["no-prompt"]["stage"] == "encode" and "empty" in errors["no-prompt"]["message"]
+    bad_steps = errors["bad-steps"]
+    assert bad_steps["stage"] == "catalog" and "num_steps" in bad_steps["message"]
+    assert errors["bad-seed"]["stage"] == "catalog"
+    row = results(output)["ok"]
+    assert (row["seed"], row["cfg"], row["steps"]) == (7, 3.0, 2)
+    samples, rate = read_track(output / row["audio_path"])
+    assert row["audio_path"] == "audio/ok.wav" and samples.dtype == np.int16 and rate == RATE
+
+
+# ---- command line and units ---------------------------------------------------------------------
+
+
+def test_cli_refuses_unusable_settings_with_exit_code_2(tmp_path, catalog):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
+    bad_adapter = tmp_path / "x.safetensors"
+    bad_adapter.write_bytes(b"not an adapter")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "jobs/generate.py",
+            "--input",
+            str(catalog),
+            "--output",
+            str(tmp_path / "o"),
+            "--variant",
+            "tiny",
+            "--adapter",
+            f"{bad_adapter}@0.5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.startswith("error: adapter") and "Traceback" not in run.stderr
+
+
+def test_adapter_argument_parsing():
+    assert parse_adapter("a.safetensors@0.5") == ("a.safetensors", 0.5)
+    assert parse_adapter("a.safetensors") == ("a.safetensors", 1.0)
+    assert parse_adapter("s3://b/x@y/a.safetensors") == ("s3://b/x@y/a.safetensors", 1.0)
+
+
+def test_loudness_normalisation_and_true_peak_ceiling():
+    t = torch.arange(RATE * 2) / RATE
+    tone = 0.05 * torch.sin(2 * math.pi * 1000 * t)
+    out, gain = normalise(tone, RATE, target_lufs=-23.0, ceiling_dbtp=-1.0)
+    assert loudness(out, RATE) == pytest.approx(-23.0, abs=0.05) and gain > 0
+    # a loud target is held back by the ceiling: true peak lands on it, loudness below target
+    out, gain = normalise(tone, RATE, target_lufs=-3.0, ceiling_dbtp=-1.0)
+    assert 20 * math.log10(true_peak(out, RATE)) == pytest.approx(-1.0, abs=1e-3)
+    assert loudness(out, RATE) < -3.0
+    # inter-sample peaks: a sine at fs/4 sampled at 45 degrees peaks between samples
+    k = torch.arange(4000, dtype=torch.float64)
+    ramp = torch.hann_window(800, dtype=torch.float64)[:400]  # smooth edges: an abrupt
+    fade = torch.ones(4000, dtype=torch.float64)  # start would ring above the tone's peak
+    fade[:400], fade[-400:] = ramp, ramp.flip(0)
+    tricky = (fade * torch.sin(2 * math.pi * k / 4 + math.pi / 4)).float()
+    assert float(tricky.abs().max()) == pytest.approx(math.sqrt(0.5), abs=1e-6)
+    assert true_peak(tricky, RATE) == pytest.approx(1.0, abs=0.01)
+    level = measure(tricky, RATE)
+    assert level.peak_dbfs == pytest.approx(-3.01, abs=0.01)
+    assert level.true_peak_dbtp == pytest.approx(0.0, abs=0.1)
+    assert measure(torch.zeros(RATE), RATE).loudness_lufs is None
