@@ -194,6 +194,9 @@ def write_video(
     container_format: str | None = None,
     faststart: bool = False,
     seed: int = 0,
+    rotation: int = 0,
+    pix_fmt: str = "yuv420p",
+    codec_options: dict[str, str] | None = None,
 ) -> Path:
     """Write a real video file and return its path.
 
@@ -203,6 +206,12 @@ def write_video(
     numbers; pass NTSC rates as Fraction(30000, 1001). `gop` sets the keyframe interval. The
     container comes from the file suffix unless `container_format` is given; `faststart` moves
     the mp4 index to the front.
+
+    `rotation` (0, 90, 180, -90; FFmpeg's sign: counterclockwise) films "like a phone": frame i
+    as shown is still `make_frame(i, *size)`, but it is stored turned by -rotation (width and
+    height swap for +-90) with a display matrix that turns it back. `pix_fmt` (e.g.
+    "yuv420p10le", "yuv444p" for odd sizes) and `codec_options` (e.g. x264's
+    {"x264-params": "interlaced=1"}) go to the encoder.
     """
     path = Path(path)
     width, height = size
@@ -223,31 +232,39 @@ def write_video(
         raise ValueError("a video needs at least one frame; see write_undecodable_video")
     video_duration = times[-1] + 1 / float(fps) if times is not None else n / float(fps)
 
+    if rotation not in (0, 90, 180, -90):
+        raise ValueError(f"rotation must be 0, 90, 180 or -90, got {rotation}")
+    quarter = rotation // 90
+    coded_w, coded_h = (height, width) if quarter % 2 else (width, height)
+
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", format=container_format, options=options) as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
-        codec_options: dict[str, str] = {}
+        stream.width, stream.height = coded_w, coded_h
+        stream.pix_fmt = pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
+        enc_options: dict[str, str] = {}
         if codec == "libx264":
-            codec_options.update({"preset": "veryfast", "crf": "16"})
+            enc_options.update({"preset": "veryfast", "crf": "16"})
             if not bframes:
-                codec_options["bframes"] = "0"
+                enc_options["bframes"] = "0"
         if gop is not None:
             stream.codec_context.gop_size = gop
             if codec == "libx264":
-                codec_options.update({"keyint": str(gop), "min-keyint": str(gop)})
-        if codec_options:
-            stream.codec_context.options = codec_options
+                enc_options.update({"keyint": str(gop), "min-keyint": str(gop)})
+        enc_options.update(codec_options or {})
+        if enc_options:
+            stream.codec_context.options = enc_options
         if times is not None:
             stream.codec_context.time_base = _VIDEO_TIME_BASE_VFR
             stream.time_base = _VIDEO_TIME_BASE_VFR
         a_stream = _add_audio_stream(container, audio) if audio is not None else None
 
         for i in range(n):
-            frame = av.VideoFrame.from_ndarray(
-                make_frame(i, width, height, pattern, seed), format="rgb24"
-            )
+            shown = make_frame(i, width, height, pattern, seed)
+            stored = np.ascontiguousarray(np.rot90(shown, -quarter)) if quarter else shown
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
             if times is not None:
                 frame.pts = int(round(times[i] / _VIDEO_TIME_BASE_VFR))
                 frame.time_base = _VIDEO_TIME_BASE_VFR

@@ -30,6 +30,14 @@ Only the requested window is decoded (seek to `start`, stop once both streams ar
 frame at a time into preallocated uint8 outputs, so memory does not grow with the file's length,
 and only by about one full-resolution frame plus decoder buffers with its resolution.
 
+Display rotation: phones store portrait video as landscape frames plus a display matrix (side
+data) saying how to turn them. Each frame is turned upright by that matrix (multiples of 90
+degrees; a mirror in the matrix is applied too) before the resize, so both streams see the
+picture as a player shows it; `DecodedClip.rotation` records the turn applied (FFmpeg's sign:
+degrees counterclockwise, -90 for a typical portrait phone video). With
+``DecodeConfig(ignore_rotation=True)`` the coded frames are used as stored, as the official
+reader does (it never looks at the display matrix).
+
 Bad input raises a `selva_core.video.errors.VideoError` subclass naming the file. Damage is
 detected where FFmpeg reports it: an mp4/mov cut short (corrupt packet) or undecodable data;
 a Matroska/WebM file cut between packets carries no such sign and decodes as a shorter video.
@@ -37,6 +45,7 @@ a Matroska/WebM file cut between packets carries no such sign and decodes as a s
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -45,6 +54,7 @@ from typing import Literal
 
 import av
 import torch
+from av.sidedata.sidedata import Type as SideDataType
 from av.video.reformatter import VideoReformatter
 from torchvision.transforms.v2 import functional as TF
 
@@ -111,6 +121,9 @@ class DecodeConfig:
     # False: CLIP slots are counted (they bound the duration, as officially) but not resized or
     # stored; `clip_frames` comes back empty. SelVA never looks at them.
     keep_clip_frames: bool = True
+    # False: turn frames upright by their display matrix (phone videos). True: use the coded
+    # frames as stored, like the official reader.
+    ignore_rotation: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in ("selva", "mmaudio"):
@@ -139,6 +152,8 @@ class DecodedClip:
     source_height: int
     source_duration: float | None  # from container metadata, if known
     source_codec: str
+    rotation: int  # degrees counterclockwise the frames were turned (0, 90, 180, -90)
+    source_rotation: int  # what the file's display matrix asks for (even if ignored)
     sync_times: tuple[float, ...]  # source timestamp (s) of the frame in each sync slot
     clip_times: tuple[float, ...]
     family: Family
@@ -340,6 +355,66 @@ def _frame_times(frame, prev_exact, step_exact):
     return Fraction(frame.pts) * frame.time_base, frame.time
 
 
+class _Orientation:
+    """How to turn a frame upright, from its display matrix (FFmpeg's AV_FRAME_DATA_DISPLAYMATRIX:
+    nine int32, the 2x2 part in 16.16 fixed point, mapping a stored pixel (x, y) to the shown
+    (a*x + c*y, b*x + d*y), y pointing down). Only right angles (and mirrors) are honoured: the
+    2x2 part is snapped to the nearest signed permutation. `rotation` is the matrix's angle as
+    FFmpeg reports it (`av_display_rotation_get`): degrees counterclockwise, here one of 0, 90,
+    180, -90."""
+
+    __slots__ = ("flip_cols", "flip_rows", "rotation", "transpose")
+
+    def __init__(self, matrix: tuple[int, ...] | None = None) -> None:
+        self.transpose = self.flip_rows = self.flip_cols = False
+        self.rotation = 0
+        if matrix is None:
+            return
+        a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+        if abs(a) + abs(d) >= abs(b) + abs(c):  # axes kept: shown (a*x, d*y)
+            self.flip_cols, self.flip_rows = a < 0, d < 0
+        else:  # axes swapped: shown (c*y, b*x), i.e. transpose, then flip
+            self.transpose = True
+            self.flip_rows, self.flip_cols = b < 0, c < 0
+        # FFmpeg's angle: a rotation by t counterclockwise has a = cos t, b = -sin t
+        quarter = round(math.degrees(math.atan2(-b, a)) / 90) % 4
+        self.rotation = (0, 90, 180, -90)[quarter]
+
+    @property
+    def identity(self) -> bool:
+        return not (self.transpose or self.flip_rows or self.flip_cols)
+
+    def apply(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(3, H, W) stored -> (3, H', W') as shown."""
+        if self.transpose:
+            rgb = rgb.transpose(1, 2)
+        dims = [d for d, on in ((1, self.flip_rows), (2, self.flip_cols)) if on]
+        return rgb.flip(dims) if dims else rgb
+
+
+_UPRIGHT = _Orientation()
+
+
+def _orientation(frame, cache: dict) -> _Orientation:
+    """The frame's display orientation (cached per distinct matrix)."""
+    side = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+    if side is None:
+        return _UPRIGHT
+    raw = bytes(side)
+    found = cache.get(raw)
+    if found is None:
+        if len(raw) < 36:  # malformed side data: show the frame as stored
+            found = _UPRIGHT
+        else:
+            found = _Orientation(
+                tuple(
+                    int.from_bytes(raw[i : i + 4], "little", signed=True) for i in range(0, 36, 4)
+                )
+            )
+        cache[raw] = found
+    return found
+
+
 class _DamagedPacket(Exception):
     """The demuxer flagged a packet as corrupt (e.g. cut short by a truncated file)."""
 
@@ -391,6 +466,8 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
     prev = None
     decoded = 0
     last_time = None
+    turns: dict = {}
+    shown = {"rotation": None, "source_rotation": None}  # of the first frame used
     try:
         for frame in _iter_frames(container, stream, start):
             prev, t_float = _frame_times(frame, prev, step)
@@ -406,6 +483,12 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
                 _check_size(path, frame.width, frame.height, cfg.max_side)
                 rgb_frame = to_rgb.reformat(frame, format="rgb24")
                 rgb = torch.from_numpy(rgb_frame.to_ndarray()).permute(2, 0, 1)
+                turn = _orientation(frame, turns)
+                if shown["source_rotation"] is None:
+                    shown["source_rotation"] = turn.rotation
+                    shown["rotation"] = 0 if cfg.ignore_rotation else turn.rotation
+                if not (cfg.ignore_rotation or turn.identity):
+                    rgb = turn.apply(rgb)
                 if n_sync:
                     sync.fill(rgb, t_float, n_sync)
                 if n_clip:
@@ -419,7 +502,7 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
             raise CorruptVideoError(
                 path, f"truncated or damaged video data, decoding failed {where}: {exc}"
             ) from exc
-    return sync, clip, decoded, last_time
+    return sync, clip, decoded, last_time, shown
 
 
 def _explain_no_frames(container, stream, path, start, max_duration, decoded, last_time):
@@ -495,7 +578,9 @@ def decode_clip(
             "source_duration": _source_duration(container, stream),
             "source_codec": ctx.name,
         }
-        sync, clip, decoded, last_time = _read_window(container, stream, spath, start, window, cfg)
+        sync, clip, decoded, last_time, shown = _read_window(
+            container, stream, spath, start, window, cfg
+        )
         if sync.count == 0:
             _explain_no_frames(container, stream, spath, start, window, decoded, last_time)
 
@@ -536,6 +621,8 @@ def decode_clip(
         clip_times=clip_times,
         family=cfg.family,
         frame_rule=cfg.frame_rule,
+        rotation=shown["rotation"] or 0,
+        source_rotation=shown["source_rotation"] or 0,
         **meta,
     )
 
