@@ -195,6 +195,7 @@ def write_video(
     faststart: bool = False,
     seed: int = 0,
     rotation: int = 0,
+    display_matrix: bool = True,
     pix_fmt: str = "yuv420p",
     codec_options: dict[str, str] | None = None,
 ) -> Path:
@@ -209,7 +210,8 @@ def write_video(
 
     `rotation` (0, 90, 180, -90; FFmpeg's sign: counterclockwise) films "like a phone": frame i
     as shown is still `make_frame(i, *size)`, but it is stored turned by -rotation (width and
-    height swap for +-90) with a display matrix that turns it back. `pix_fmt` (e.g.
+    height swap for +-90) with a display matrix that turns it back; `display_matrix=False`
+    leaves the matrix out (the sideways file a reader ignoring rotation sees). `pix_fmt` (e.g.
     "yuv420p10le", "yuv444p" for odd sizes) and `codec_options` (e.g. x264's
     {"x264-params": "interlaced=1"}) go to the encoder.
     """
@@ -242,7 +244,7 @@ def write_video(
         stream = container.add_stream(codec, rate=fps)
         stream.width, stream.height = coded_w, coded_h
         stream.pix_fmt = pix_fmt
-        if rotation:
+        if rotation and display_matrix:
             stream.set_display_rotation(rotation)
         enc_options: dict[str, str] = {}
         if codec == "libx264":

@@ -246,6 +246,8 @@ def _read_part(path: str, columns: list[str] | None, fs) -> pa.Table:
 
     try:
         names = pq.read_schema(path, filesystem=fs).names
+        if "id" not in names:
+            raise pa.ArrowInvalid("no 'id' column: not a feature file")
         wanted = None if columns is None else [c for c in columns if c in names]
         table = pq.read_table(path, columns=wanted, filesystem=fs)
     except (pa.ArrowInvalid, OSError) as exc:
