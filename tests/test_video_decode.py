@@ -23,7 +23,6 @@ from video_factory import (
     audio_signal,
     colour_blocks,
     frame_index,
-    make_frame,
     write_audio_only,
     write_empty_file,
     write_text_file,
@@ -676,23 +675,3 @@ def test_rotation_with_centre_crop_family(vdir, upright_reference):
     want, got = decode_clip(upright, config=cfg), decode_clip(turned, config=cfg)
     assert got.rotation == -90 and got.sync_frames.shape == want.sync_frames.shape
     assert (got.sync_frames.float() - want.sync_frames.float()).abs().mean().item() < 4.0
-
-
-def test_mirrored_display_matrix(vdir):
-    """A display matrix with a mirror is honoured: colour blocks red|green|blue stored left to
-    right are shown blue|green|red."""
-    path = vdir / "mirror.mp4"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
-        stream.set_display_rotation(0, hflip=True)
-        for i in range(20):
-            frame = av.VideoFrame.from_ndarray(make_frame(i, 96, 64), format="rgb24")
-            frame.pts = i
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
-    shown = decode_clip(path, config=ROTATE)
-    stored = decode_clip(path, config=ROTATE_IGNORED)
-    assert np.all(np.abs(colour_blocks(shown.sync_frames[0].numpy()) - 255 * np.eye(3)[::-1]) < 40)
-    assert np.all(np.abs(colour_blocks(stored.sync_frames[0].numpy()) - 255 * np.eye(3)) < 40)
-    assert torch.equal(shown.sync_frames, stored.sync_frames.flip(3))

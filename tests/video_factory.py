@@ -282,6 +282,94 @@ def write_video(
     return path
 
 
+def write_long_video(
+    path: str | Path,
+    *,
+    duration: float = 600.0,
+    size: tuple[int, int] = (1920, 1080),
+    fps: int = 60,
+    audio_rate: int | None = 48000,
+) -> Path:
+    """A long, large video written in seconds: one second of H.264 (a flat picture with a
+    moving block; IDR first, no B-frames) is encoded once and its packets are repeated with
+    shifted timestamps for `duration` seconds (whole seconds). With `audio_rate`, an AAC mono
+    track (8 s of a 440 Hz tone, repeated the same way) covers the same length. Every frame
+    decodes; frame k shows the block at position k % fps. For memory and seek tests."""
+    path = Path(path)
+    width, height = size
+    seconds = int(round(duration))
+    tb = Fraction(1, fps)
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base, enc.framerate = tb, fps
+    enc.options = {
+        "preset": "ultrafast",
+        "crf": "35",
+        "bframes": "0",
+        "keyint": str(fps),
+        "min-keyint": str(fps),
+        "scenecut": "0",
+    }
+    luma = np.full((height, width), 90, np.uint8)
+    chroma = np.full((height // 2, width), 128, np.uint8)  # U then V, each (h/2, w/2)
+    block = max(height // 10, 2) // 2 * 2
+    packets = []
+    for i in range(fps):
+        y = luma.copy()
+        x0 = (i * (width - block)) // max(fps - 1, 1)
+        y[height // 3 : height // 3 + block, x0 : x0 + block] = 235
+        frame = av.VideoFrame.from_ndarray(np.concatenate([y, chroma]), format="yuv420p")
+        frame.pts, frame.time_base = i, tb
+        packets.extend(enc.encode(frame))
+    packets.extend(enc.encode(None))
+    video_unit = [(bytes(p), p.pts, p.dts, p.is_keyframe) for p in packets]
+
+    audio_unit: list[bytes] = []
+    if audio_rate:
+        aenc = av.CodecContext.create("aac", "w")
+        aenc.sample_rate, aenc.layout, aenc.format = audio_rate, "mono", "fltp"
+        aenc.time_base = Fraction(1, audio_rate)
+        t = np.arange(8 * audio_rate) / audio_rate
+        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+        for i in range(0, tone.shape[1], 1024):
+            chunk = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(tone[:, i : i + 1024]), format="fltp", layout="mono"
+            )
+            chunk.sample_rate, chunk.pts = audio_rate, i
+            audio_unit.extend(bytes(p) for p in aenc.encode(chunk))
+        audio_unit.extend(bytes(p) for p in aenc.encode(None))
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = tb
+        if enc.extradata:
+            stream.codec_context.extradata = enc.extradata
+        a_stream = None
+        if audio_unit:
+            a_stream = container.add_stream("aac", rate=audio_rate, layout="mono")
+            a_stream.time_base = Fraction(1, audio_rate)
+            if aenc.extradata:
+                a_stream.codec_context.extradata = aenc.extradata
+        n_audio = int(seconds * audio_rate / 1024) if audio_unit else 0
+        audio_next = 0
+        for second in range(seconds):
+            for data, pts, dts, key in video_unit:
+                packet = av.Packet(data)
+                packet.pts, packet.dts = pts + second * fps, dts + second * fps
+                packet.time_base, packet.stream, packet.is_keyframe = tb, stream, key
+                container.mux(packet)
+            # interleave: audio up to the end of this second
+            until = min(n_audio, int((second + 1) * (audio_rate or 0) / 1024))
+            while audio_next < until:
+                packet = av.Packet(audio_unit[audio_next % len(audio_unit)])
+                packet.pts = packet.dts = audio_next * 1024
+                packet.time_base, packet.stream = Fraction(1, audio_rate), a_stream
+                container.mux(packet)
+                audio_next += 1
+    return path
+
+
 def write_audio_only(path: str | Path, audio: AudioSpec | None = None, duration: float = 1.0):
     """An audio-only file (e.g. ``.m4a`` with AAC, ``.wav`` with pcm_s16le): no video stream."""
     path = Path(path)
@@ -349,6 +437,7 @@ __all__ = [
     "make_frame",
     "write_audio_only",
     "write_empty_file",
+    "write_long_video",
     "write_text_file",
     "write_truncated",
     "write_undecodable_video",

@@ -31,10 +31,11 @@ frame at a time into preallocated uint8 outputs, so memory does not grow with th
 and only by about one full-resolution frame plus decoder buffers with its resolution.
 
 Display rotation: phones store portrait video as landscape frames plus a display matrix (side
-data) saying how to turn them. Each frame is turned upright by that matrix (multiples of 90
-degrees; a mirror in the matrix is applied too) before the resize, so both streams see the
-picture as a player shows it; `DecodedClip.rotation` records the turn applied (FFmpeg's sign:
-degrees counterclockwise, -90 for a typical portrait phone video). With
+data) saying how to turn them. Each frame is turned upright by the matrix's angle (snapped to
+90, 180 or 270 degrees) before the resize, so both streams see the picture as a player shows
+it; `DecodedClip.rotation` records the turn applied (FFmpeg's sign: degrees counterclockwise,
+-90 for a typical portrait phone video). Only the angle is read (PyAV's `frame.rotation`): a
+mirror in the matrix, which phones do not write, is not applied. With
 ``DecodeConfig(ignore_rotation=True)`` the coded frames are used as stored, as the official
 reader does (it never looks at the display matrix).
 
@@ -45,7 +46,6 @@ a Matroska/WebM file cut between packets carries no such sign and decodes as a s
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -54,7 +54,6 @@ from typing import Literal
 
 import av
 import torch
-from av.sidedata.sidedata import Type as SideDataType
 from av.video.reformatter import VideoReformatter
 from torchvision.transforms.v2 import functional as TF
 
@@ -355,64 +354,17 @@ def _frame_times(frame, prev_exact, step_exact):
     return Fraction(frame.pts) * frame.time_base, frame.time
 
 
-class _Orientation:
-    """How to turn a frame upright, from its display matrix (FFmpeg's AV_FRAME_DATA_DISPLAYMATRIX:
-    nine int32, the 2x2 part in 16.16 fixed point, mapping a stored pixel (x, y) to the shown
-    (a*x + c*y, b*x + d*y), y pointing down). Only right angles (and mirrors) are honoured: the
-    2x2 part is snapped to the nearest signed permutation. `rotation` is the matrix's angle as
-    FFmpeg reports it (`av_display_rotation_get`): degrees counterclockwise, here one of 0, 90,
-    180, -90."""
-
-    __slots__ = ("flip_cols", "flip_rows", "rotation", "transpose")
-
-    def __init__(self, matrix: tuple[int, ...] | None = None) -> None:
-        self.transpose = self.flip_rows = self.flip_cols = False
-        self.rotation = 0
-        if matrix is None:
-            return
-        a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
-        if abs(a) + abs(d) >= abs(b) + abs(c):  # axes kept: shown (a*x, d*y)
-            self.flip_cols, self.flip_rows = a < 0, d < 0
-        else:  # axes swapped: shown (c*y, b*x), i.e. transpose, then flip
-            self.transpose = True
-            self.flip_rows, self.flip_cols = b < 0, c < 0
-        # FFmpeg's angle: a rotation by t counterclockwise has a = cos t, b = -sin t
-        quarter = round(math.degrees(math.atan2(-b, a)) / 90) % 4
-        self.rotation = (0, 90, 180, -90)[quarter]
-
-    @property
-    def identity(self) -> bool:
-        return not (self.transpose or self.flip_rows or self.flip_cols)
-
-    def apply(self, rgb: torch.Tensor) -> torch.Tensor:
-        """(3, H, W) stored -> (3, H', W') as shown."""
-        if self.transpose:
-            rgb = rgb.transpose(1, 2)
-        dims = [d for d, on in ((1, self.flip_rows), (2, self.flip_cols)) if on]
-        return rgb.flip(dims) if dims else rgb
+def _turn_upright(rgb: torch.Tensor, rotation: int) -> torch.Tensor:
+    """(3, H, W) as stored -> as shown, for a display matrix rotating `rotation` degrees
+    counterclockwise (a right angle, see `_right_angle`)."""
+    quarter = round(rotation / 90) % 4
+    return torch.rot90(rgb, quarter, dims=(1, 2)) if quarter else rgb
 
 
-_UPRIGHT = _Orientation()
-
-
-def _orientation(frame, cache: dict) -> _Orientation:
-    """The frame's display orientation (cached per distinct matrix)."""
-    side = frame.side_data.get(SideDataType.DISPLAYMATRIX)
-    if side is None:
-        return _UPRIGHT
-    raw = bytes(side)
-    found = cache.get(raw)
-    if found is None:
-        if len(raw) < 36:  # malformed side data: show the frame as stored
-            found = _UPRIGHT
-        else:
-            found = _Orientation(
-                tuple(
-                    int.from_bytes(raw[i : i + 4], "little", signed=True) for i in range(0, 36, 4)
-                )
-            )
-        cache[raw] = found
-    return found
+def _right_angle(rotation: float) -> int:
+    """FFmpeg's display-matrix angle (`av_display_rotation_get`, as PyAV's `frame.rotation`
+    reports it, in [-180, 180]) snapped to 0, 90, 180 or -90."""
+    return (0, 90, 180, -90)[round(rotation / 90) % 4]
 
 
 class _DamagedPacket(Exception):
@@ -466,7 +418,6 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
     prev = None
     decoded = 0
     last_time = None
-    turns: dict = {}
     shown = {"rotation": None, "source_rotation": None}  # of the first frame used
     try:
         for frame in _iter_frames(container, stream, start):
@@ -483,12 +434,14 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
                 _check_size(path, frame.width, frame.height, cfg.max_side)
                 rgb_frame = to_rgb.reformat(frame, format="rgb24")
                 rgb = torch.from_numpy(rgb_frame.to_ndarray()).permute(2, 0, 1)
-                turn = _orientation(frame, turns)
+                # frame.rotation reads the display matrix in C; frame.side_data would leak
+                # the frame in PyAV 18.1 (a reference cycle through its side-data wrapper)
+                rotation = _right_angle(frame.rotation or 0)
                 if shown["source_rotation"] is None:
-                    shown["source_rotation"] = turn.rotation
-                    shown["rotation"] = 0 if cfg.ignore_rotation else turn.rotation
-                if not (cfg.ignore_rotation or turn.identity):
-                    rgb = turn.apply(rgb)
+                    shown["source_rotation"] = rotation
+                    shown["rotation"] = 0 if cfg.ignore_rotation else rotation
+                if rotation and not cfg.ignore_rotation:
+                    rgb = _turn_upright(rgb, rotation)
                 if n_sync:
                     sync.fill(rgb, t_float, n_sync)
                 if n_clip:
