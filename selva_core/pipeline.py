@@ -145,10 +145,16 @@ def load_components(config: PipelineConfig, store: WeightStore | None = None) ->
     )
 
 
-def decode_config_for(spec: ModelSpec, frame_rule: str = "official") -> DecodeConfig:
-    """How a variant's videos are decoded (family resize; CLIP frames only where used)."""
+def decode_config_for(
+    spec: ModelSpec, frame_rule: str = "official", ignore_rotation: bool = False
+) -> DecodeConfig:
+    """How a variant's videos are decoded (family resize; CLIP frames only where used;
+    frames turned upright by their display matrix unless `ignore_rotation`)."""
     return DecodeConfig(
-        family=spec.family, frame_rule=frame_rule, keep_clip_frames=spec.uses_clip_frames
+        family=spec.family,
+        frame_rule=frame_rule,
+        keep_clip_frames=spec.uses_clip_frames,
+        ignore_rotation=ignore_rotation,
     )
 
 

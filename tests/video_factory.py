@@ -209,6 +209,10 @@ def write_video(
     container_format: str | None = None,
     faststart: bool = False,
     seed: int = 0,
+    rotation: int = 0,
+    display_matrix: bool = True,
+    pix_fmt: str = "yuv420p",
+    codec_options: dict[str, str] | None = None,
 ) -> Path:
     """Write a real video file and return its path.
 
@@ -218,6 +222,13 @@ def write_video(
     numbers; pass NTSC rates as Fraction(30000, 1001). `gop` sets the keyframe interval. The
     container comes from the file suffix unless `container_format` is given; `faststart` moves
     the mp4 index to the front.
+
+    `rotation` (0, 90, 180, -90; FFmpeg's sign: counterclockwise) films "like a phone": frame i
+    as shown is still `make_frame(i, *size)`, but it is stored turned by -rotation (width and
+    height swap for +-90) with a display matrix that turns it back; `display_matrix=False`
+    leaves the matrix out (the sideways file a reader ignoring rotation sees). `pix_fmt` (e.g.
+    "yuv420p10le", "yuv444p" for odd sizes) and `codec_options` (e.g. x264's
+    {"x264-params": "interlaced=1"}) go to the encoder.
     """
     path = Path(path)
     width, height = size
@@ -238,31 +249,39 @@ def write_video(
         raise ValueError("a video needs at least one frame; see write_undecodable_video")
     video_duration = times[-1] + 1 / float(fps) if times is not None else n / float(fps)
 
+    if rotation not in (0, 90, 180, -90):
+        raise ValueError(f"rotation must be 0, 90, 180 or -90, got {rotation}")
+    quarter = rotation // 90
+    coded_w, coded_h = (height, width) if quarter % 2 else (width, height)
+
     options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), "w", format=container_format, options=options) as container:
         stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = width, height
-        stream.pix_fmt = "yuv420p"
-        codec_options: dict[str, str] = {}
+        stream.width, stream.height = coded_w, coded_h
+        stream.pix_fmt = pix_fmt
+        if rotation and display_matrix:
+            stream.set_display_rotation(rotation)
+        enc_options: dict[str, str] = {}
         if codec == "libx264":
-            codec_options.update({"preset": "veryfast", "crf": "16"})
+            enc_options.update({"preset": "veryfast", "crf": "16"})
             if not bframes:
-                codec_options["bframes"] = "0"
+                enc_options["bframes"] = "0"
         if gop is not None:
             stream.codec_context.gop_size = gop
             if codec == "libx264":
-                codec_options.update({"keyint": str(gop), "min-keyint": str(gop)})
-        if codec_options:
-            stream.codec_context.options = codec_options
+                enc_options.update({"keyint": str(gop), "min-keyint": str(gop)})
+        enc_options.update(codec_options or {})
+        if enc_options:
+            stream.codec_context.options = enc_options
         if times is not None:
             stream.codec_context.time_base = _VIDEO_TIME_BASE_VFR
             stream.time_base = _VIDEO_TIME_BASE_VFR
         a_stream = _add_audio_stream(container, audio) if audio is not None else None
 
         for i in range(n):
-            frame = av.VideoFrame.from_ndarray(
-                make_frame(i, width, height, pattern, seed), format="rgb24"
-            )
+            shown = make_frame(i, width, height, pattern, seed)
+            stored = np.ascontiguousarray(np.rot90(shown, -quarter)) if quarter else shown
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
             if times is not None:
                 frame.pts = int(round(times[i] / _VIDEO_TIME_BASE_VFR))
                 frame.time_base = _VIDEO_TIME_BASE_VFR
@@ -275,6 +294,94 @@ def write_video(
         if a_stream is not None:
             a_dur = audio.duration if audio.duration is not None else video_duration
             _encode_audio(container, a_stream, audio, a_dur)
+    return path
+
+
+def write_long_video(
+    path: str | Path,
+    *,
+    duration: float = 600.0,
+    size: tuple[int, int] = (1920, 1080),
+    fps: int = 60,
+    audio_rate: int | None = 48000,
+) -> Path:
+    """A long, large video written in seconds: one second of H.264 (a flat picture with a
+    moving block; IDR first, no B-frames) is encoded once and its packets are repeated with
+    shifted timestamps for `duration` seconds (whole seconds). With `audio_rate`, an AAC mono
+    track (8 s of a 440 Hz tone, repeated the same way) covers the same length. Every frame
+    decodes; frame k shows the block at position k % fps. For memory and seek tests."""
+    path = Path(path)
+    width, height = size
+    seconds = int(round(duration))
+    tb = Fraction(1, fps)
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt = width, height, "yuv420p"
+    enc.time_base, enc.framerate = tb, fps
+    enc.options = {
+        "preset": "ultrafast",
+        "crf": "35",
+        "bframes": "0",
+        "keyint": str(fps),
+        "min-keyint": str(fps),
+        "scenecut": "0",
+    }
+    luma = np.full((height, width), 90, np.uint8)
+    chroma = np.full((height // 2, width), 128, np.uint8)  # U then V, each (h/2, w/2)
+    block = max(height // 10, 2) // 2 * 2
+    packets = []
+    for i in range(fps):
+        y = luma.copy()
+        x0 = (i * (width - block)) // max(fps - 1, 1)
+        y[height // 3 : height // 3 + block, x0 : x0 + block] = 235
+        frame = av.VideoFrame.from_ndarray(np.concatenate([y, chroma]), format="yuv420p")
+        frame.pts, frame.time_base = i, tb
+        packets.extend(enc.encode(frame))
+    packets.extend(enc.encode(None))
+    video_unit = [(bytes(p), p.pts, p.dts, p.is_keyframe) for p in packets]
+
+    audio_unit: list[bytes] = []
+    if audio_rate:
+        aenc = av.CodecContext.create("aac", "w")
+        aenc.sample_rate, aenc.layout, aenc.format = audio_rate, "mono", "fltp"
+        aenc.time_base = Fraction(1, audio_rate)
+        t = np.arange(8 * audio_rate) / audio_rate
+        tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)[None, :]
+        for i in range(0, tone.shape[1], 1024):
+            chunk = av.AudioFrame.from_ndarray(
+                np.ascontiguousarray(tone[:, i : i + 1024]), format="fltp", layout="mono"
+            )
+            chunk.sample_rate, chunk.pts = audio_rate, i
+            audio_unit.extend(bytes(p) for p in aenc.encode(chunk))
+        audio_unit.extend(bytes(p) for p in aenc.encode(None))
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = tb
+        if enc.extradata:
+            stream.codec_context.extradata = enc.extradata
+        a_stream = None
+        if audio_unit:
+            a_stream = container.add_stream("aac", rate=audio_rate, layout="mono")
+            a_stream.time_base = Fraction(1, audio_rate)
+            if aenc.extradata:
+                a_stream.codec_context.extradata = aenc.extradata
+        n_audio = int(seconds * audio_rate / 1024) if audio_unit else 0
+        audio_next = 0
+        for second in range(seconds):
+            for data, pts, dts, key in video_unit:
+                packet = av.Packet(data)
+                packet.pts, packet.dts = pts + second * fps, dts + second * fps
+                packet.time_base, packet.stream, packet.is_keyframe = tb, stream, key
+                container.mux(packet)
+            # interleave: audio up to the end of this second
+            until = min(n_audio, int((second + 1) * (audio_rate or 0) / 1024))
+            while audio_next < until:
+                packet = av.Packet(audio_unit[audio_next % len(audio_unit)])
+                packet.pts = packet.dts = audio_next * 1024
+                packet.time_base, packet.stream = Fraction(1, audio_rate), a_stream
+                container.mux(packet)
+                audio_next += 1
     return path
 
 
@@ -346,6 +453,7 @@ __all__ = [
     "square_position",
     "write_audio_only",
     "write_empty_file",
+    "write_long_video",
     "write_text_file",
     "write_truncated",
     "write_undecodable_video",

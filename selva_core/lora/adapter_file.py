@@ -260,7 +260,13 @@ def _read_safetensors(path: Path) -> AdapterFile:
         raise AdapterFormatError(f"{path}: not a readable safetensors file ({exc})") from exc
     if METADATA_KEY not in header:
         raise AdapterFormatError(f"{path}: no {METADATA_KEY!r} metadata; not a selva adapter")
-    meta = AdapterMeta.from_json(header[METADATA_KEY])
+    try:
+        meta = AdapterMeta.from_json(header[METADATA_KEY])
+    except (ValueError, TypeError, AttributeError) as exc:  # bad JSON, fields, values
+        reason = " ".join(str(exc).split())
+        raise AdapterFormatError(
+            f"{path}: unreadable {METADATA_KEY!r} metadata ({reason})"
+        ) from exc
     factors = _pair_tensors(tensors, str(path))
     if any(a.shape[0] != meta.rank for a, _ in factors.values()):
         raise AdapterFormatError(f"{path}: factor ranks differ from metadata rank {meta.rank}")

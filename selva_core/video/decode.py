@@ -32,6 +32,15 @@ and only by about one full-resolution frame plus decoder buffers with its resolu
 `VideoReader` keeps one file open and reads window after window (long videos; see
 `selva_core.long`); `decode_clip` is one `VideoReader.read`.
 
+Display rotation: phones store portrait video as landscape frames plus a display matrix (side
+data) saying how to turn them. Each frame is turned upright by the matrix's angle (snapped to
+90, 180 or 270 degrees) before the resize, so both streams see the picture as a player shows
+it; `DecodedClip.rotation` records the turn applied (FFmpeg's sign: degrees counterclockwise,
+-90 for a typical portrait phone video). Only the angle is read (PyAV's `frame.rotation`): a
+mirror in the matrix, which phones do not write, is not applied. With
+``DecodeConfig(ignore_rotation=True)`` the coded frames are used as stored, as the official
+reader does (it never looks at the display matrix).
+
 Bad input raises a `selva_core.video.errors.VideoError` subclass naming the file. Damage is
 detected where FFmpeg reports it: an mp4/mov cut short (corrupt packet) or undecodable data;
 a Matroska/WebM file cut between packets carries no such sign and decodes as a shorter video.
@@ -114,6 +123,9 @@ class DecodeConfig:
     # False: CLIP slots are counted (they bound the duration, as officially) but not resized or
     # stored; `clip_frames` comes back empty. SelVA never looks at them.
     keep_clip_frames: bool = True
+    # False: turn frames upright by their display matrix (phone videos). True: use the coded
+    # frames as stored, like the official reader.
+    ignore_rotation: bool = False
 
     def __post_init__(self) -> None:
         if self.family not in ("selva", "mmaudio"):
@@ -142,6 +154,8 @@ class DecodedClip:
     source_height: int
     source_duration: float | None  # from container metadata, if known
     source_codec: str
+    rotation: int  # degrees counterclockwise the frames were turned (0, 90, 180, -90)
+    source_rotation: int  # what the file's display matrix asks for (even if ignored)
     sync_times: tuple[float, ...]  # source timestamp (s) of the frame in each sync slot
     clip_times: tuple[float, ...]
     family: Family
@@ -379,6 +393,19 @@ def _iter_frames(container, stream, start: float):
             return
 
 
+def _turn_upright(rgb: torch.Tensor, rotation: int) -> torch.Tensor:
+    """(3, H, W) as stored -> as shown, for a display matrix rotating `rotation` degrees
+    counterclockwise (a right angle, see `_right_angle`)."""
+    quarter = round(rotation / 90) % 4
+    return torch.rot90(rgb, quarter, dims=(1, 2)) if quarter else rgb
+
+
+def _right_angle(rotation: float) -> int:
+    """FFmpeg's display-matrix angle (`av_display_rotation_get`, as PyAV's `frame.rotation`
+    reports it, in [-180, 180]) snapped to 0, 90, 180 or -90."""
+    return (0, 90, 180, -90)[round(rotation / 90) % 4]
+
+
 def _read_window(container, stream, path: str, start: float, max_duration: float, cfg):
     exact = cfg.frame_rule == "exact"
     start_x = Fraction(start) if exact else float(start)
@@ -396,6 +423,7 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
     prev = None
     decoded = 0
     last_time = None
+    shown = {"rotation": None, "source_rotation": None}  # of the first frame used
     try:
         for frame in _iter_frames(container, stream, start):
             prev, t_float = _frame_times(frame, prev, step)
@@ -411,6 +439,14 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
                 _check_size(path, frame.width, frame.height, cfg.max_side)
                 rgb_frame = to_rgb.reformat(frame, format="rgb24")
                 rgb = torch.from_numpy(rgb_frame.to_ndarray()).permute(2, 0, 1)
+                # frame.rotation reads the display matrix in C; frame.side_data would leak
+                # the frame in PyAV 18.1 (a reference cycle through its side-data wrapper)
+                rotation = _right_angle(frame.rotation or 0)
+                if shown["source_rotation"] is None:
+                    shown["source_rotation"] = rotation
+                    shown["rotation"] = 0 if cfg.ignore_rotation else rotation
+                if rotation and not cfg.ignore_rotation:
+                    rgb = _turn_upright(rgb, rotation)
                 if n_sync:
                     sync.fill(rgb, t_float, n_sync)
                 if n_clip:
@@ -424,7 +460,7 @@ def _read_window(container, stream, path: str, start: float, max_duration: float
             raise CorruptVideoError(
                 path, f"truncated or damaged video data, decoding failed {where}: {exc}"
             ) from exc
-    return sync, clip, decoded, last_time
+    return sync, clip, decoded, last_time, shown
 
 
 def _explain_no_frames(container, stream, path, start, max_duration, decoded, last_time):
@@ -599,7 +635,9 @@ class VideoReader:
         if start <= 0:
             self._rewind()  # a start > 0 seeks anyway
         self._used = True
-        sync, clip, decoded, last_time = _read_window(container, stream, spath, start, window, cfg)
+        sync, clip, decoded, last_time, shown = _read_window(
+            container, stream, spath, start, window, cfg
+        )
         if sync.count == 0:
             _explain_no_frames(container, stream, spath, start, window, decoded, last_time)
 
@@ -644,6 +682,8 @@ class VideoReader:
             clip_times=clip_times,
             family=cfg.family,
             frame_rule=cfg.frame_rule,
+            rotation=shown["rotation"] or 0,
+            source_rotation=shown["source_rotation"] or 0,
             **self.meta,
         )
 

@@ -80,6 +80,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a folder or bucket (s3://b) manifest rows may point into; repeatable (default: "
         "the manifest's folder and bucket; `/` allows any local path)",
     )
+    p.add_argument(
+        "--ignore-rotation",
+        action="store_true",
+        help="decode frames as stored, ignoring the display rotation of phone videos (as the "
+        "official reader does); default: turn them upright",
+    )
     p.add_argument("--retry-errors", action="store_true", help="redo clips that failed before")
     p.add_argument(
         "--fail-on-error",
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         allow_roots=args.allow_root or None,
         check_weights=not args.skip_weights_check,
+        ignore_rotation=args.ignore_rotation,
     )
     summary = run_extract(config)  # unusable input raises UsageError: exit 2 in cli.main
     for line in summary.lines():

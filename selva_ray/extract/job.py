@@ -52,6 +52,7 @@ class ExtractConfig:
     progress: bool = True
     allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
     check_weights: bool = True  # look for every weight file in the driver before starting
+    ignore_rotation: bool = False  # decode frames as stored (the official reader's behaviour)
 
 
 @dataclass
@@ -137,6 +138,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
         storage_dtype=config.storage_dtype,
         with_audio_latents=config.with_audio_latents,
         frame_rule=config.frame_rule,
+        ignore_rotation=config.ignore_rotation,
     )
     out = OutputDir(config.output)
     out.check_settings(layout.describe())
@@ -308,6 +310,7 @@ def _run_pipeline(
             "variant": spec.name,
             "max_duration": config.max_duration,
             "frame_rule": config.frame_rule,
+            "ignore_rotation": config.ignore_rotation,
             "audio_rate": spec.sampling_rate if config.with_audio_latents else None,
         },
         batch_size=1,

@@ -48,6 +48,7 @@ def decode_batch(
     frame_rule: str,
     audio_rate: int | None,
     carry: tuple[str, ...] = (),
+    ignore_rotation: bool = False,
 ) -> dict[str, list]:
     """Catalog rows -> uint8 frames (and mono audio) at the model's rates.
 
@@ -57,12 +58,13 @@ def decode_batch(
     from selva_core.variants import get_spec
     from selva_core.video.decode import decode_clip
 
-    config = decode_config_for(get_spec(variant), frame_rule)
+    config = decode_config_for(get_spec(variant), frame_rule, ignore_rotation)
     out: dict[str, list] = defaultdict(list)
     for row in batch_rows(batch):
         result = dict(OK_RESULT)
         frames = clip_frames = EMPTY_FRAMES
         audio, duration, fps, has_audio, padded = EMPTY_AUDIO, 0.0, 0.0, False, False
+        rotation = 0
         try:
             with local_copy(row["source"]) as path:
                 clip = decode_clip(
@@ -77,6 +79,7 @@ def decode_batch(
                 audio = clip.audio.numpy()
             duration, fps = clip.duration, clip.source_fps
             has_audio, padded = clip.has_audio, clip.padded
+            rotation = clip.rotation
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
             result = error_result(row, "decode", exc)
         for key in (*CLIP_COLUMNS, *carry):
@@ -87,6 +90,7 @@ def decode_batch(
         out["fps"].append(fps)
         out["has_audio"].append(has_audio)
         out["padded"].append(padded)
+        out["rotation"].append(rotation)
         out["sync_frames"].append(frames)
         out["clip_frames"].append(clip_frames)
         out["audio"].append(audio)
@@ -184,7 +188,7 @@ class FeatureEncoder:
         for i, row in enumerate(rows):
             for key in (*CLIP_COLUMNS, *self.carry, "status", "stage", "error_type", "message"):
                 out[key].append(row[key])
-            for key in ("duration", "fps", "has_audio", "padded"):
+            for key in ("duration", "fps", "has_audio", "padded", "rotation"):
                 out[key].append(row[key])
             f = features.get(i)
             tensors = _tensors(f, lay) if f is not None else {}

@@ -8,7 +8,10 @@ rows. bfloat16 has no Arrow type, so bf16 features are stored as their raw 16-bi
 Schema version 1 columns:
   id, source, prompt, negative_prompt, seed, start, duration, fps, has_audio, padded,
   prompt_truncated, family, variant, encoder_checksum, settings_hash,
-  input_hash (added within v1; absent in older files, read as null)       (scalars)
+  input_hash (added within v1; absent in older files, read as null),
+  rotation   (added within v1: degrees counterclockwise the frames were turned upright by the
+              file's display matrix, 0/90/180/-90; 0 with --ignore-rotation; absent in older
+              files, read as 0)                                          (scalars)
   sync_f   (sync_len_max, sync_dim)     text-conditioned (SelVA) or plain (MMAudio) sync features
   sync_len                              valid rows of sync_f (8 per 0.32 s window)
   text_f   (77, text_dim)               CLIP per-token text features of the prompt
@@ -54,7 +57,10 @@ SCALARS = [
     ("encoder_checksum", pa.string()),
     ("settings_hash", pa.string()),
     ("input_hash", pa.string()),  # digest of the catalog row; a changed row is redone
+    ("rotation", pa.int16()),  # display rotation applied when decoding (degrees, ccw)
 ]
+# scalars added within schema v1, and what a file written before them reads as
+LATER_SCALARS = {"input_hash": None, "rotation": 0}
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class FeatureLayout:
     latent_len: int  # 0: no latent columns
     latent_dim: int
     schema_version: int = SCHEMA_VERSION
+    ignore_rotation: bool = False  # frames decoded as stored, display matrix ignored
 
     @classmethod
     def for_run(
@@ -86,6 +93,7 @@ class FeatureLayout:
         storage_dtype: str = "float16",
         with_audio_latents: bool = False,
         frame_rule: str = "official",
+        ignore_rotation: bool = False,
     ) -> FeatureLayout:
         if storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage dtype must be one of {list(STORAGE_DTYPES)}")
@@ -105,12 +113,21 @@ class FeatureLayout:
             clip_dim=g.clip_dim,
             latent_len=seq.latent_seq_len if with_audio_latents else 0,
             latent_dim=g.latent_dim,
+            ignore_rotation=ignore_rotation,
         )
+
+    def hashed_settings(self) -> dict:
+        """The settings that identify a run. `ignore_rotation` counts only when set, so folders
+        written before it existed keep their hash (their rows read as rotation 0)."""
+        settings = asdict(self)
+        if not settings["ignore_rotation"]:
+            del settings["ignore_rotation"]
+        return settings
 
     @property
     def settings_hash(self) -> str:
         """Identifies the settings: features are reused only when this matches."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        blob = json.dumps(self.hashed_settings(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def tensor_shapes(self) -> dict[str, tuple[int, int]]:
@@ -210,13 +227,43 @@ def read_features(output: str, columns: list[str] | None = None) -> pa.Table:
     `pyarrow.dataset` or `ray.data.read_parquet` on the folder itself would also pick up the
     error table under errors/; pass them `feature_files(output)` instead.
     """
-    import pyarrow.parquet as pq
 
     from .output_dir import OutputDir
 
     out = OutputDir(output)
-    tables = [pq.read_table(p, columns=columns, filesystem=out.fs) for p in out.part_files()]
+    tables = [_read_part(p, columns, out.fs) for p in out.part_files()]
     if not tables:
         raise FileNotFoundError(f"no feature files in {output}")
-    # files written before `input_hash` existed lack it: promote fills it with nulls
     return pa.concat_tables(tables, promote_options="default")
+
+
+def _read_part(path: str, columns: list[str] | None, fs) -> pa.Table:
+    """One part file, with the scalars added after it was written filled in (LATER_SCALARS);
+    an unreadable file raises `CorruptOutputError` naming it."""
+    import pyarrow.parquet as pq
+
+    from .output_dir import CorruptOutputError
+
+    try:
+        names = pq.read_schema(path, filesystem=fs).names
+        if "id" not in names:
+            raise pa.ArrowInvalid("no 'id' column: not a feature file")
+        wanted = None if columns is None else [c for c in columns if c in names]
+        table = pq.read_table(path, columns=wanted, filesystem=fs)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CorruptOutputError(
+            f"{path} is not a readable Parquet file ({' '.join(str(exc).split())[:200]}); "
+            "move it out of the folder (its clips will be redone by extract) and read again"
+        ) from exc
+    types = dict(SCALARS)
+    for name, default in LATER_SCALARS.items():
+        if name not in table.column_names and (columns is None or name in columns):
+            table = table.append_column(
+                pa.field(name, types[name]), pa.array([default] * table.num_rows, types[name])
+            )
+    if columns is not None:
+        missing = [c for c in columns if c not in table.column_names]
+        if missing:
+            raise KeyError(f"{path} has no column(s) {missing}")
+        table = table.select(columns)
+    return table
