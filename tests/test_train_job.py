@@ -45,7 +45,12 @@ SHORT = dict(steps=8, save_every=3, eval_every=4, preview_clips=0, surgery=False
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False)
+    ray.init(
+        address="local",  # a fresh cluster even if another one was started on this machine
+        num_cpus=4,
+        object_store_memory=400 * 1024 * 1024,
+        include_dashboard=False,
+    )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -173,6 +178,52 @@ def test_split_is_stable_and_by_clip_id():
     assert split_ids(ids[:2], 0.2)[1] and split_ids(ids, 0.0) == (sorted(ids), [])
 
 
+def test_schedule_counts_optimizer_steps():
+    from selva_ray.train.loop import lr_factor, timestep_sampler
+
+    cfg = TrainConfig("f", "o", steps=100, warmup=10, lr_schedule="cosine", grad_accum=4)
+    f = lr_factor(cfg)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(99) < 0.01
+    assert lr_factor(TrainConfig("f", "o", warmup=0))(1234) == 1.0
+    cur = TrainConfig("f", "o", steps=100, timesteps="curriculum")
+    assert [timestep_sampler(cur, s) for s in (0, 59, 60)] == [
+        "logit_normal",
+        "logit_normal",
+        "uniform",
+    ]
+
+
+def test_augmentations_are_wired_and_split_independent():
+    """Mixup and latent noise change the targets, and a clip's inputs depend only on
+    (seed, step, position): the same whether its worker runs 1 or 4 positions."""
+    from selva_ray.train.loop import _micro_batch, mixup_plan
+
+    g = torch.Generator().manual_seed(1)
+    n, length, c = 6, 30, 4
+    x1_all = torch.randn(n, length, c, generator=g)
+    conds = [torch.randn(n, 5, 3, generator=g) for _ in range(3)]
+    lengths = torch.tensor([30, 30, 12, 30, 20, 30])
+    empty = {"clip": torch.zeros(1, 3), "sync": torch.zeros(1, 3), "text": torch.zeros(5, 3)}
+    idx = torch.tensor([4, 0, 2, 5])
+
+    def inputs(cfg, positions):
+        mix = mixup_plan(cfg, 3)
+        return _micro_batch(cfg, 3, positions, idx, mix, x1_all, *conds, lengths, empty, (30, 4))
+
+    plain = TrainConfig("f", "o", batch_size=4, cfg_dropout=0.0)
+    augmented = TrainConfig("f", "o", batch_size=4, cfg_dropout=0.0, mixup=0.4, latent_noise=0.2)
+    a, b = inputs(plain, [0, 1, 2, 3]), inputs(augmented, [0, 1, 2, 3])
+    assert torch.equal(a["x0"], b["x0"]) and torch.equal(a["t"], b["t"])
+    assert not torch.allclose(a["x1"], b["x1"])
+    assert torch.all(b["x1"][0, 20:] == 0)  # padding stays zero (clip 4 has 20 frames)
+    halves = [inputs(augmented, [0, 1]), inputs(augmented, [2, 3])]
+    for key in b:
+        assert torch.equal(b[key], torch.cat([h[key] for h in halves])), key
+    dropped = inputs(TrainConfig("f", "o", batch_size=4, cfg_dropout=1.0), [0, 1, 2, 3])
+    assert torch.all(dropped["text_f"] == 0) and torch.all(dropped["sync_f"] == 0)
+
+
 def test_features_without_audio_latents_are_refused(tmp_path, capsys):
     from selva_core.variants import get_spec
     from selva_ray.cli import main
@@ -242,18 +293,30 @@ def test_eval_writes_previews_with_metrics(learned):
     assert (run / "eval" / "step_0" / "metrics.json").exists()
 
 
-def test_two_workers_equal_one_worker(features, baseline, tmp_path_factory):
+@pytest.fixture(scope="module")
+def two_workers(features, tmp_path_factory):
+    """The baseline's global batch on 2 workers with 2 accumulated micro-batches each; one
+    worker dies (os._exit) after step 5, the run survives it (FailureConfig) and continues
+    from the step-3 checkpoint. One run serves both tests below, to keep the suite short."""
     out = tmp_path_factory.mktemp("two-workers")
-    run_train(config(features, out, init="pissa", workers=2, **SHORT))
+    settings = SHORT | dict(workers=2, grad_accum=2, surgery=True)  # 2 x 2 micro-batches of 1
+    summary = run_train(
+        config(features, out, init="pissa", fail_at_step=5, max_failures=1, **settings)
+    )
+    return out, summary
+
+
+def test_two_workers_equal_one_worker(baseline, two_workers):
+    out, _ = two_workers
     one, two = losses(baseline), losses(out)
     assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, 9))
     for (_, a), (_, b) in zip(one, two, strict=True):
         assert b == pytest.approx(a, rel=1e-4)
     a_file = read_adapter(baseline / "adapter.safetensors")
     b_file = read_adapter(out / "adapter.safetensors")
+    assert b_file.factors.keys() == a_file.factors.keys()
     for layer in a_file.factors:
         assert torch.allclose(a_file.delta(layer), b_file.delta(layer), atol=1e-5), layer
-    assert b_file.factors.keys() == a_file.factors.keys()
 
 
 def test_interrupted_run_resumes_exactly(features, baseline, tmp_path_factory):
@@ -265,23 +328,22 @@ def test_interrupted_run_resumes_exactly(features, baseline, tmp_path_factory):
         run_train(config(features, out, init="pissa", **SHORT))
     with pytest.raises(TrainConfigError, match="lr"):
         run_train(config(features, out, init="pissa", resume=True, lr=1e-3, **SHORT))
-    run_train(config(features, out, init="pissa", resume=True, **SHORT))
+    summary = run_train(config(features, out, init="pissa", resume=True, **SHORT))
+    assert summary.details["resumed_from"] == [3]
     assert losses(out) == losses(baseline)  # exactly: steps 4-5 are redone bit for bit
     a = read_adapter(baseline / "adapter.safetensors").tensors()
     b = read_adapter(out / "adapter.safetensors").tensors()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_worker_killed_mid_run_is_survived(features, baseline, tmp_path_factory):
-    out = tmp_path_factory.mktemp("killed")
-    summary = run_train(
-        config(features, out, init="pissa", workers=2, fail_at_step=5, max_failures=1, **SHORT)
-    )
-    assert (out / ".fail_injected").exists()  # a worker really died (os._exit)
+def test_worker_killed_mid_run_is_survived(two_workers):
+    out, summary = two_workers
+    assert "step 5" in (out / ".fail_injected").read_text()  # a worker really died
     assert summary.steps == 8 and summary.status == "complete"
+    assert summary.details["resumed_from"] == [3]  # the restarted group took the checkpoint
     assert [s for s, _ in losses(out)] == list(range(1, 9))  # each step recorded once
-    for (_, a), (_, b) in zip(losses(baseline), losses(out), strict=True):
-        assert b == pytest.approx(a, rel=1e-4)
+    assert sorted(p.name for p in (out / "checkpoints").glob("step_*"))[-1] == "step_000008"
+    assert (out / "adapter.safetensors").exists()
 
 
 def test_adapter_changes_generation_and_surgery_helps(learned, features):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 
 LR_SCHEDULES = ("constant", "cosine")
 TIMESTEP_MODES = ("uniform", "logit_normal", "curriculum")
@@ -91,7 +91,8 @@ class TrainConfig:
     progress_every_s: float = 10.0
     # Test hook: the last worker dies (os._exit) once, after finishing this step.
     fail_at_step: int | None = None
-    extra: dict = field(default_factory=dict)
+    # Benchmarks: seeded random generator weights for a published variant (nothing loaded).
+    random_weights: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):

@@ -159,9 +159,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     store = WeightStore(config.weights_dir, allow_download=False if config.offline else None)
     duration = loop_config["max_duration"]
-    generator = build.load_generator(
-        spec, store, dtype=base_dtype, device=w.device, duration=duration
-    )
+    if config.random_weights:
+        generator = build.random_generator(spec)
+        generator.set_sequence(spec.sequence(duration))
+        generator = generator.to(w.device, base_dtype).eval().requires_grad_(False)
+    else:
+        generator = build.load_generator(
+            spec, store, dtype=base_dtype, device=w.device, duration=duration
+        )
     train_seq = spec.sequence(duration)
     lora = LoRAConfig(
         rank=config.rank,
@@ -208,6 +213,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         start = int(state["step"])
         if w.is_main:
             log.truncate(start)
+            log.note_resume(start)
             print(f"[train] resumed from the checkpoint of step {start}", flush=True)
 
     # Normalised, zero-padded targets of every training clip (CPU); conditions on demand.
@@ -616,6 +622,7 @@ def _finish(config, spec, generator, train, x1_all, log, loop_config, evaluator)
         "first_val_loss": val_losses[0][1] if val_losses else None,
         "final_val_loss": val_losses[-1][1] if val_losses else None,
         "clips_per_s": _mean_rate(records),
+        "resumed_from": log.resumes(),
         "surgery": {"ran": False},
         "finished_at": time.time(),
     }

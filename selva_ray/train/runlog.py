@@ -11,9 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 METRICS = "metrics.jsonl"
+RESUMES = "resumes.jsonl"
 LOSS_PNG = "loss.png"
 SUMMARY = "summary.json"
 EMA = 0.9
@@ -63,6 +65,17 @@ class RunLog:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
+
+    def note_resume(self, step: int) -> None:
+        """Record that training continued from the checkpoint of `step`."""
+        with (self.dir / RESUMES).open("a") as f:
+            f.write(json.dumps({"step": step, "time": time.time()}) + "\n")
+
+    def resumes(self) -> list[int]:
+        path = self.dir / RESUMES
+        if not path.exists():
+            return []
+        return [json.loads(line)["step"] for line in path.read_text().splitlines() if line]
 
     def plot(self) -> Path:
         """loss.png: raw and EMA-smoothed train loss, and validation loss, against step."""
