@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cpus-per-worker", type=float, default=1.0, help="default 1")
     g.add_argument(
         "--precision",
-        choices=["fp32", "bf16", "fp16"],
+        choices=["fp32", "bf16"],
         help="base weights (default: bf16 autocast on GPU, fp32 on CPU; adapters are fp32)",
     )
     g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts (default 2)")

@@ -151,8 +151,9 @@ class TrainConfig:
             raise TrainConfigError("--target must name at least one layer suffix")
         if not all(0.0 < t < 1.0 for t in self.eval_timesteps):
             raise TrainConfigError("evaluation timesteps must lie in (0, 1)")
-        if self.precision not in (None, "fp32", "bf16", "fp16"):
-            raise TrainConfigError(f"--precision must be fp32, bf16 or fp16, got {self.precision}")
+        if self.precision not in (None, "fp32", "bf16"):
+            # fp16 would need loss scaling; bf16 has fp32's range and needs none.
+            raise TrainConfigError(f"--precision must be fp32 or bf16, got {self.precision}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

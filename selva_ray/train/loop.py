@@ -141,7 +141,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     spec = get_spec(config.variant)
     on_gpu = w.device.type == "cuda"
     precision = config.precision or ("bf16" if on_gpu else "fp32")
-    base_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    base_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     autocast = torch.autocast("cuda", dtype=base_dtype) if on_gpu and precision != "fp32" else None
 
     train = ClipSet.from_batches(
@@ -177,7 +177,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
         seed=config.seed,
     )
     _check_same_base(generator, lora, w)
-    pissa = _shared_pissa_init(generator, lora, w) if config.init == "pissa" else None
+    state = _latest_state(ray.train.get_checkpoint(), run_dir / loop_config["storage_name"])
+    pissa = None
+    if config.init == "pissa":
+        # A resumed run reuses the factors it started from, so its base is bit-identical.
+        pissa = _saved_pissa(state, lora) or _shared_pissa_init(generator, lora, w)
     apply_lora(generator, lora, adapter=ADAPTER, pissa_init=pissa)
     layers = lora_layers(generator, ADAPTER)
     a_params = [m.lora_A[ADAPTER] for m in layers.values()]
@@ -202,7 +206,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     log = RunLog(run_dir)
     start = 0
-    state = _latest_state(ray.train.get_checkpoint(), run_dir / loop_config["storage_name"])
     if state is not None:
         with torch.no_grad():
             for name, p in named.items():
@@ -437,6 +440,18 @@ def _latest_state(checkpoint, storage: Path) -> dict | None:
     return best
 
 
+def _saved_pissa(state: dict | None, lora):
+    """The PiSSA factors a checkpoint was trained from, or None."""
+    from selva_core.lora.pissa import PissaFactors
+
+    if not state or not state.get("pissa"):
+        return None
+    return {
+        name: PissaFactors(f["a0"].float(), f["b0"].float(), lora.scale)
+        for name, f in state["pissa"].items()
+    }
+
+
 def _rng_state() -> dict:
     state = {
         "torch": torch.get_rng_state(),
@@ -493,7 +508,7 @@ def _training_record(config: TrainConfig, loop_config: dict) -> dict:
 def _report(step, record, named, optimizer, scheduler, generator, config, w) -> None:
     import ray.train
 
-    from selva_core.lora import save_adapter
+    from selva_core.lora import lora_layers, save_adapter
 
     metrics = {k: v for k, v in record.items() if v is not None}
     if not w.is_main:
@@ -506,6 +521,11 @@ def _report(step, record, named, optimizer, scheduler, generator, config, w) -> 
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": _rng_state(),
+            "pissa": {
+                name: {"a0": m.pissa_A0[ADAPTER].cpu(), "b0": m.pissa_B0[ADAPTER].cpu()}
+                for name, m in lora_layers(generator, ADAPTER).items()
+                if ADAPTER in m.pissa_A0
+            },
         }
         torch.save(state, Path(d) / STATE_FILE)
         # A usable adapter file in every checkpoint (plain delta; the model is not changed).
@@ -543,15 +563,15 @@ class _Evaluator:
                         self.spec, gen, self.store, str(self.w.device), gen.dtype
                     )
                 out_dir = Path(cfg.output) / "eval" / f"step_{step}"
-                with self.autocast or nullcontext():
-                    rows = self._previewer.run(
-                        self.val.select(list(range(n))),
-                        out_dir,
-                        seed=cfg.seed,
-                        steps=cfg.preview_steps,
-                        cfg=cfg.preview_cfg,
-                        train_seq=self.train_seq,
-                    )
+                # As the generation job runs it: the base in its dtype, no autocast.
+                rows = self._previewer.run(
+                    self.val.select(list(range(n))),
+                    out_dir,
+                    seed=cfg.seed,
+                    steps=cfg.preview_steps,
+                    cfg=cfg.preview_cfg,
+                    train_seq=self.train_seq,
+                )
                 write_json(
                     out_dir / "metrics.json", {"step": step, "val_loss": loss, "clips": rows}
                 )
@@ -632,8 +652,7 @@ def _finish(config, spec, generator, train, x1_all, log, loop_config, evaluator)
         calib = FlowBatch(x1_all[: len(clips)], clip_f, sync_f, text_f, clips.lengths)
         surgery_cfg = SurgeryConfig(num_clips=len(clips), seed=config.seed)
         generator.eval()
-        with evaluator.autocast or nullcontext():
-            report = spectral_surgery(generator, [calib], surgery_cfg, adapter=ADAPTER)
+        report = spectral_surgery(generator, [calib], surgery_cfg, adapter=ADAPTER)
         path = run_dir / "adapter.surgery.safetensors"
         _save(path, generator, config, record)
         summary["surgery"] = {
