@@ -208,8 +208,10 @@ def main() -> None:
     p.add_argument("--json", default="bench_train.json")
     p.add_argument("--memory-probe", choices=["forward", "lora", "full"])
     args = p.parse_args()
+    # One intra-op thread, as Ray gives each 1-CPU Train worker (and because multi-threaded
+    # LAPACK SVD is pathologically slow on an oversubscribed machine).
+    torch.set_num_threads(1)
     if args.memory_probe:
-        torch.set_num_threads(2)
         memory_probe(args.memory_probe, args.batch_size, args.duration)
         return
 
