@@ -247,6 +247,8 @@ def test_unusable_settings_are_refused(features, tmp_path):
         run_train(config(features, tmp_path / "a", variant="tiny_44k"))
     with pytest.raises(FeatureFolderError, match="larger than|global batch"):
         run_train(config(features, tmp_path / "a", batch_size=16))
+    with pytest.raises(TrainConfigError, match="another job"):
+        run_train(config(features, features))  # never write a run into the features folder
     with pytest.raises(TrainConfigError, match="no run to resume"):
         run_train(config(features, tmp_path / "b", resume=True))
 
@@ -287,6 +289,7 @@ def test_eval_writes_previews_with_metrics(learned):
     ):
         assert key in clip, key
     assert 0 <= clip["hf_energy_ratio"] <= 1 and clip["lsd_db"] > 0
+    assert report["mean"]["mcd_db"] == pytest.approx(clip["mcd_db"])  # one clip: its own
     stem = clip["id"]
     for name in (f"{stem}.flac", f"{stem}.reference.flac", f"{stem}.png"):
         assert (step_dir / name).stat().st_size > 0

@@ -3,7 +3,8 @@ hand both splits to Ray Train as Ray Datasets, run `TorchTrainer.fit`, report.
 
 Run folder (`--output`, a local or shared-filesystem path every worker can write):
 
-    train_config.json   the settings (a resumed run must keep the ones that fix its updates)
+    _meta.json          {"job": "train", "settings": ...}: a resumed run must keep the
+                        settings that fix its updates (`selva-ray report` shows them)
     split.json          train / validation clip ids (fixed at the first start)
     metrics.jsonl       one line per step (+ step 0: validation loss before training)
     loss.png            train loss raw and smoothed, validation loss
@@ -33,7 +34,7 @@ from .runlog import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = "train_config.json"
+CONFIG_FILE = "_meta.json"
 SPLIT_FILE = "split.json"
 STORAGE_NAME = "checkpoints"
 
@@ -81,7 +82,10 @@ class TrainSummary:
 
 def _prepare_run_dir(config: TrainConfig, run_dir: Path) -> dict | None:
     """Claim the run folder, or check a resumed run's settings; returns the saved settings."""
-    saved = read_json(run_dir / CONFIG_FILE)
+    meta = read_json(run_dir / CONFIG_FILE)
+    saved = meta.get("settings") if meta and meta.get("job") == "train" else None
+    if meta is not None and saved is None:
+        raise TrainConfigError(f"{run_dir} holds another job's output; choose another --output")
     if saved is None:
         if config.resume:
             raise TrainConfigError(f"--resume: {run_dir} holds no run to resume")
@@ -147,7 +151,7 @@ def run_train(config: TrainConfig) -> TrainSummary:
             f"{len(split['train'])} training clips but the global batch is {config.batch_size}"
         )
     if not config.resume:
-        write_json(run_dir / CONFIG_FILE, config.to_dict())
+        write_json(run_dir / CONFIG_FILE, {"job": "train", "settings": config.to_dict()})
     log.info(
         "training %s LoRA r%d (%s) on %d clips (%d validation), %d worker(s), %d steps",
         config.variant,

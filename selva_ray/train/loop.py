@@ -573,11 +573,23 @@ class _Evaluator:
                     train_seq=self.train_seq,
                 )
                 write_json(
-                    out_dir / "metrics.json", {"step": step, "val_loss": loss, "clips": rows}
+                    out_dir / "metrics.json",
+                    {"step": step, "val_loss": loss, "mean": _means(rows), "clips": rows},
                 )
         finally:
             gen.train(was_training)
         return loss
+
+
+def _means(rows: list[dict]) -> dict[str, float]:
+    """Mean of each numeric metric over the preview clips (what `selva-ray report` plots)."""
+    keys = [k for k, v in (rows[0] if rows else {}).items() if isinstance(v, int | float)]
+    out = {}
+    for k in keys:
+        values = [r[k] for r in rows if isinstance(r.get(k), int | float) and k != "seed"]
+        if values and k not in ("seed", "duration"):
+            out[k] = sum(values) / len(values)
+    return out
 
 
 def _validation(ev: _Evaluator, cfg: TrainConfig) -> float | None:
