@@ -5,6 +5,10 @@ over (N, C) then batch. Timesteps are uniform or logit-normal; classifier-free-g
 replaces the video group (clip + sync -> learned empty features) and the text (-> the stored
 empty-string features) independently. Every random draw comes from an explicit CPU
 `torch.Generator`, so a seed reproduces a loss on any device (Spectral Surgery relies on this).
+
+Clips shorter than the training duration carry zero padding after their last latent frame;
+`lengths` (valid frames per clip) keeps that padding out of the loss, so each clip's loss is
+the mean over its own frames and a short clip never teaches the model to predict padding.
 """
 
 from __future__ import annotations
@@ -43,12 +47,18 @@ class FlowBatch:
     clip_f: torch.Tensor  # (B, Nc, clip_dim)
     sync_f: torch.Tensor  # (B, Ns, sync_dim)
     text_f: torch.Tensor  # (B, 77, text_dim)
+    lengths: torch.Tensor | None = None  # (B,) valid latent frames; None: every frame is audio
 
     def __len__(self) -> int:
         return self.x1.shape[0]
 
     def _parts(self) -> tuple[torch.Tensor, ...]:
-        return (self.x1, self.clip_f, self.sync_f, self.text_f)
+        return (self.x1, self.clip_f, self.sync_f, self.text_f, self.full_lengths())
+
+    def full_lengths(self) -> torch.Tensor:
+        if self.lengths is not None:
+            return self.lengths
+        return torch.full((len(self),), self.x1.shape[1], dtype=torch.long)
 
     def select(self, index: slice | Sequence[int]) -> FlowBatch:
         if not isinstance(index, slice):
@@ -109,17 +119,25 @@ def flow_matching_loss(
     t: torch.Tensor,
     *,
     reduction: str = "mean",
+    lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between the predicted and the true velocity, in fp32.
 
-    `reduction="none"` returns one loss per clip (mean over N and C)."""
+    `reduction="none"` returns one loss per clip (mean over N and C). With `lengths` (B,),
+    frame n of clip b counts only when n < lengths[b]: padding adds nothing to the loss."""
     device = model.device
     x1 = x1.to(device, torch.float32)
     x0 = x0.to(device, torch.float32)
     t = t.to(device, torch.float32)
     x_t = (1.0 - t[:, None, None]) * x0 + t[:, None, None] * x1
     pred = model.predict_flow(x_t, t, conditions).float()
-    per_clip = (pred - (x1 - x0)).square().mean(dim=(1, 2))
+    per_frame = (pred - (x1 - x0)).square().mean(dim=2)
+    if lengths is None or bool((lengths >= per_frame.shape[1]).all()):
+        per_clip = per_frame.mean(dim=1)
+    else:
+        frames = torch.arange(per_frame.shape[1], device=device)
+        mask = (frames[None, :] < lengths.to(device)[:, None]).float()
+        per_clip = (per_frame * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
     if reduction == "none":
         return per_clip
     if reduction == "mean":
@@ -148,7 +166,7 @@ def training_loss(
     )
     x0 = torch.randn(batch.x1.shape, generator=generator)
     conditions = model.preprocess_conditions(clip_f, sync_f, text_f)
-    return flow_matching_loss(model, batch.x1, conditions, x0, t)
+    return flow_matching_loss(model, batch.x1, conditions, x0, t, lengths=batch.lengths)
 
 
 def train_lora_steps(

@@ -186,7 +186,9 @@ def _loss_sum(model: nn.Module, part: FlowBatch, t: torch.Tensor, x0: torch.Tens
     cond = model.preprocess_conditions(
         part.clip_f.to(device), part.sync_f.to(device), part.text_f.to(device)
     )
-    return flow_matching_loss(model, part.x1, cond, x0, t, reduction="none").sum()
+    return flow_matching_loss(
+        model, part.x1, cond, x0, t, reduction="none", lengths=part.lengths
+    ).sum()
 
 
 @torch.no_grad()

@@ -1,0 +1,143 @@
+"""`selva-ray train`: LoRA fine-tuning of the generator on Ray Train (one GPU or many)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a LoRA adapter on extracted features, on Ray Train",
+        description=(
+            "Train a LoRA adapter of the generator on clips whose features were extracted with "
+            "`selva-ray extract --with-audio-latents` (the latent of each clip's own audio is "
+            "the target). Ray Train runs N workers under DDP; only the adapter trains. The run "
+            "folder gets metrics.jsonl, loss.png, eval/step_N/ previews, checkpoints, "
+            "adapter.safetensors and (unless --no-surgery) adapter.surgery.safetensors."
+        ),
+        epilog=(
+            "Steps are optimizer steps; each consumes the global --batch-size, split over the "
+            "workers and --grad-accum micro-batches. Rerun with --resume to continue an "
+            "interrupted run from its last checkpoint."
+        ),
+    )
+    p.add_argument("--features", required=True, help="features folder (with audio latents)")
+    p.add_argument("--output", required=True, help="run folder (local or shared filesystem)")
+    p.add_argument("--variant", help="model variant (default: the features' variant)")
+    g = p.add_argument_group("cluster")
+    g.add_argument("--workers", type=int, default=1, help="Ray Train workers (default 1)")
+    g.add_argument("--use-gpu", action="store_true", help="one GPU per worker")
+    g.add_argument("--cpus-per-worker", type=float, default=1.0, help="default 1")
+    g.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="base weights (default: bf16 autocast on GPU, fp32 on CPU; adapters are fp32)",
+    )
+    g.add_argument("--max-failures", type=int, default=2, help="worker-group restarts (default 2)")
+    g.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    g.add_argument("--weights-dir", help="local weights folder (default $SELVA_WEIGHTS_DIR)")
+    g.add_argument("--offline", action="store_true", help="never download weights")
+    a = p.add_argument_group("adapter")
+    a.add_argument("--rank", type=int, default=16, help="LoRA rank (default 16)")
+    a.add_argument("--alpha", type=float, help="LoRA alpha (default 2 x rank)")
+    a.add_argument("--init", choices=["pissa", "standard"], default="pissa", help="default pissa")
+    a.add_argument(
+        "--rslora",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="scale alpha/sqrt(r) instead of alpha/r (default on)",
+    )
+    a.add_argument(
+        "--target",
+        default="attn.qkv",
+        help="comma-separated layer suffixes to adapt (default attn.qkv; e.g. attn.qkv,linear1)",
+    )
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--steps", type=int, default=2000, help="optimizer steps (default 2000)")
+    o.add_argument("--batch-size", type=int, default=4, help="global batch (default 4)")
+    o.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step (default 1)")
+    o.add_argument("--lr", type=float, default=1e-4, help="learning rate (default 1e-4)")
+    o.add_argument(
+        "--lora-plus-ratio", type=float, default=1.0, help="lr of B = lr x ratio (default 1)"
+    )
+    o.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    o.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
+    o.add_argument(
+        "--timesteps",
+        choices=["uniform", "logit_normal", "curriculum"],
+        default="uniform",
+        help="t sampler (curriculum: logit-normal for 60%% of steps, then uniform)",
+    )
+    o.add_argument("--cfg-dropout", type=float, default=0.1, help="condition dropout (0.1)")
+    o.add_argument("--mixup", type=float, default=0.0, help="latent mixup Beta(a,a); 0 = off")
+    o.add_argument("--latent-noise", type=float, default=0.0, help="latent noise sigma; 0 = off")
+    o.add_argument("--seed", type=int, default=42, help="default 42")
+    e = p.add_argument_group("evaluation and checkpoints")
+    e.add_argument("--val-fraction", type=float, default=0.1, help="held-out clips (0.1)")
+    e.add_argument("--eval-every", type=int, default=500, help="steps between evals (500)")
+    e.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (500)")
+    e.add_argument("--preview-clips", type=int, default=2, help="preview clips per eval (2)")
+    e.add_argument("--no-surgery", action="store_true", help="skip Spectral Surgery at the end")
+    e.add_argument("--resume", action="store_true", help="continue the run in --output")
+    p.set_defaults(run=run)
+
+
+def config_from_args(args: argparse.Namespace):
+    from ..train import TrainConfig
+
+    return TrainConfig(
+        features=args.features,
+        output=args.output,
+        variant=args.variant,
+        workers=args.workers,
+        use_gpu=args.use_gpu,
+        cpus_per_worker=args.cpus_per_worker,
+        precision=args.precision,
+        max_failures=args.max_failures,
+        ray_address=args.ray_address,
+        weights_dir=args.weights_dir,
+        offline=args.offline,
+        rank=args.rank,
+        alpha=args.alpha,
+        init=args.init,
+        rslora=args.rslora,
+        targets=args.target,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        lr=args.lr,
+        lora_plus_ratio=args.lora_plus_ratio,
+        lr_schedule=args.lr_schedule,
+        warmup=args.warmup,
+        timesteps=args.timesteps,
+        cfg_dropout=args.cfg_dropout,
+        mixup=args.mixup,
+        latent_noise=args.latent_noise,
+        seed=args.seed,
+        val_fraction=args.val_fraction,
+        eval_every=args.eval_every,
+        save_every=args.save_every,
+        preview_clips=args.preview_clips,
+        surgery=not args.no_surgery,
+        resume=args.resume,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from selva_core.variants import UnknownVariantError
+
+    from ..train import FeatureFolderError, TrainConfigError, TrainFailed, run_train
+
+    try:
+        summary = run_train(config_from_args(args))
+    except (TrainConfigError, FeatureFolderError, UnknownVariantError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for line in summary.lines():
+        print(line)
+    return 0

@@ -1,0 +1,181 @@
+"""Settings of a LoRA training run, their checks, and which of them a resumed run must keep."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+
+LR_SCHEDULES = ("constant", "cosine")
+TIMESTEP_MODES = ("uniform", "logit_normal", "curriculum")
+INIT_MODES = ("standard", "pissa")
+
+# Settings a resumed run may change: where and how it runs, how often it reports. Everything
+# else fixes the sequence of updates, so changing it would not continue the same run. The
+# worker count may change because the global batch, its sampling and every per-clip random
+# draw are independent of it.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "features",
+        "output",
+        "workers",
+        "use_gpu",
+        "cpus_per_worker",
+        "eval_every",
+        "save_every",
+        "preview_clips",
+        "preview_steps",
+        "preview_cfg",
+        "resume",
+        "max_failures",
+        "ray_address",
+        "progress_every_s",
+        "weights_dir",
+        "offline",
+        "fail_at_step",
+        "surgery",
+    }
+)
+
+
+class TrainConfigError(ValueError):
+    """Unusable settings (the command exits 2)."""
+
+
+@dataclass
+class TrainConfig:
+    features: str  # folder written by `selva-ray extract --with-audio-latents`
+    output: str  # run folder: metrics, plots, eval previews, checkpoints, adapter files
+    variant: str | None = None  # None: the variant the features were extracted for
+    # cluster
+    workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    precision: str | None = None  # base weights; None: bf16 (autocast) on GPU, fp32 on CPU
+    max_failures: int = 2
+    ray_address: str | None = None
+    weights_dir: str | None = None
+    offline: bool = False
+    # adapter
+    rank: int = 16
+    alpha: float | None = None  # None: 2 * rank
+    init: str = "pissa"
+    rslora: bool = True
+    targets: tuple[str, ...] = ("attn.qkv",)
+    # optimisation (steps are optimizer steps; one consumes the whole global batch)
+    steps: int = 2000
+    batch_size: int = 4  # global: clips per optimizer step over all workers and micro-batches
+    grad_accum: int = 1
+    lr: float = 1e-4
+    lora_plus_ratio: float = 1.0  # lr of every lora_B = lr * ratio (LoRA+)
+    lr_schedule: str = "constant"
+    warmup: int = 100
+    grad_clip: float = 1.0
+    # objective
+    timesteps: str = "uniform"
+    logit_normal_sigma: float = 1.0
+    curriculum_switch: float = 0.6  # curriculum: logit-normal before this fraction of steps
+    cfg_dropout: float = 0.1
+    mixup: float = 0.0  # Beta(a, a) latent mixup; 0 is off
+    latent_noise: float = 0.0  # x1 += eps * sigma * std(x1); 0 is off
+    # data, evaluation, checkpoints
+    val_fraction: float = 0.1
+    eval_every: int = 500
+    save_every: int = 500
+    seed: int = 42
+    eval_timesteps: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
+    preview_clips: int = 2
+    preview_steps: int = 25
+    preview_cfg: float = 4.5
+    surgery: bool = True
+    resume: bool = False
+    progress_every_s: float = 10.0
+    # Test hook: the last worker dies (os._exit) once, after finishing this step.
+    fail_at_step: int | None = None
+    # Benchmarks: seeded random generator weights for a published variant (nothing loaded).
+    random_weights: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = tuple(t for t in self.targets.replace(",", " ").split() if t)
+        self.targets = tuple(self.targets)
+        self.eval_timesteps = tuple(float(t) for t in self.eval_timesteps)
+
+    @property
+    def lora_alpha(self) -> float:
+        return float(self.alpha) if self.alpha is not None else 2.0 * self.rank
+
+    @property
+    def micro_batch(self) -> int:
+        """Clips per forward pass on one worker."""
+        return self.batch_size // (self.workers * self.grad_accum)
+
+    def check(self) -> None:
+        """Raise TrainConfigError naming the first unusable setting."""
+        positive = {
+            "workers": self.workers,
+            "rank": self.rank,
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "grad_accum": self.grad_accum,
+            "eval_every": self.eval_every,
+            "save_every": self.save_every,
+            "preview_steps": self.preview_steps,
+        }
+        for name, value in positive.items():
+            if value < 1:
+                raise TrainConfigError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.batch_size % (self.workers * self.grad_accum):
+            raise TrainConfigError(
+                f"--batch-size {self.batch_size} must be a multiple of --workers x --grad-accum "
+                f"({self.workers} x {self.grad_accum}): every worker runs the same micro-batch"
+            )
+        if self.init not in INIT_MODES:
+            raise TrainConfigError(f"--init must be one of {INIT_MODES}, got {self.init!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise TrainConfigError(f"--lr-schedule must be one of {LR_SCHEDULES}")
+        if self.timesteps not in TIMESTEP_MODES:
+            raise TrainConfigError(f"--timesteps must be one of {TIMESTEP_MODES}")
+        if not self.lr > 0 or not self.lora_plus_ratio > 0:
+            raise TrainConfigError("--lr and --lora-plus-ratio must be > 0")
+        if self.alpha is not None and not self.alpha > 0:
+            raise TrainConfigError(f"--alpha must be > 0, got {self.alpha}")
+        if self.warmup < 0 or self.preview_clips < 0 or self.max_failures < 0:
+            raise TrainConfigError("--warmup, --preview-clips and --max-failures must be >= 0")
+        if not 0.0 <= self.cfg_dropout <= 1.0:
+            raise TrainConfigError(f"--cfg-dropout must be in [0, 1], got {self.cfg_dropout}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise TrainConfigError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        if self.mixup < 0 or self.latent_noise < 0:
+            raise TrainConfigError("--mixup and --latent-noise must be >= 0")
+        if not self.targets:
+            raise TrainConfigError("--target must name at least one layer suffix")
+        if not all(0.0 < t < 1.0 for t in self.eval_timesteps):
+            raise TrainConfigError("evaluation timesteps must lie in (0, 1)")
+        if self.precision not in (None, "fp32", "bf16"):
+            # fp16 would need loss scaling; bf16 has fp32's range and needs none.
+            raise TrainConfigError(f"--precision must be fp32 or bf16, got {self.precision}")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["targets"] = list(self.targets)
+        d["eval_timesteps"] = list(self.eval_timesteps)
+        return d
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def trajectory(self) -> dict:
+        """The settings that fix the sequence of updates (see RESUMABLE_CHANGES)."""
+        return {k: v for k, v in self.to_dict().items() if k not in RESUMABLE_CHANGES}
+
+    def resume_conflicts(self, saved: dict) -> list[str]:
+        """'name: saved -> now' for every trajectory setting that differs from a saved run."""
+        old = TrainConfig.from_dict(saved).trajectory()
+        new = self.trajectory()
+        return [
+            f"{k}: {json.dumps(old.get(k))} -> {json.dumps(new.get(k))}"
+            for k in sorted(new)
+            if old.get(k) != new.get(k)
+        ]

@@ -1,0 +1,237 @@
+"""The LoRA training job's driver: check the features and the run folder, split the clips,
+hand both splits to Ray Train as Ray Datasets, run `TorchTrainer.fit`, report.
+
+Run folder (`--output`, a local or shared-filesystem path every worker can write):
+
+    _meta.json          {"job": "train", "settings": ...}: a resumed run must keep the
+                        settings that fix its updates (`selva-ray report` shows them)
+    split.json          train / validation clip ids (fixed at the first start)
+    metrics.jsonl       one line per step (+ step 0: validation loss before training)
+    loss.png            train loss raw and smoothed, validation loss
+    eval/step_N/        preview FLACs, reference FLACs, spectrogram PNGs, metrics.json
+    checkpoints/        Ray Train storage: step_NNNNNN/{state.pt, adapter.safetensors}
+    adapter.safetensors           the trained adapter (selva_core.lora format)
+    adapter.surgery.safetensors   the same after Spectral Surgery (unless --no-surgery)
+    summary.json        the run summary (losses, clips/s, surgery calibration loss)
+
+`--resume` reruns with the same `RunConfig(name, storage_path)`, so Ray Train hands the
+workers the latest checkpoint; `FailureConfig(max_failures)` restarts a worker group that
+lost a worker from that checkpoint within the same run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .config import TrainConfig, TrainConfigError
+from .data import FeatureFolderError, clip_dataset, inspect_features, list_clips, split_ids
+from .runlog import read_json, write_json
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "_meta.json"
+SPLIT_FILE = "split.json"
+STORAGE_NAME = "checkpoints"
+
+
+class TrainFailed(RuntimeError):
+    """Training stopped with an error (the command exits 1)."""
+
+
+@dataclass
+class TrainSummary:
+    output: str
+    status: str = "complete"
+    steps: int = 0
+    num_train: int = 0
+    num_val: int = 0
+    wall_s: float = 0.0
+    details: dict = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        d = self.details
+        out = [
+            f"{self.status}: {self.steps} steps on {self.num_train} training clips "
+            f"({self.num_val} validation) in {self.wall_s:.1f} s"
+        ]
+        if d.get("final_train_loss") is not None:
+            rate = d.get("clips_per_s")
+            out.append(
+                f"train loss {d['final_train_loss']:.4f}"
+                + (f", {rate:.2f} clips/s" if rate else "")
+            )
+        if d.get("final_val_loss") is not None:
+            out.append(f"validation loss {d['first_val_loss']:.4f} -> {d['final_val_loss']:.4f}")
+        if d.get("adapter"):
+            out.append(f"adapter: {d['adapter']}")
+        surgery = d.get("surgery") or {}
+        if surgery.get("ran"):
+            out.append(
+                f"spectral surgery: {surgery['adapter']} (calibration loss "
+                f"{surgery['calibration_loss_before']:.5f} -> "
+                f"{surgery['calibration_loss_after']:.5f})"
+            )
+        out.append(f"run folder: {self.output} (metrics.jsonl, loss.png, eval/)")
+        return out
+
+
+def _prepare_run_dir(config: TrainConfig, run_dir: Path) -> dict | None:
+    """Claim the run folder, or check a resumed run's settings; returns the saved settings."""
+    meta = read_json(run_dir / CONFIG_FILE)
+    saved = meta.get("settings") if meta and meta.get("job") == "train" else None
+    if meta is not None and saved is None:
+        raise TrainConfigError(f"{run_dir} holds another job's output; choose another --output")
+    if saved is None:
+        if config.resume:
+            raise TrainConfigError(f"--resume: {run_dir} holds no run to resume")
+        return None
+    if not config.resume:
+        raise TrainConfigError(
+            f"{run_dir} already holds a training run; pass --resume to continue it, or "
+            f"choose another --output"
+        )
+    conflicts = config.resume_conflicts(saved)
+    if conflicts:
+        raise TrainConfigError(
+            "--resume with settings that change the run: " + "; ".join(conflicts)
+        )
+    return saved
+
+
+def _split(config: TrainConfig, info, run_dir: Path) -> dict:
+    saved = read_json(run_dir / SPLIT_FILE)
+    if saved is not None:
+        return saved
+    listing = list_clips(info)
+    if listing.silent:
+        log.warning(
+            "%d clip(s) have no audio track and are left out of training", len(listing.silent)
+        )
+    train, val = split_ids(listing.usable, config.val_fraction)
+    if len(train) < config.batch_size:
+        raise FeatureFolderError(
+            f"{info.path}: {len(train)} training clips with audio (of {len(listing.usable)}, "
+            f"{len(val)} kept for validation) but the global batch is {config.batch_size}; "
+            f"lower --batch-size or add clips"
+        )
+    blob = json.dumps({"train": train, "val": val}).encode()
+    split = {
+        "train": train,
+        "val": val,
+        "silent": listing.silent,
+        "val_fraction": config.val_fraction,
+        "hash": hashlib.sha256(blob).hexdigest()[:16],
+    }
+    write_json(run_dir / SPLIT_FILE, split)
+    return split
+
+
+def run_train(config: TrainConfig) -> TrainSummary:
+    t0 = time.perf_counter()
+    config.check()
+    info = inspect_features(config.features, config.variant)
+    config = replace(config, variant=info.variant)
+    run_dir = Path(config.output).absolute()
+    config = replace(config, output=str(run_dir))
+    if config.resume:
+        done = read_json(run_dir / "summary.json")
+        if done and done.get("status") == "complete" and done.get("steps") == config.steps:
+            _prepare_run_dir(config, run_dir)
+            return _summary(config, run_dir, t0, status="already complete")
+    _prepare_run_dir(config, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split = _split(config, info, run_dir)
+    if len(split["train"]) < config.batch_size:
+        raise FeatureFolderError(
+            f"{len(split['train'])} training clips but the global batch is {config.batch_size}"
+        )
+    if not config.resume:
+        write_json(run_dir / CONFIG_FILE, {"job": "train", "settings": config.to_dict()})
+    log.info(
+        "training %s LoRA r%d (%s) on %d clips (%d validation), %d worker(s), %d steps",
+        config.variant,
+        config.rank,
+        config.init,
+        len(split["train"]),
+        len(split["val"]),
+        config.workers,
+        config.steps,
+    )
+    _fit(config, info, split, run_dir)
+    return _summary(config, run_dir, t0)
+
+
+def _fit(config: TrainConfig, info, split: dict, run_dir: Path) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from ..runtime import init_ray
+    from .loop import train_loop_per_worker
+
+    init_ray(config.ray_address, progress=False)
+    datasets = {
+        "train": clip_dataset(info, split["train"]),
+        "val": clip_dataset(info, split["val"]),
+    }
+    resources = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config.to_dict(),
+            "num_train": len(split["train"]),
+            "num_val": len(split["val"]),
+            "max_duration": info.max_duration,
+            "features": info.path,
+            "features_settings_hash": info.settings_hash,
+            "split_hash": split["hash"],
+            "storage_name": STORAGE_NAME,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=config.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=STORAGE_NAME,
+            storage_path=str(run_dir),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets=datasets,
+        # Every worker reads both splits whole: batches are cut from a global permutation.
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise TrainFailed(
+            f"training failed ({_first_line(exc)}); rerun with --resume to continue from the "
+            f"last checkpoint in {run_dir / STORAGE_NAME}"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
+
+
+def _summary(config: TrainConfig, run_dir: Path, t0: float, status: str | None = None):
+    from .loop import read_summary
+
+    details = read_summary(run_dir) or {}
+    if not details:
+        raise TrainFailed(f"training ended without a summary in {run_dir}")
+    return TrainSummary(
+        output=str(run_dir),
+        status=status or details.get("status", "complete"),
+        steps=details.get("steps", config.steps),
+        num_train=details.get("num_train", 0),
+        num_val=details.get("num_val", 0),
+        wall_s=time.perf_counter() - t0,
+        details=details,
+    )
