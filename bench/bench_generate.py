@@ -25,6 +25,7 @@ components as bench_one_clip.py. Prints a table of clips/s and ratios, writes JS
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -224,6 +225,7 @@ def bench_size(
         (tmp / "loop").mkdir()
         loop_s, feats = run_loop(pipe, clips, steps, tmp / "loop")
         del pipe
+        gc.collect()
         alone_s = run_generator_alone(size, feats, steps, batch_size)
         write_features(size, feats, tmp / "features")
         job = run_job(size, tmp / "features", tmp / "job-f", steps, batch_size, False)
@@ -279,7 +281,9 @@ def main() -> None:
             rows.append(
                 bench_size(size, n, args.duration, args.steps, args.batch_size, catalog_job)
             )
-            print(f"[{size}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+            print(f"[{size}: {time.perf_counter() - t0:.0f} s] {rows[-1]}", file=sys.stderr)
+            info = {"rows": rows, "threads": args.threads, "cores": os.cpu_count()}
+            Path(args.json).write_text(json.dumps(info, indent=1))  # partial results survive
     finally:
         ray.shutdown()
     header = (
