@@ -413,3 +413,44 @@ def _calibration(clips: ClipSet, generator):
     clip_f, sync_f, text_f = clips.conditions(generator)
     x1 = normalized_targets(clips.latent, clips.lengths, generator)
     return FlowBatch(x1, clip_f, sync_f, text_f, clips.lengths)
+
+
+def test_trained_adapter_loads_in_the_generation_job(learned, features, tmp_path):
+    """The adapter file a run writes is what `selva-ray generate --adapter` reads: on the same
+    features it changes the tracks, and at strength 0 it gives the tracks of no adapter."""
+    import av
+    import numpy as np
+
+    from selva_ray.generate import GenerateConfig, run_generate
+
+    adapter = learned("pissa") / "adapter.safetensors"
+
+    def tracks(name: str, adapters: list[str]) -> dict[str, np.ndarray]:
+        out = tmp_path / name
+        summary = run_generate(
+            GenerateConfig(
+                input=str(features),
+                output=str(out),
+                variant="tiny",
+                steps=2,
+                adapters=adapters,
+                batch_size=8,
+                progress=False,
+            )
+        )
+        assert summary.failed == 0 and summary.ok == 17
+        found = {}
+        for path in sorted((out / "audio").iterdir()):
+            with av.open(str(path)) as c:
+                frames = [f.to_ndarray().reshape(-1) for f in c.decode(c.streams.audio[0])]
+            found[path.stem] = np.concatenate(frames).astype(np.float64)
+        return found
+
+    base = tracks("base", [])
+    adapted = tracks("adapted", [str(adapter)])
+    off = tracks("off", [f"{adapter}@0"])
+    assert base.keys() == adapted.keys() == off.keys()
+    for cid, wav in base.items():
+        assert np.array_equal(off[cid], wav), f"{cid}: strength 0 changed the track"
+    changes = [np.linalg.norm(adapted[c] - w) / np.linalg.norm(w) for c, w in base.items()]
+    assert min(changes) > 0.01, f"the adapter barely changes some tracks: {min(changes):.4f}"
