@@ -308,12 +308,21 @@ def test_bad_rows_become_error_rows(cluster, catalog, tmp_path):
         )
     )
     output = tmp_path / "out"
-    summary = run_generate(config(manifest, output, batch_size=2, audio_format="wav", bits=16))
+    summary = run_generate(
+        config(
+            manifest,
+            output,
+            batch_size=2,
+            audio_format="wav",
+            bits=16,
+            allow_roots=[str(catalog)],  # the videos live beside the catalog, not the manifest
+        )
+    )
     assert (summary.ok, summary.failed) == (1, 3)
     errors = {e["id"]: e for e in pq.read_table(output / "errors").to_pylist()}
     assert errors["no-prompt"]["stage"] == "encode" and "empty" in errors["no-prompt"]["message"]
     bad_steps = errors["bad-steps"]
-    assert bad_steps["stage"] == "catalog" and "num_steps" in bad_steps["message"]
+    assert bad_steps["stage"] == "catalog" and "column 'steps'" in bad_steps["message"]
     assert errors["bad-seed"]["stage"] == "catalog"
     row = results(output)["ok"]
     assert (row["seed"], row["cfg"], row["steps"]) == (7, 3.0, 2)

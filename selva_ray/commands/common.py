@@ -79,3 +79,15 @@ def pipeline_config(args: argparse.Namespace, **overrides):
         device=device,
         **overrides,
     )
+
+
+def add_allow_root_arg(p: argparse.ArgumentParser) -> None:
+    """Where manifest rows may point (the catalog reader refuses paths outside these)."""
+    p.add_argument(
+        "--allow-root",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a folder or bucket (s3://b) manifest rows may point into; repeatable (default: "
+        "the manifest's folder and bucket; `/` allows any local path)",
+    )

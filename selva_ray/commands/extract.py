@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import validate
-from .common import add_model_args
+from .common import add_allow_root_arg, add_model_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -72,14 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=64,
         help="clips per committed shard",
     )
-    p.add_argument(
-        "--allow-root",
-        action="append",
-        default=[],
-        metavar="PATH",
-        help="a folder or bucket (s3://b) manifest rows may point into; repeatable (default: "
-        "the manifest's folder and bucket; `/` allows any local path)",
-    )
+    add_allow_root_arg(p)
     p.add_argument(
         "--ignore-rotation",
         action="store_true",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_model_args
+from .common import add_allow_root_arg, add_model_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,6 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", required=True, help="catalog or features folder (path or URI)")
     p.add_argument("--output", required=True, help="output folder (path or URI)")
     add_model_args(p, default_variant="small_16k")
+    add_allow_root_arg(p)
     p.add_argument("--prompt", help="prompt for clips whose catalog row has none")
     p.add_argument(
         "--negative-prompt",
@@ -121,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         weights_dir=args.weights_dir,
         offline=args.offline,
         ray_address=args.ray_address,
+        allow_roots=args.allow_root or None,
         progress=not args.no_progress,
     )
     try:

@@ -9,6 +9,7 @@ import argparse
 import sys
 
 from ..runtime import DTYPES
+from .common import add_allow_root_arg
 
 # flag -> QAThresholds field
 THRESHOLD_FLAGS = {
@@ -59,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog="INPUT is any catalog `extract` reads (folder or .csv/.jsonl/.parquet manifest).",
     )
     p.add_argument("--input", required=True, help="catalog folder or manifest (path or URI)")
+    add_allow_root_arg(p)
     p.add_argument("--output", required=True, help="output folder (path or URI)")
     add_threshold_args(p)
     p.add_argument(
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 retry_errors=args.retry_errors,
                 fail_on_error=args.fail_on_error,
                 ray_address=args.ray_address,
+                allow_roots=args.allow_root or None,
                 progress=not args.no_progress,
             )
         )

@@ -62,7 +62,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument(
         "--lora-plus-ratio", type=float, default=1.0, help="lr of B = lr x ratio (default 1)"
     )
-    o.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
+    o.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="after warmup: constant or cosine decay to 0",
+    )
     o.add_argument("--warmup", type=int, default=100, help="warmup steps (default 100)")
     o.add_argument(
         "--timesteps",

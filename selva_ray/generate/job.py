@@ -91,6 +91,7 @@ class GenerateConfig:
     weights_dir: str | None = None
     offline: bool = False
     ray_address: str | None = None
+    allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
     frame_rule: str = "official"
     progress: bool = True  # Ray Data's own progress output
     progress_interval_s: float = 10.0
@@ -271,7 +272,9 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
         log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
 
     if layout is None:
-        records, problems = read_catalog(config.input, max_duration=config.max_duration)
+        records, problems = read_catalog(
+            config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
+        )
         rows = [_catalog_row(r, config) for r in records]
         if rows:
             with ThreadPoolExecutor(8) as pool:

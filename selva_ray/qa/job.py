@@ -54,6 +54,7 @@ class QAConfig:
     retry_errors: bool = False
     fail_on_error: bool = False
     ray_address: str | None = None
+    allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
     progress: bool = True
 
     def desync_settings(self) -> DesyncSettings | None:
@@ -137,7 +138,9 @@ def run_qa(config: QAConfig) -> QASummary:
     if config.retry_errors:
         log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
 
-    records, problems = read_catalog(config.input, max_duration=config.max_duration)
+    records, problems = read_catalog(
+        config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
+    )
     done = out.finished_ids()
     todo = [r for r in records if r.id not in done]
     new_problems = [p for p in problems if p.id not in done]
