@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-OVERSAMPLE = 4  # true peak: the peak of the 4x oversampled signal (ITU-R BS.1770-4 annex 2)
-MIN_LOUDNESS_S = 0.4  # one gating block: shorter clips have no integrated loudness
+from selva_core.qa import metrics
+
 SILENCE_DB = -120.0  # what "no signal" reads as, instead of -inf
 BIT_DEPTHS = (16, 24)
 
@@ -33,23 +33,15 @@ def db(x: float) -> float:
 
 
 def true_peak(wav: torch.Tensor, sample_rate: int) -> float:
-    """Largest absolute sample of the 4x oversampled mono waveform (linear)."""
-    import torchaudio.functional as AF
-
-    if wav.numel() == 0:
-        return 0.0
-    up = AF.resample(wav.float().unsqueeze(0), sample_rate, sample_rate * OVERSAMPLE)
-    return max(float(up.abs().max()), float(wav.abs().max()))
+    """Largest absolute sample of the 4x oversampled waveform (linear): the QA metric's."""
+    return metrics.true_peak(wav, sample_rate)
 
 
 def loudness(wav: torch.Tensor, sample_rate: int) -> float | None:
-    """Integrated loudness (LUFS, ITU-R BS.1770, gated) of a mono waveform, or None."""
-    import torchaudio.functional as AF
-
-    if wav.numel() < MIN_LOUDNESS_S * sample_rate or not bool(wav.abs().max() > 0):
-        return None
-    value = float(AF.loudness(wav.float().unsqueeze(0), sample_rate))
-    return value if math.isfinite(value) else None
+    """Integrated loudness (LUFS, ITU-R BS.1770, gated) as QA measures it, or None when the
+    clip is too short to measure or silent (nothing to normalise)."""
+    value = metrics.integrated_loudness(wav, sample_rate)
+    return None if value is None or value <= metrics.LOUDNESS_GATE else value
 
 
 def measure(wav: torch.Tensor, sample_rate: int) -> Level:
