@@ -19,7 +19,6 @@ from .. import validate
 from ..io.catalog import CatalogProblem, ClipRecord, check_not_empty, read_catalog
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
-from ..io.rows import error_table
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -153,7 +152,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
         run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
         todo, new_problems = _plan(out, records, problems, summary)
         if new_problems:
-            _record_catalog_problems(out, f"{run}-catalog", new_problems, layout)
+            out.record_catalog_problems(f"{run}-catalog", new_problems, layout.settings_hash)
             summary.failed += len(new_problems)
             summary.errors_by_stage["catalog"] = len(new_problems)
         if todo:
@@ -211,27 +210,6 @@ def _plan(
         summary.failed_before,
     )
     return todo, new_problems
-
-
-def _record_catalog_problems(
-    out: OutputDir, shard: str, problems: list[CatalogProblem], layout: FeatureLayout
-) -> None:
-    rows = [
-        {
-            "id": p.id,
-            "source": p.source,
-            "row": p.row,
-            "stage": "catalog",
-            "error_type": "CatalogError",
-            "message": p.message,
-            "input_hash": p.input_hash or None,
-        }
-        for p in problems
-    ]
-    for p in problems:
-        log.warning("catalog row %d (%s): %s", p.row, p.source or p.id, p.message)
-    out.stage(shard, "errors", error_table(rows, layout.settings_hash))
-    out.commit(shard)
 
 
 def _shards(todo: list[ClipRecord], size: int, run: str, max_duration: float) -> list[dict]:

@@ -33,7 +33,7 @@ from selva_core.variants import get_spec
 from ..io.catalog import CatalogProblem, ClipRecord, read_catalog, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
-from ..io.rows import error_table, local_copy
+from ..io.rows import local_copy
 from .stages import (
     RESULT_SCHEMA,
     AudioGenerator,
@@ -309,7 +309,7 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
         summary.skipped,
     )
     if new_problems:
-        _record_problems(out, f"{run}-catalog", new_problems, settings_hash)
+        out.record_catalog_problems(f"{run}-catalog", new_problems, settings_hash)
         summary.failed += len(new_problems)
         summary.errors_by_stage["catalog"] = len(new_problems)
     if todo:
@@ -430,26 +430,6 @@ def _finished(out: OutputDir, mux: bool) -> set[str]:
     for path in out.part_files(errors=True):
         done.update(pq.read_table(path, columns=["id"], filesystem=out.fs)["id"].to_pylist())
     return done
-
-
-def _record_problems(
-    out: OutputDir, shard: str, problems: list[CatalogProblem], settings_hash: str
-) -> None:
-    rows = [
-        {
-            "id": p.id,
-            "source": p.source,
-            "row": p.row,
-            "stage": "catalog",
-            "error_type": "CatalogError",
-            "message": p.message,
-        }
-        for p in problems
-    ]
-    for p in problems:
-        log.warning("catalog row %d (%s): %s", p.row, p.source or p.id, p.message)
-    out.stage(shard, "errors", error_table(rows, settings_hash))
-    out.commit(shard)
 
 
 def _actor_plan(config: GenerateConfig, tiny: bool, *, catalog_input: bool) -> dict:

@@ -268,6 +268,28 @@ class OutputDir:
     def exists(self, rel: str) -> bool:
         return self.fs.get_file_info(self.path(rel)).type == pafs.FileType.File
 
+    def record_catalog_problems(self, shard: str, problems: list, settings_hash: str) -> None:
+        """Commit catalog rows that cannot run (`CatalogProblem`s) as one shard of error rows
+        (stage "catalog"), logging each once: the same for every job."""
+        from .rows import error_table
+
+        rows = [
+            {
+                "id": p.id,
+                "source": p.source,
+                "row": p.row,
+                "stage": "catalog",
+                "error_type": "CatalogError",
+                "message": p.message,
+                "input_hash": getattr(p, "input_hash", None) or None,
+            }
+            for p in problems
+        ]
+        for p in problems:
+            log.warning("catalog row %d (%s): %s", p.row, p.source or p.id, p.message)
+        self.stage(shard, "errors", error_table(rows, settings_hash))
+        self.commit(shard)
+
     def clear_errors(self) -> int:
         files = self.part_files(errors=True)
         for path in files:

@@ -19,10 +19,9 @@ from dataclasses import asdict, dataclass, field
 from selva_core.qa import QAThresholds
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
-from ..io.catalog import CatalogProblem, read_catalog
+from ..io.catalog import read_catalog
 from ..io.output_dir import OutputDir, ShardTracker
 from ..io.results_schema import RESULTS_VERSION
-from ..io.rows import error_table
 from .desync_stage import DesyncActor, DesyncSettings, actor_kwargs
 from .stages import measure_batch, write_batch
 
@@ -157,7 +156,7 @@ def run_qa(config: QAConfig) -> QASummary:
         summary.skipped,
     )
     if new_problems:
-        _record_catalog_problems(out, f"{run}-catalog", new_problems, digest)
+        out.record_catalog_problems(f"{run}-catalog", new_problems, digest)
         summary.failed += len(new_problems)
         summary.errors_by_stage["catalog"] = len(new_problems)
     if todo:
@@ -178,26 +177,6 @@ def run_qa(config: QAConfig) -> QASummary:
         }
     )
     return summary
-
-
-def _record_catalog_problems(
-    out: OutputDir, shard: str, problems: list[CatalogProblem], digest: str
-) -> None:
-    rows = [
-        {
-            "id": p.id,
-            "source": p.source,
-            "row": p.row,
-            "stage": "catalog",
-            "error_type": "CatalogError",
-            "message": p.message,
-        }
-        for p in problems
-    ]
-    for p in problems:
-        log.warning("catalog row %d (%s): %s", p.row, p.source or p.id, p.message)
-    out.stage(shard, "errors", error_table(rows, digest))
-    out.commit(shard)
 
 
 def _actor_plan(config: QAConfig) -> dict:
