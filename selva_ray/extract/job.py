@@ -19,6 +19,7 @@ from .. import validate
 from ..io.catalog import CatalogProblem, ClipRecord, check_not_empty, read_catalog
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
+from ..summary import ClipCounts
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -55,7 +56,7 @@ class ExtractConfig:
 
 
 @dataclass
-class ExtractSummary:
+class ExtractSummary(ClipCounts):
     output: str
     catalog: int = 0
     ok: int = 0
@@ -67,20 +68,6 @@ class ExtractSummary:
     wall_s: float = 0.0
     errors_by_stage: dict = field(default_factory=dict)
     has_errors_folder: bool = False
-
-    @property
-    def attempted(self) -> int:
-        return self.ok + self.failed
-
-    @property
-    def clips_per_s(self) -> float:
-        return self.attempted / self.wall_s if self.wall_s > 0 else 0.0
-
-    def exit_code(self, fail_on_error: bool) -> int:
-        """1 when asked to fail on any error, or when every attempted clip failed."""
-        if self.failed and (fail_on_error or self.ok == 0):
-            return 1
-        return 0
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))

@@ -34,6 +34,7 @@ from ..io.catalog import CatalogProblem, ClipRecord, read_catalog, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..io.rows import local_copy
+from ..summary import ClipCounts
 from .stages import (
     RESULT_SCHEMA,
     AudioGenerator,
@@ -101,7 +102,7 @@ class GenerateConfig:
 
 
 @dataclass
-class GenerateSummary:
+class GenerateSummary(ClipCounts):
     output: str
     input_kind: str = "catalog"
     catalog: int = 0
@@ -112,20 +113,6 @@ class GenerateSummary:
     batch_fill: float = 0.0  # clips per generator batch / batch size, averaged over batches
     batches: int = 0
     errors_by_stage: dict = field(default_factory=dict)
-
-    @property
-    def attempted(self) -> int:
-        return self.ok + self.failed
-
-    @property
-    def clips_per_s(self) -> float:
-        return self.attempted / self.wall_s if self.wall_s > 0 else 0.0
-
-    def exit_code(self, fail_on_error: bool) -> int:
-        """1 when asked to fail on any error, or when every attempted clip failed."""
-        if self.failed and (fail_on_error or self.ok == 0):
-            return 1
-        return 0
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))

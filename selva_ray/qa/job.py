@@ -22,6 +22,7 @@ from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLI
 from ..io.catalog import read_catalog
 from ..io.output_dir import OutputDir, ShardTracker
 from ..io.results_schema import RESULTS_VERSION
+from ..summary import ClipCounts
 from .desync_stage import DesyncActor, DesyncSettings, actor_kwargs
 from .stages import measure_batch, write_batch
 
@@ -87,7 +88,7 @@ def settings_hash(settings: dict) -> str:
 
 
 @dataclass
-class QASummary:
+class QASummary(ClipCounts):
     output: str
     catalog: int = 0
     ok: int = 0
@@ -97,20 +98,6 @@ class QASummary:
     wall_s: float = 0.0
     errors_by_stage: dict = field(default_factory=dict)
     flags: dict = field(default_factory=dict)
-
-    @property
-    def attempted(self) -> int:
-        return self.ok + self.failed
-
-    @property
-    def clips_per_s(self) -> float:
-        return self.attempted / self.wall_s if self.wall_s > 0 else 0.0
-
-    def exit_code(self, fail_on_error: bool) -> int:
-        """1 when asked to fail on any error, or when every attempted clip failed."""
-        if self.failed and (fail_on_error or self.ok == 0):
-            return 1
-        return 0
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))

@@ -1,0 +1,25 @@
+"""What every job's run summary computes from its counts, in one place."""
+
+from __future__ import annotations
+
+
+class ClipCounts:
+    """Mixin for a job summary dataclass with `ok`, `failed` and `wall_s` fields."""
+
+    ok: int
+    failed: int
+    wall_s: float
+
+    @property
+    def attempted(self) -> int:
+        return self.ok + self.failed
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.attempted / self.wall_s if self.wall_s > 0 else 0.0
+
+    def exit_code(self, fail_on_error: bool) -> int:
+        """1 when asked to fail on any error, or when every attempted clip failed."""
+        if self.failed and (fail_on_error or self.ok == 0):
+            return 1
+        return 0
