@@ -54,8 +54,8 @@ def test_every_clip_exactly_once_when_a_worker_node_dies(tmp_path):
             input=str(features),
             output=str(output),
             variant="tiny",
-            steps=2,
-            batch_size=2,
+            steps=25,  # enough work per shard that the node is lost mid-run
+            batch_size=1,
             shard_size=2,
             actors=2,
             progress=False,
