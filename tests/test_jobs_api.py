@@ -18,7 +18,8 @@ from selva_ray.io.feature_schema import read_features
 
 HEAD = """
 import sys, time, ray
-ray.init(num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=True,
+ray.init(address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024,
+         include_dashboard=True,
          dashboard_host="127.0.0.1", dashboard_port=int(sys.argv[1]))
 print("READY", flush=True)
 while True:
