@@ -9,6 +9,7 @@ class ClipCounts:
     ok: int
     failed: int
     wall_s: float
+    output: str
 
     @property
     def attempted(self) -> int:
@@ -23,3 +24,14 @@ class ClipCounts:
         if self.failed and (fail_on_error or self.ok == 0):
             return 1
         return 0
+
+    def failed_before_text(self) -> str:
+        """', N failed before (...)' for a summary with a `failed_before` count, else ''."""
+        n = getattr(self, "failed_before", 0)
+        return f", {n} failed before (--retry-errors redoes them)" if n else ""
+
+    def where_text(self, first: str) -> str:
+        """Where the output is; the errors folder only when it exists (`has_errors_folder`)."""
+        if getattr(self, "has_errors_folder", False):
+            return f"{first}, errors in {self.output.rstrip('/')}/errors/"
+        return first

@@ -25,6 +25,9 @@ MAX_SEED = 2**63 - 1  # stored as Parquet int64
 MAX_STEPS = 1000
 MAX_CFG = 100.0
 MAX_ID_BYTES = 128  # clip ids become file names in generation jobs
+# QA measures whole tracks (default 600 s); an hour of 48 kHz audio is ~0.7 GB of float32.
+MAX_QA_SECONDS = 3600.0
+MIN_LEVEL_DB = -70.0  # BS.1770's absolute gate: a loudness or peak target below it is silence
 
 
 class UsageError(ValueError):
@@ -83,6 +86,13 @@ seconds = float_range(0.0, MAX_CLIP_SECONDS, low_open=True)  # a clip duration
 seed = int_range(0, MAX_SEED)
 steps = int_range(1, MAX_STEPS)
 cfg = float_range(0.0, MAX_CFG)
+ratio = float_range(0.0, 1.0)  # a share of frames or samples
+level_db = float_range(MIN_LEVEL_DB, 0.0)  # a loudness (LUFS) or peak (dBTP) target
+gain_db = float_range(-120.0, 0.0)  # a mixing gain
+actor_count = int_range(1, 1024)
+gpu_share = float_range(0.0, 64.0, low_open=True)
+memory_gb = float_range(0.0, 4096.0, low_open=True)
+shard_size = int_range(1, 1_000_000)
 
 
 # ---- checks that need the environment -----------------------------------------------------------
@@ -123,26 +133,63 @@ def check_device(name: str, *, local: bool = True) -> None:
         raise UsageError("--device mps: MPS is not available here; use --device cpu")
 
 
-def check_weights(variant: str, weights_dir: str | None, *, offline: bool) -> None:
-    """Every file a real variant needs is present (or may be downloaded): all missing files
-    named at once, with the command that fetches them. Presence only; digests are checked when
-    the models load."""
+def check_weights(
+    variant: str,
+    weights_dir: str | None,
+    *,
+    offline: bool,
+    keys: tuple[str, ...] | list[str] | None = None,
+) -> None:
+    """Every file a real variant needs (or just `keys`) is present, or may be downloaded: all
+    missing files named at once, with the command that fetches them. Presence only; digests
+    are checked when the models load."""
     from selva_core.variants import get_spec
     from selva_core.weights import WeightStore
 
     spec = get_spec(variant)
-    if spec.is_tiny:
+    if spec.is_tiny and keys is None:
         return
     store = WeightStore(weights_dir, allow_download=False if offline else None)
-    missing = [key for key in spec.weight_keys if store.find(key) is None]
+    needed = spec.weight_keys if keys is None else tuple(keys)
+    missing = [key for key in needed if store.find(key) is None]
     if not missing or store.allow_download:
         return
     where = ", ".join(f"{k} ({store.local_path(k)})" for k in missing)
+    which = f"--variant {variant}" if keys is None else " ".join(f"--only {k}" for k in missing)
     raise UsageError(
-        f"variant {variant} is missing {len(missing)} weight file(s) and downloads are off: "
-        f"{where}; fetch them with: selva-ray weights download --variant {variant} "
-        f"--weights-dir {store.root}"
+        f"{'variant ' + variant if keys is None else 'this job'} is missing {len(missing)} "
+        f"weight file(s) and downloads are off: {where}; fetch them with: "
+        f"selva-ray weights download {which} --weights-dir {store.root}"
     )
+
+
+def decoder_weight_keys(variant: str) -> tuple[str, ...]:
+    """The files that turn features into audio (generator, VAE, vocoder): what generation from
+    stored features and LoRA training load; the encoders are not needed there."""
+    from selva_core.variants import get_spec
+
+    spec = get_spec(variant)
+    return tuple(
+        k
+        for k in spec.weight_keys
+        if k == spec.generator_weights or k.startswith(("vae_", "bigvgan"))
+    )
+
+
+def check_gpu(flag: str, *, local: bool = True) -> None:
+    """A flag asking for GPUs on this machine (not a remote cluster, checked once connected)
+    when there is none: `--use-gpu`, `--device cuda`."""
+    if not local:
+        return
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.device_count() > 0):
+        raise UsageError(f"{flag}: this machine has no usable GPU; drop {flag}")
+
+
+def local_cluster(ray_address: str | None) -> bool:
+    """Whether the job will start its own Ray on this machine (so its devices are ours)."""
+    return not (ray_address or os.environ.get("RAY_ADDRESS"))
 
 
 def check_output_writable(uri: str, *, flag: str = "--output") -> None:
@@ -196,3 +243,113 @@ def safe_file_stem(clip_id: str) -> str:
     if problem:
         raise UsageError(problem)
     return clip_id
+
+
+# ---- inputs and outputs, read before the cluster starts -----------------------------------------
+
+
+def check_output_folder(uri: str, *, kind: str, flag: str = "--output") -> None:
+    """The output is writable, and what it already holds can be read: a corrupt `_meta.json`
+    or part file (of the main table or of errors/) is named now, not after Ray started."""
+    from .io.output_dir import OutputDir
+
+    check_output_writable(uri, flag=flag)
+    out = OutputDir(uri, kind=kind)
+    out.read_meta()
+    out.finished()
+
+
+def read_input_catalog(
+    source: str,
+    *,
+    max_duration: float,
+    allow_roots: list[str] | None,
+    default_prompt: str | None = None,
+    prompt_flag: str | None = None,
+) -> tuple[list, list]:
+    """The catalog a job runs over, read once by the driver: missing, unreadable, not UTF-8,
+    without a needed column or without a single clip is a one-line CatalogError.
+    `prompt_flag`: the job's flag that supplies a prompt (named as the fix when a manifest
+    has no prompt column)."""
+    from .io.catalog import MissingColumnError, check_not_empty, read_catalog
+
+    try:
+        records, problems = read_catalog(
+            source,
+            max_duration=max_duration,
+            allow_roots=allow_roots,
+            default_prompt=default_prompt,
+        )
+    except MissingColumnError as exc:
+        if exc.column != "prompt" or not prompt_flag:
+            raise
+        raise UsageError(
+            f"{exc}; or pass {prompt_flag} TEXT to give every clip that prompt"
+        ) from None
+    check_not_empty(source, records, problems)
+    return records, problems
+
+
+def features_meta(uri: str) -> dict | None:
+    """The `_meta.json` of a folder written by `extract` (None: `uri` is not one, e.g. a
+    catalog); a corrupt one is named."""
+    from .io.output_dir import OutputDir
+
+    out = OutputDir(uri)
+    import pyarrow.fs as pafs
+
+    if out.fs.get_file_info(out.root).type != pafs.FileType.Directory:
+        return None
+    meta = out.read_meta()
+    if not meta or "tensors" not in meta or "settings" not in meta:
+        return None
+    return meta
+
+
+def check_features_clips(uri: str) -> int:
+    """Clips committed in a features folder (a torn part file is named); none is an error."""
+    from .io.output_dir import OutputDir
+
+    clips = len(OutputDir(uri).finished(include_errors=False))
+    if not clips:
+        raise UsageError(f"features folder {uri} holds no clips (no part-*.parquet rows)")
+    return clips
+
+
+ADAPTER_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+ADAPTER_METADATA_KEY = "selva_lora"
+
+
+def check_adapter_header(path: str, *, flag: str) -> None:
+    """A LoRA adapter file exists, has a known suffix and, for safetensors, a readable header
+    holding selva's adapter metadata (no tensors are read, no torch is imported)."""
+    import json
+    import struct
+
+    if not os.path.isfile(path):
+        what = "is a folder, not a file" if os.path.isdir(path) else "does not exist"
+        raise UsageError(f"{flag} {path} {what}")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in ADAPTER_SUFFIXES:
+        raise UsageError(
+            f"{flag} {path}: unknown adapter file type {suffix!r} "
+            f"(expected {', '.join(ADAPTER_SUFFIXES)})"
+        )
+    if suffix != ".safetensors":
+        return  # legacy files are unpickled safely (weights_only) by the job
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            (length,) = struct.unpack("<Q", f.read(8))
+            if not 2 <= length <= size - 8:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(length))
+    except (OSError, ValueError, struct.error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise UsageError(f"{flag} {path} is not a safetensors file ({reason})") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or ADAPTER_METADATA_KEY not in meta:
+        raise UsageError(
+            f"{flag} {path} has no {ADAPTER_METADATA_KEY!r} metadata: not a selva LoRA adapter "
+            "(train one with `selva-ray train`)"
+        )

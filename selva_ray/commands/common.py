@@ -30,21 +30,12 @@ def device_name(text: str) -> str:
     return text
 
 
-def add_model_args(p: argparse.ArgumentParser, *, default_variant: str) -> None:
-    p.add_argument(
-        "--variant",
-        type=variant_name,
-        default=default_variant,
-        help="model variant (`tiny` runs offline on random weights; list them with "
-        "`selva-ray weights list`)",
-    )
-    p.add_argument("--device", type=device_name, default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument(
-        "--precision",
-        choices=sorted(DTYPES),
-        default=None,
-        help="model precision (default: bf16 on GPU, fp32 on CPU)",
-    )
+def add_device_arg(p, *, help: str = "cpu, cuda, cuda:N or auto") -> None:
+    p.add_argument("--device", type=device_name, default="auto", help=help)
+
+
+def add_weights_args(p) -> None:
+    """Where the weights are, and whether they may be downloaded."""
     p.add_argument(
         "--weights-dir",
         help="local weights folder (default: $SELVA_WEIGHTS_DIR, else ~/.cache/selva-ray/weights)",
@@ -54,6 +45,67 @@ def add_model_args(p: argparse.ArgumentParser, *, default_variant: str) -> None:
         action="store_true",
         help="never download; fail with the fetch command when a file is missing",
     )
+
+
+def add_model_args(p: argparse.ArgumentParser, *, default_variant: str) -> None:
+    p.add_argument(
+        "--variant",
+        type=variant_name,
+        default=default_variant,
+        help="model variant (`tiny` runs offline on random weights; list them with "
+        "`selva-ray weights list`)",
+    )
+    add_device_arg(p)
+    p.add_argument(
+        "--precision",
+        choices=sorted(DTYPES),
+        default=None,
+        help="model precision (default: bf16 on GPU, fp32 on CPU)",
+    )
+    add_weights_args(p)
+
+
+def add_actor_args(p, *, role: str, gpus_default: float | None = 1.0, gpus_help: str = "") -> None:
+    """The model actors of a Ray Data job: how many, and what each reserves."""
+    p.add_argument(
+        "--actors",
+        type=validate.actor_count,
+        help=f"{role} actors (default: one per GPU, else 1)",
+    )
+    p.add_argument(
+        "--gpus-per-actor",
+        type=validate.gpu_share,
+        default=gpus_default,
+        help=gpus_help or f"GPUs reserved per {role} actor (fractions share a GPU)",
+    )
+    p.add_argument(
+        "--actor-memory-gb",
+        type=validate.memory_gb,
+        help=f"heap reserved per {role} actor (default: by model size)",
+    )
+
+
+def add_run_args(p: argparse.ArgumentParser) -> None:
+    """How a resumable Ray Data job commits, retries, fails and reports."""
+    p.add_argument(
+        "--shard-size",
+        type=validate.shard_size,
+        default=64,
+        help="clips per committed shard",
+    )
+    p.add_argument("--retry-errors", action="store_true", help="redo clips that failed before")
+    p.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help="exit 1 if any clip failed (default: only if every clip failed)",
+    )
+    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    p.add_argument(
+        "--skip-weights-check",
+        action="store_true",
+        help="do not look for the weight files in the driver (when only the workers see them)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no Ray Data progress output")
 
 
 def check_model_args(args: argparse.Namespace, *, local_device: bool = True) -> None:

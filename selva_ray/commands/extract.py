@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import validate
-from .common import add_allow_root_arg, add_model_args
+from .common import add_actor_args, add_allow_root_arg, add_model_args, add_run_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,26 +52,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=validate.int_range(1, 4096), default=8, help="clips per encoder call"
     )
-    p.add_argument(
-        "--actors", type=validate.positive_int, help="encoder actors (default: one per GPU, else 1)"
-    )
-    p.add_argument(
-        "--gpus-per-actor",
-        type=validate.float_range(0, 64, low_open=True),
-        default=1.0,
-        help="GPUs reserved per encoder actor (fractions share a GPU)",
-    )
-    p.add_argument(
-        "--actor-memory-gb",
-        type=validate.float_range(0, 4096, low_open=True),
-        help="heap reserved per encoder actor (default: by model size)",
-    )
-    p.add_argument(
-        "--shard-size",
-        type=validate.int_range(1, 1_000_000),
-        default=64,
-        help="clips per committed shard",
-    )
+    add_actor_args(p, role="encoder", gpus_default=1.0)
     add_allow_root_arg(p)
     p.add_argument(
         "--ignore-rotation",
@@ -79,19 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="decode frames as stored, ignoring the display rotation of phone videos (as the "
         "official reader does); default: turn them upright",
     )
-    p.add_argument("--retry-errors", action="store_true", help="redo clips that failed before")
-    p.add_argument(
-        "--fail-on-error",
-        action="store_true",
-        help="exit 1 if any clip failed (default: only if every clip failed)",
-    )
-    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    p.add_argument(
-        "--skip-weights-check",
-        action="store_true",
-        help="do not look for the weight files in the driver (when only the workers see them)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no Ray Data progress output")
+    add_run_args(p)
     p.set_defaults(run=run)
 
 

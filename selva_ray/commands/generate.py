@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_allow_root_arg, add_model_args
+from .. import validate
+from .common import add_actor_args, add_allow_root_arg, add_model_args, add_run_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,35 +32,61 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="output folder (path or URI)")
     add_model_args(p, default_variant="small_16k")
     add_allow_root_arg(p)
-    p.add_argument("--prompt", help="prompt for clips whose catalog row has none")
+    p.add_argument(
+        "--prompt",
+        help="prompt for clips whose catalog row has none (with it a manifest needs no "
+        "prompt column)",
+    )
     p.add_argument(
         "--negative-prompt",
         help="sounds to steer away from (default: the model's stored empty-prompt features)",
     )
-    p.add_argument("--seed", type=int, default=42, help="noise seed per clip (default 42)")
-    p.add_argument("--cfg", type=float, default=4.5, help="guidance strength (default 4.5)")
-    p.add_argument("--steps", type=int, default=25, help="Euler steps (default 25)")
-    p.add_argument("--max-duration", type=float, default=8.0, help="seconds per clip (default 8)")
-    p.add_argument("--format", choices=["flac", "wav"], default="flac", help="audio file format")
     p.add_argument(
-        "--bits", type=int, choices=[16, 24], default=24, help="sample depth (default 24)"
+        "--seed",
+        type=validate.seed,
+        default=42,
+        help=f"noise seed per clip, 0..{validate.MAX_SEED}",
     )
     p.add_argument(
+        "--cfg", type=validate.cfg, default=4.5, help=f"guidance strength, 0..{validate.MAX_CFG:g}"
+    )
+    p.add_argument(
+        "--steps", type=validate.steps, default=25, help=f"Euler steps, 1..{validate.MAX_STEPS}"
+    )
+    p.add_argument(
+        "--max-duration",
+        type=validate.seconds,
+        default=8.0,
+        help=f"seconds per clip, at most {validate.MAX_CLIP_SECONDS:g}",
+    )
+    p.add_argument("--format", choices=["flac", "wav"], default="flac", help="audio file format")
+    p.add_argument("--bits", type=int, choices=[16, 24], default=24, help="sample depth")
+    p.add_argument(
         "--loudness",
-        type=float,
-        help="normalise each track to this integrated loudness in LUFS (e.g. -23)",
+        type=validate.level_db,
+        help=f"normalise each track to this integrated loudness in LUFS, "
+        f"{validate.MIN_LEVEL_DB:g}..0 (e.g. -23; default: the model's level)",
     )
     p.add_argument(
         "--peak",
-        type=float,
-        help="true-peak ceiling in dBTP (default -1 with --loudness, else none)",
+        type=validate.level_db,
+        help=f"true-peak ceiling in dBTP, {validate.MIN_LEVEL_DB:g}..0 (default -1 with "
+        "--loudness, else none)",
     )
-    p.add_argument("--mux", action="store_true", help="also write the dubbed video")
+    p.add_argument(
+        "--mux",
+        action="store_true",
+        help="also write the dubbed video. Its video packets are copied, not re-encoded, so a "
+        "clip with a start (the catalog's `start` column) begins at the keyframe at or before "
+        "that start: on a long-GOP source the video opens up to one GOP early, silent until "
+        "the start, with the track aligned to the picture",
+    )
     p.add_argument(
         "--mix-original",
-        type=float,
+        type=validate.gain_db,
         metavar="DB",
-        help="keep the source's own track in the dubbed video at this gain (default: replaced)",
+        help="keep the source's own track in the dubbed video at this gain, -120..0 dB "
+        "(needs --mux; default: replaced)",
     )
     p.add_argument(
         "--adapter",
@@ -68,24 +95,82 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE[@STRENGTH]",
         help="LoRA adapter file, repeatable (stacked); strength default 1",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="clips per generator batch")
-    p.add_argument("--actors", type=int, help="generator actors (default: one per GPU, else 1)")
-    p.add_argument("--gpus-per-actor", type=float, help="GPU share of a generator actor")
-    p.add_argument("--encoder-actors", type=int, help="feature encoder actors (catalog input)")
-    p.add_argument("--actor-memory-gb", type=float, help="heap reserved per model actor")
-    p.add_argument("--shard-size", type=int, default=64, help="clips per committed shard")
-    p.add_argument("--retry-errors", action="store_true", help="redo clips that failed before")
     p.add_argument(
-        "--fail-on-error",
-        action="store_true",
-        help="exit 1 if any clip failed (default: only if every clip failed)",
+        "--batch-size",
+        type=validate.int_range(1, 4096),
+        default=8,
+        help="clips per generator batch",
     )
-    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    p.add_argument("--no-progress", action="store_true", help="no Ray Data progress output")
+    add_actor_args(
+        p,
+        role="generator",
+        gpus_default=None,
+        gpus_help="GPU share of a generator actor (default: 1, or 0.5 beside an encoder)",
+    )
+    p.add_argument(
+        "--encoder-actors",
+        type=validate.actor_count,
+        help="feature encoder actors (catalog input; default: one per GPU, else 1)",
+    )
+    add_run_args(p)
     p.set_defaults(run=run)
 
 
+def check_inputs(args: argparse.Namespace):
+    """Everything the driver can check before Ray or a model starts, cheapest first (no torch
+    here). Returns the catalog read (records, problems), or None for a features folder."""
+    if args.mix_original is not None and not args.mux:
+        raise validate.UsageError("--mix-original needs --mux (it mixes into the dubbed video)")
+    validate.check_device(args.device, local=validate.local_cluster(args.ray_address))
+    validate.check_output_folder(args.output, kind="results")
+    for spec in args.adapter:
+        check_adapter_file(spec)
+    meta = validate.features_meta(args.input)
+    if meta is None:
+        catalog = validate.read_input_catalog(
+            args.input,
+            max_duration=args.max_duration,
+            allow_roots=args.allow_root or None,
+            default_prompt=args.prompt,
+            prompt_flag="--prompt",
+        )
+        keys = None  # the encoders run too
+    else:
+        made_for = meta["settings"].get("variant")
+        if made_for != args.variant:
+            raise validate.UsageError(
+                f"features in {args.input} were made for variant {made_for!r}, not "
+                f"{args.variant!r}; pass --variant {made_for}"
+            )
+        validate.check_features_clips(args.input)
+        catalog = None
+        keys = validate.decoder_weight_keys(args.variant)
+        if args.negative_prompt is not None and keys:
+            keys += ("clip_dfn5b",)  # a negative prompt given as text goes through CLIP
+    if not args.skip_weights_check:
+        validate.check_weights(args.variant, args.weights_dir, offline=args.offline, keys=keys)
+    return catalog
+
+
+def check_adapter_file(text: str) -> None:
+    """A local adapter file exists and looks like one (a known suffix; a safetensors header
+    with selva's adapter metadata), without torch. The job reads every adapter whole, still
+    before Ray starts."""
+    head, sep, tail = text.rpartition("@")
+    path = text
+    if sep:
+        try:
+            float(tail)
+            path = head
+        except ValueError:
+            pass  # an '@' inside the file name
+    if "://" in path and not path.startswith("file://"):
+        return
+    validate.check_adapter_header(path.removeprefix("file://"), flag="--adapter")
+
+
 def run(args: argparse.Namespace) -> int:
+    catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
     from selva_core.variants import UnknownVariantError
 
     from ..generate import GenerateConfig, GenerateInputError, run_generate
@@ -126,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     try:
-        summary = run_generate(config)
+        summary = run_generate(config, catalog=catalog)
     except (
         CatalogError,
         SettingsMismatchError,

@@ -47,10 +47,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"max seconds, at most {validate.MAX_CLIP_SECONDS:g}",
     )
     p.add_argument(
-        "--start", type=validate.non_negative_float, default=0.0, help="start offset in seconds"
+        "--start",
+        type=validate.non_negative_float,
+        default=0.0,
+        help="start offset in seconds (with --mux the copied video begins at the keyframe at "
+        "or before it)",
     )
     p.add_argument("--output-dir", type=Path, default=Path("."), help="where the files go")
-    p.add_argument("--mux", action="store_true", help="also write <stem>.dubbed.mp4")
+    p.add_argument(
+        "--mux",
+        action="store_true",
+        help="also write <stem>.dubbed.mp4. Its video packets are copied, not re-encoded, so "
+        "with --start it begins at the keyframe at or before the start: on a long-GOP video "
+        "up to one GOP early, silent until the start, with the track aligned to the picture",
+    )
     add_model_args(p, default_variant="small_16k")
     p.set_defaults(run=run)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import validate
+from .report import check_run_dir
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -16,20 +19,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of generate or qa")
-    p.add_argument("--worst", type=int, default=10, help="how many clips (default 10)")
+    p.add_argument(
+        "--worst",
+        type=validate.int_range(0, 1_000_000),
+        default=10,
+        help="how many clips (default 10)",
+    )
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    check_run_dir(args.run_dir, writable=False)
     from ..report import RunFolderError, load_run, ranking_lines
 
-    if args.worst < 0:
-        print("error: --worst must be >= 0", file=sys.stderr)
-        return 2
     try:
         run_folder = load_run(args.run_dir)
     except RunFolderError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     for line in ranking_lines(run_folder, args.worst):
         print(line)

@@ -8,18 +8,53 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import validate
 from ..runtime import DTYPES
-from .common import add_allow_root_arg
+from .common import (
+    add_actor_args,
+    add_allow_root_arg,
+    add_device_arg,
+    add_run_args,
+    add_weights_args,
+)
 
-# flag -> QAThresholds field
+# flag -> (QAThresholds field, help, argparse type with the value's range)
 THRESHOLD_FLAGS = {
-    "--max-desync": ("max_abs_desync_s", "flag |DeSync| above this many seconds (default 0.5)"),
-    "--max-silence": ("max_silence_ratio", "flag a silent share above this (default 0.5)"),
-    "--max-clipping": ("max_clipped_ratio", "flag a clipped share above this (default 0.001)"),
-    "--target-lufs": ("target_lufs", "loudness target in LUFS (default -23)"),
-    "--loudness-tolerance": ("loudness_tolerance_lu", "flag loudness this far off (default 3)"),
-    "--max-true-peak": ("max_true_peak_dbtp", "flag a true peak above this dBTP (default off)"),
-    "--max-flatness": ("max_spectral_flatness", "flag spectral flatness above this (default off)"),
+    "--max-desync": (
+        "max_abs_desync_s",
+        "flag |DeSync| above this many seconds, 0..10 (default 0.5)",
+        validate.float_range(0.0, 10.0),
+    ),
+    "--max-silence": (
+        "max_silence_ratio",
+        "flag a silent share above this, 0..1 (default 0.5)",
+        validate.ratio,
+    ),
+    "--max-clipping": (
+        "max_clipped_ratio",
+        "flag a clipped share above this, 0..1 (default 0.001)",
+        validate.ratio,
+    ),
+    "--target-lufs": (
+        "target_lufs",
+        f"loudness target in LUFS, {validate.MIN_LEVEL_DB:g}..0 (default -23)",
+        validate.level_db,
+    ),
+    "--loudness-tolerance": (
+        "loudness_tolerance_lu",
+        "flag loudness this many LU off the target, 0..70 (default 3)",
+        validate.float_range(0.0, 70.0),
+    ),
+    "--max-true-peak": (
+        "max_true_peak_dbtp",
+        f"flag a true peak above this dBTP, {validate.MIN_LEVEL_DB:g}..20 (default off)",
+        validate.float_range(validate.MIN_LEVEL_DB, 20.0),
+    ),
+    "--max-flatness": (
+        "max_spectral_flatness",
+        "flag spectral flatness above this, 0..1 (default off)",
+        validate.ratio,
+    ),
 }
 
 
@@ -30,8 +65,8 @@ def add_threshold_args(p: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="thresholds file (.json, .yaml or .toml) with QAThresholds keys",
     )
-    for flag, (dest, help_) in THRESHOLD_FLAGS.items():
-        g.add_argument(flag, dest=f"qa_{dest}", type=float, metavar="X", help=help_)
+    for flag, (dest, help_, kind) in THRESHOLD_FLAGS.items():
+        g.add_argument(flag, dest=f"qa_{dest}", type=kind, metavar="X", help=help_)
 
 
 def thresholds_from_args(args: argparse.Namespace):
@@ -40,7 +75,7 @@ def thresholds_from_args(args: argparse.Namespace):
 
     base = QAThresholds.from_file(args.qa_thresholds) if args.qa_thresholds else QAThresholds()
     return base.updated(
-        **{dest: getattr(args, f"qa_{dest}") for dest, _ in THRESHOLD_FLAGS.values()}
+        **{dest: getattr(args, f"qa_{dest}") for dest, _, _ in THRESHOLD_FLAGS.values()}
     )
 
 
@@ -65,9 +100,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_threshold_args(p)
     p.add_argument(
         "--max-duration",
-        type=float,
+        type=validate.float_range(0.0, validate.MAX_QA_SECONDS, low_open=True),
         default=600.0,
-        help="seconds measured per clip from its start, unless the catalog says (default 600)",
+        help="seconds measured per clip from its start, unless the catalog says, at most "
+        f"{validate.MAX_QA_SECONDS:g} (default 600)",
     )
     g = p.add_argument_group("DeSync (audio-visual offset, full Synchformer)")
     g.add_argument(
@@ -75,6 +111,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--desync-variant",
+        type=desync_variant_name,
         default="synchformer",
         help="synchformer (published synchformer_state_dict.pth, default) or tiny (seeded "
         "random weights: offline runs and tests; the scores mean nothing)",
@@ -85,32 +122,54 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default="fp32",
         help="DeSync model precision (default fp32: scores are argmaxes over a 0.2 s grid)",
     )
-    g.add_argument("--device", default="auto", help="cpu, cuda or auto (default: GPUs if any)")
-    g.add_argument("--actors", type=int, help="DeSync actors (default: one per GPU, else 1)")
-    g.add_argument("--gpus-per-actor", type=float, default=1.0, help="default 1")
-    g.add_argument("--actor-memory-gb", type=float, help="heap reserved per DeSync actor")
+    add_device_arg(g, help="cpu, cuda or auto (default: GPUs if any)")
+    add_actor_args(g, role="DeSync", gpus_default=1.0)
     g.add_argument(
-        "--desync-batch-size", type=int, default=4, help="clips per actor call (default 4)"
+        "--desync-batch-size",
+        type=validate.int_range(1, 1024),
+        default=4,
+        help="clips per actor call (default 4)",
     )
-    g.add_argument("--weights-dir", help="local weights folder (default $SELVA_WEIGHTS_DIR)")
-    g.add_argument(
-        "--offline",
-        action="store_true",
-        help="never download; fail with the fetch command when the weights are missing",
-    )
-    p.add_argument("--shard-size", type=int, default=64, help="clips per committed shard")
-    p.add_argument("--retry-errors", action="store_true", help="redo clips that failed before")
-    p.add_argument(
-        "--fail-on-error",
-        action="store_true",
-        help="exit 1 if any clip failed (default: only if every clip failed)",
-    )
-    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    p.add_argument("--no-progress", action="store_true", help="no Ray Data progress output")
+    add_weights_args(g)
+    add_run_args(p)
     p.set_defaults(run=run)
 
 
+def desync_variant_name(text: str) -> str:
+    """argparse type: `synchformer` or a variant name (tiny ones score with random weights)."""
+    from selva_core.variants import VARIANTS
+
+    if text != "synchformer" and text not in VARIANTS:
+        raise argparse.ArgumentTypeError(
+            f"expected synchformer or tiny (or a variant name), got {text!r}"
+        )
+    return text
+
+
+def check_inputs(args: argparse.Namespace) -> tuple[list, list]:
+    """Everything the driver can check before Ray or a model starts (no torch here, but for
+    the thresholds file last); returns the catalog read."""
+    validate.check_device(args.device, local=validate.local_cluster(args.ray_address))
+    validate.check_output_folder(args.output, kind="results")
+    catalog = validate.read_input_catalog(
+        args.input,
+        max_duration=args.max_duration,
+        allow_roots=args.allow_root or None,
+        default_prompt="",  # QA measures tracks: a manifest needs no prompt column
+    )
+    if not args.no_desync and not args.skip_weights_check:
+        from selva_core.variants import VARIANTS
+
+        tiny = args.desync_variant in VARIANTS and VARIANTS[args.desync_variant].is_tiny
+        if not tiny:
+            validate.check_weights(
+                "tiny", args.weights_dir, offline=args.offline, keys=("synchformer",)
+            )
+    return catalog
+
+
 def run(args: argparse.Namespace) -> int:
+    catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
     from selva_core.qa import ThresholdsError
     from selva_core.variants import UnknownVariantError
     from selva_core.weights import WeightsError
@@ -119,12 +178,6 @@ def run(args: argparse.Namespace) -> int:
     from ..io.output_dir import SettingsMismatchError
     from ..qa import QAConfig, run_qa
 
-    if not args.max_duration > 0 or args.shard_size < 1:
-        print("error: --max-duration must be > 0 and --shard-size >= 1", file=sys.stderr)
-        return 2
-    if args.desync_batch_size < 1 or (args.actors is not None and args.actors < 1):
-        print("error: --desync-batch-size and --actors must be >= 1", file=sys.stderr)
-        return 2
     try:
         thresholds = thresholds_from_args(args)
         summary = run_qa(
@@ -148,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
                 ray_address=args.ray_address,
                 allow_roots=args.allow_root or None,
                 progress=not args.no_progress,
-            )
+            ),
+            catalog=catalog,
         )
     except (
         ThresholdsError,
@@ -157,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
         UnknownVariantError,
         WeightsError,
     ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     for line in summary.lines():
         print(line)

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from selva_core.sampling import SamplerConfig
 from selva_core.variants import get_spec
 
-from ..io.catalog import CatalogProblem, ClipRecord, read_catalog, resolve
+from ..io.catalog import CatalogProblem, ClipRecord, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..io.rows import local_copy
@@ -109,21 +109,23 @@ class GenerateSummary(ClipCounts):
     ok: int = 0
     failed: int = 0
     skipped: int = 0
+    failed_before: int = 0  # failed in an earlier run: skipped unless --retry-errors
     wall_s: float = 0.0
     batch_fill: float = 0.0  # clips per generator batch / batch size, averaged over batches
     batches: int = 0
     errors_by_stage: dict = field(default_factory=dict)
+    has_errors_folder: bool = False
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))
         return [
             f"{self.input_kind} {self.catalog} clips: {self.ok} ok, {self.failed} failed"
             + (f" ({stages})" if stages else "")
-            + f", {self.skipped} skipped (already done)",
+            + f", {self.skipped} skipped (already done)"
+            + self.failed_before_text(),
             f"wall time {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s, "
             f"{self.batches} generator batches, average batch fill {self.batch_fill:.2f}",
-            f"results in {self.output.rstrip('/')}/results/, "
-            f"errors in {self.output.rstrip('/')}/errors/",
+            self.where_text(f"results in {self.output.rstrip('/')}/results/"),
         ]
 
 
@@ -226,7 +228,9 @@ def _probe_duration(record: ClipRecord, max_duration: float) -> float:
 # ---- the job --------------------------------------------------------------------------------
 
 
-def run_generate(config: GenerateConfig) -> GenerateSummary:
+def run_generate(config: GenerateConfig, *, catalog: tuple | None = None) -> GenerateSummary:
+    """Run the job. `catalog`: (records, problems) the caller already read from
+    `config.input` (the command does, before importing this module)."""
     t0 = time.perf_counter()
     _check_config(config)
     spec = get_spec(config.variant)
@@ -238,6 +242,20 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
             f"{spec.name!r}; pass --variant {layout.variant}"
         )
     kind = "features" if layout is not None else "catalog"
+    # The input is read before Ray starts and before the output folder is claimed.
+    if layout is None:
+        records, problems = catalog or _read_catalog(config)
+        rows = [_catalog_row(r, config) for r in records]
+        if rows:
+            with ThreadPoolExecutor(8) as pool:
+                planned = pool.map(lambda r: _probe_duration(r, config.max_duration), records)
+                for row, d in zip(rows, planned, strict=True):
+                    row["planned"] = d
+    else:
+        rows, problems = _feature_rows(config.input), []
+        for row in rows:
+            row.update(_defaults(row, config))
+            row["planned"] = row["duration"]
 
     from ..runtime import init_ray
 
@@ -258,34 +276,21 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
     if config.retry_errors:
         log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
 
-    if layout is None:
-        records, problems = read_catalog(
-            config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
-        )
-        rows = [_catalog_row(r, config) for r in records]
-        if rows:
-            with ThreadPoolExecutor(8) as pool:
-                planned = pool.map(lambda r: _probe_duration(r, config.max_duration), records)
-                for row, d in zip(rows, planned, strict=True):
-                    row["planned"] = d
-    else:
-        rows, problems = _feature_rows(config.input), []
-        for row in rows:
-            row.update(_defaults(row, config))
-            row["planned"] = row["duration"]
     bad = _bad_settings(rows)
     bad_ids = {p.id for p in bad}
     rows = [r for r in rows if r["id"] not in bad_ids]
     problems = problems + bad
 
-    done = _finished(out, config.mux)
-    todo = [r for r in rows if r["id"] not in done]
-    new_problems = [p for p in problems if p.id not in done]
+    done, failed_before = _finished(out, config.mux)
+    todo = [r for r in rows if r["id"] not in done and r["id"] not in failed_before]
+    new_problems = [p for p in problems if p.id not in done and p.id not in failed_before]
+    ids = [r["id"] for r in rows] + [p.id for p in problems]
     summary = GenerateSummary(
         output=config.output,
         input_kind=kind,
         catalog=len(rows) + len(problems),
-        skipped=len(rows) - len(todo) + len(problems) - len(new_problems),
+        skipped=sum(i in done for i in ids),
+        failed_before=sum(i in failed_before and i not in done for i in ids),
     )
     run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
     log.info(
@@ -309,8 +314,21 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
         for stage, n in failed.items():
             summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
     summary.wall_s = time.perf_counter() - t0
+    summary.has_errors_folder = bool(out.part_files(errors=True))
     out.record_run({"run": run, "finished_at": time.time(), **asdict(summary)})
     return summary
+
+
+def _read_catalog(config: GenerateConfig) -> tuple[list, list]:
+    from ..validate import read_input_catalog
+
+    return read_input_catalog(
+        config.input,
+        max_duration=config.max_duration,
+        allow_roots=config.allow_roots,
+        default_prompt=config.prompt,
+        prompt_flag="--prompt",
+    )
 
 
 def _check_config(config: GenerateConfig) -> None:
@@ -392,8 +410,8 @@ def _bad_settings(rows: list[dict]) -> list[CatalogProblem]:
     return problems
 
 
-def _finished(out: OutputDir, mux: bool) -> set[str]:
-    """Ids with a committed result row whose files exist, plus ids with an error row. Result
+def _finished(out: OutputDir, mux: bool) -> tuple[set[str], set[str]]:
+    """(ids with a committed result row whose files exist, ids with an error row). Result
     rows whose file is gone are dropped, so those clips are done again (exactly once)."""
     listed = {}
     for folder in ("audio", "video"):
@@ -414,9 +432,10 @@ def _finished(out: OutputDir, mux: bool) -> set[str]:
     if stale:
         log.info("%d result row(s) without their file: doing those clips again", len(stale))
         out.drop_rows("results", stale)
+    failed = set()
     for path in out.part_files(errors=True):
-        done.update(pq.read_table(path, columns=["id"], filesystem=out.fs)["id"].to_pylist())
-    return done
+        failed.update(pq.read_table(path, columns=["id"], filesystem=out.fs)["id"].to_pylist())
+    return done, failed - done
 
 
 def _actor_plan(config: GenerateConfig, tiny: bool, *, catalog_input: bool) -> dict:

@@ -56,6 +56,14 @@ class CatalogError(UsageError):
     """The catalog as a whole cannot be read (missing folder, unreadable manifest)."""
 
 
+class MissingColumnError(CatalogError):
+    """A manifest without a column every row needs (`column` names it)."""
+
+    def __init__(self, message: str, column: str):
+        super().__init__(message)
+        self.column = column
+
+
 @dataclass(frozen=True)
 class ClipRecord:
     id: str
@@ -172,11 +180,14 @@ def read_catalog(
     *,
     max_duration: float = 8.0,
     allow_roots: Iterable[str] | None = None,
+    default_prompt: str | None = None,
 ) -> tuple[list[ClipRecord], list[CatalogProblem]]:
     """Clips of a folder or manifest (path or URI), and the rows that cannot run.
 
     `allow_roots`: folders or buckets manifest rows may point into (None: the manifest's own
     folder, and for URIs the bucket they name; "/" allows any local path).
+    `default_prompt`: the prompt of manifest rows without one (a job's `--prompt`); with it a
+    manifest needs no `prompt` column.
     """
     fs, path = resolve(source)
     try:
@@ -190,7 +201,9 @@ def read_catalog(
     elif path.lower().endswith(MANIFEST_EXTENSIONS):
         if info.size == 0:
             raise CatalogError(f"manifest {source} is empty")
-        records, problems = _read_manifest(fs, path, source, max_duration, allow_roots)
+        records, problems = _read_manifest(
+            fs, path, source, max_duration, allow_roots, default_prompt
+        )
     else:
         raise CatalogError(
             f"{source} is neither a folder nor a manifest ({', '.join(MANIFEST_EXTENSIONS)})"
@@ -367,13 +380,16 @@ def _read_manifest(
     original: str,
     max_duration: float,
     allow_roots: Iterable[str] | None,
+    default_prompt: str | None = None,
 ) -> tuple[list[ClipRecord], list[CatalogProblem]]:
     rows, columns = _read_rows(fs, path, original)
-    for name in ("video", "prompt"):
+    needed = ("video",) if default_prompt is not None else ("video", "prompt")
+    for name in needed:
         if name not in columns:
-            raise CatalogError(
+            raise MissingColumnError(
                 f"manifest {original} has no {name!r} column (columns: {columns}); "
-                f"expected video, prompt and optional {', '.join(MANIFEST_COLUMNS[2:])}"
+                f"expected video, prompt and optional {', '.join(MANIFEST_COLUMNS[2:])}",
+                name,
             )
     unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
     if unknown:
@@ -383,6 +399,8 @@ def _read_manifest(
     roots = _allowed_roots(allow_roots, base)
     records, problems = [], []
     for row, item in enumerate(rows):
+        if default_prompt is not None and item.get("prompt") in (None, ""):
+            item["prompt"] = default_prompt
         result = _typed_row(row, item, base, roots, max_duration)
         (problems if isinstance(result, CatalogProblem) else records).append(result)
     return records, problems

@@ -19,10 +19,10 @@ from dataclasses import asdict, dataclass, field
 from selva_core.qa import QAThresholds
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
-from ..io.catalog import read_catalog
 from ..io.output_dir import OutputDir, ShardTracker
 from ..io.results_schema import RESULTS_VERSION
 from ..summary import ClipCounts
+from ..validate import read_input_catalog
 from .desync_stage import DesyncActor, DesyncSettings, actor_kwargs
 from .stages import measure_batch, write_batch
 
@@ -95,9 +95,11 @@ class QASummary(ClipCounts):
     failed: int = 0
     flagged: int = 0
     skipped: int = 0
+    failed_before: int = 0  # failed in an earlier run: skipped unless --retry-errors
     wall_s: float = 0.0
     errors_by_stage: dict = field(default_factory=dict)
     flags: dict = field(default_factory=dict)
+    has_errors_folder: bool = False
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))
@@ -107,15 +109,25 @@ class QASummary(ClipCounts):
             + (f": {flags}" if flags else "")
             + f"), {self.failed} failed"
             + (f" ({stages})" if stages else "")
-            + f", {self.skipped} skipped (already done)",
+            + f", {self.skipped} skipped (already done)"
+            + self.failed_before_text(),
             f"wall time {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s",
-            f"results in {self.output.rstrip('/')}/results/, errors in "
-            f"{self.output.rstrip('/')}/errors/; `selva-ray report {self.output}` for a page",
+            self.where_text(f"results in {self.output.rstrip('/')}/results/")
+            + f"; `selva-ray report {self.output}` for a page",
         ]
 
 
-def run_qa(config: QAConfig) -> QASummary:
+def run_qa(config: QAConfig, *, catalog: tuple | None = None) -> QASummary:
+    """Run the job. `catalog`: (records, problems) the caller already read from
+    `config.input` (the command does, before importing this module)."""
     t0 = time.perf_counter()
+    # The catalog is read before the weights are resolved and the output folder is claimed.
+    records, problems = catalog or read_input_catalog(
+        config.input,
+        max_duration=config.max_duration,
+        allow_roots=config.allow_roots,
+        default_prompt="",  # QA measures tracks: a manifest needs no prompt column
+    )
     settings = config.settings()
     digest = settings_hash(settings)
     out = OutputDir(config.output, kind="results")
@@ -124,16 +136,15 @@ def run_qa(config: QAConfig) -> QASummary:
     if config.retry_errors:
         log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
 
-    records, problems = read_catalog(
-        config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
-    )
-    done = out.finished_ids()
-    todo = [r for r in records if r.id not in done]
-    new_problems = [p for p in problems if p.id not in done]
+    finished = out.finished()
+    todo = [r for r in records if r.id not in finished]
+    new_problems = [p for p in problems if p.id not in finished]
+    ids = [r.id for r in records] + [p.id for p in problems]
     summary = QASummary(
         output=config.output,
         catalog=len(records) + len(problems),
-        skipped=len(records) - len(todo) + len(problems) - len(new_problems),
+        skipped=sum(i in finished and finished[i].kind != "errors" for i in ids),
+        failed_before=sum(i in finished and finished[i].kind == "errors" for i in ids),
     )
     run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
     log.info(
@@ -155,6 +166,7 @@ def run_qa(config: QAConfig) -> QASummary:
         summary.flagged = flags.pop("", 0)
         summary.flags = dict(flags)
     summary.wall_s = time.perf_counter() - t0
+    summary.has_errors_folder = bool(out.part_files(errors=True))
     out.record_run(
         {
             "run": run,

@@ -84,7 +84,10 @@ def load_run(path: str | os.PathLike[str]) -> RunFolder:
         raise RunFolderError(f"cannot read {root}/results: {exc}") from None
     errors = sorted((root / "errors").glob("part-*.parquet")) if (root / "errors").is_dir() else []
     for f in errors:
-        run.errors.extend(pq.read_table(f).to_pylist())
+        try:
+            run.errors.extend(pq.read_table(f).to_pylist())
+        except Exception as exc:  # noqa: BLE001 - any Arrow read error, in one line
+            raise RunFolderError(f"{f} is not a readable Parquet file: {exc}") from None
     _load_training(run)
     if not (run.meta or run.results or run.errors or run.is_training):
         raise RunFolderError(

@@ -144,8 +144,8 @@ def run_train(config: TrainConfig) -> TrainSummary:
             _prepare_run_dir(config, run_dir)
             return _summary(config, run_dir, t0, status="already complete")
     _prepare_run_dir(config, run_dir)
+    split = _split(config, info, run_dir)  # reads the features; writes nothing if they fail
     run_dir.mkdir(parents=True, exist_ok=True)
-    split = _split(config, info, run_dir)
     if len(split["train"]) < config.batch_size:
         raise FeatureFolderError(
             f"{len(split['train'])} training clips but the global batch is {config.batch_size}"
