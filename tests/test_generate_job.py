@@ -41,7 +41,9 @@ BROKEN = "rain/broken.mp4"
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False)
+    ray.init(
+        address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -167,6 +169,7 @@ def test_catalog_run_gives_a_track_and_a_video_per_good_clip(catalog_run, catalo
     output, summary = catalog_run
     assert (summary.ok, summary.failed, summary.skipped) == (len(GOOD), 1, 0)
     assert summary.errors_by_stage == {"decode": 1}
+    assert "/errors/" in summary.lines()[2]  # it exists: the failed clip's row is there
     assert summary.exit_code(fail_on_error=False) == 0
     assert summary.exit_code(fail_on_error=True) == 1
     rows = results(output)
@@ -276,6 +279,7 @@ def test_rerun_does_only_clips_without_a_result_and_file(features, features_run)
     before = tracks(output)
     again = run_generate(config(features, output))
     assert (again.ok, again.failed, again.skipped) == (0, 0, len(GOOD))
+    assert "errors" not in again.lines()[2]  # no errors folder, none named
     victim = sorted(results(output).values(), key=lambda r: r["id"])[0]
     (output / victim["audio_path"]).unlink()
     redo = run_generate(config(features, output))
@@ -357,7 +361,9 @@ def test_cli_refuses_unusable_settings_with_exit_code_2(tmp_path, catalog):
         cwd=Path(__file__).resolve().parents[1],
     )
     assert run.returncode == 2, run.stderr[-2000:]
-    assert run.stderr.startswith("error: adapter") and "Traceback" not in run.stderr
+    assert run.stderr.startswith("error: --adapter") and "Traceback" not in run.stderr
+    assert str(bad_adapter) in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()  # refused before the folder was claimed
 
 
 def test_adapter_argument_parsing():
