@@ -1,4 +1,4 @@
-"""Wall time of `selva-ray --help` (and a sub-command's help) in fresh interpreters.
+"""Wall time of `selva-ray --help` and of every command's `--help`, in fresh interpreters.
 
     python bench/bench_cli.py [--runs 7] [--checkout PATH]
 
@@ -38,16 +38,21 @@ def main() -> None:
     p.add_argument("--checkout", type=Path, help="another copy of the code to time as well")
     args = p.parse_args()
     py = sys.executable
+    sys.path.insert(0, str(ROOT))
+    from selva_ray.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
     cases = {
         "python -c pass (floor)": [py, "-c", "pass"],
         "selva-ray --help": [py, "-m", "selva_ray.cli", "--help"],
-        "selva-ray extract --help": [py, "-m", "selva_ray.cli", "extract", "--help"],
     }
+    for name in sub.choices:  # every command, so a new one is timed too
+        cases[f"selva-ray {name} --help"] = [py, "-m", "selva_ray.cli", name, "--help"]
     trees = {"this tree": ROOT} | ({"--checkout": args.checkout} if args.checkout else {})
-    print(f"{'command':28s} " + " ".join(f"{name:>12s}" for name in trees))
+    print(f"{'command':34s} " + " ".join(f"{name:>12s}" for name in trees))
     for label, cmd in cases.items():
         walls = [median_wall(cmd, args.runs, tree) for tree in trees.values()]
-        print(f"{label:28s} " + " ".join(f"{w:11.2f}s" for w in walls))
+        print(f"{label:34s} " + " ".join(f"{w:11.2f}s" for w in walls))
 
 
 if __name__ == "__main__":
