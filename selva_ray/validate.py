@@ -189,7 +189,7 @@ def check_gpu(flag: str, *, local: bool = True) -> None:
 
 def local_cluster(ray_address: str | None) -> bool:
     """Whether the job will start its own Ray on this machine (so its devices are ours)."""
-    return not (ray_address or os.environ.get("RAY_ADDRESS"))
+    return (ray_address or os.environ.get("RAY_ADDRESS") or "local") == "local"
 
 
 def check_output_writable(uri: str, *, flag: str = "--output") -> None:

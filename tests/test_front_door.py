@@ -450,3 +450,19 @@ def test_help_builds_without_torch_or_ray():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_a_prompt_flag_stands_in_for_a_missing_prompt_column(place):
+    from selva_ray.io.catalog import MissingColumnError
+    from selva_ray.validate import UsageError, read_input_catalog
+
+    manifest = str(place / "noprompt.csv")
+    records, problems = read_input_catalog(
+        manifest, max_duration=8.0, allow_roots=None, default_prompt="rain", prompt_flag="--prompt"
+    )
+    assert [r.prompt for r in records] == ["rain"] and problems == []
+    with pytest.raises(UsageError, match="noprompt.csv has no 'prompt' column.*--prompt TEXT"):
+        read_input_catalog(manifest, max_duration=8.0, allow_roots=None, prompt_flag="--prompt")
+    with pytest.raises(MissingColumnError) as refused:  # a job without such a flag names none
+        read_input_catalog(manifest, max_duration=8.0, allow_roots=None)
+    assert refused.value.column == "prompt" and "--prompt" not in str(refused.value)
