@@ -157,6 +157,13 @@ def check_inputs(args: argparse.Namespace) -> tuple[list, list]:
         allow_roots=args.allow_root or None,
         default_prompt="",  # QA measures tracks: a manifest needs no prompt column
     )
+    if args.qa_thresholds:  # a settings mistake, named before any missing weights
+        from selva_core.qa import ThresholdsError
+
+        try:
+            thresholds_from_args(args)
+        except ThresholdsError as exc:
+            raise validate.UsageError(str(exc)) from None
     if not args.no_desync and not args.skip_weights_check:
         from selva_core.variants import VARIANTS
 
