@@ -144,9 +144,10 @@ def test_missing_synchformer_weights_is_a_one_line_error(catalog, tmp_path, caps
     err = capsys.readouterr().err
     assert "synchformer_state_dict.pth" in err and "Traceback" not in err
     assert not (out / "_meta.json").exists()  # nothing claimed before the model is there
-    code = main(["qa", "--input", str(catalog), "--output", str(out),
-                 "--desync-variant", "huge"])  # fmt: skip
-    assert code == 2 and "unknown variant 'huge'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # now refused while parsing the flags
+        main(["qa", "--input", str(catalog), "--output", str(out),
+              "--desync-variant", "huge"])  # fmt: skip
+    assert refused.value.code == 2 and "unknown variant 'huge'" in capsys.readouterr().err
 
 
 def test_actor_isolates_a_clip_it_cannot_score():

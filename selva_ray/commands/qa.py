@@ -141,7 +141,7 @@ def desync_variant_name(text: str) -> str:
 
     if text != "synchformer" and text not in VARIANTS:
         raise argparse.ArgumentTypeError(
-            f"expected synchformer or tiny (or a variant name), got {text!r}"
+            f"unknown variant {text!r}; choose synchformer, tiny or a variant name"
         )
     return text
 
