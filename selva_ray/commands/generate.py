@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from .common import add_allow_root_arg, add_model_args
+from .qa import add_threshold_args, thresholds_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "For every clip of INPUT write OUTPUT/audio/<id>.flac (exactly the clip's duration, "
             "at the model's rate), with --mux OUTPUT/video/<id>.mp4 (video packets copied, "
-            "never re-encoded), and one row per clip in OUTPUT/results/. Bad clips go to "
-            "OUTPUT/errors/. Rerunning does only the clips without a result row and file."
+            "never re-encoded), and one row per clip in OUTPUT/results/ with the track's QA "
+            "metrics, DeSync score and flags (the schema `selva-ray qa` writes; see `selva-ray "
+            "report`). Bad clips go to OUTPUT/errors/. Rerunning does only the clips without a "
+            "result row and file."
         ),
         epilog=(
             "INPUT is a catalog as `extract` reads it (folder or .csv/.jsonl/.parquet manifest "
@@ -68,6 +71,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE[@STRENGTH]",
         help="LoRA adapter file, repeatable (stacked); strength default 1",
     )
+    add_threshold_args(p)
+    g = p.add_argument_group("DeSync of the generated tracks (full Synchformer)")
+    g.add_argument(
+        "--no-desync",
+        action="store_true",
+        help="skip DeSync (desync_s null, no flag; synchformer_state_dict.pth not needed)",
+    )
+    g.add_argument("--desync-actors", type=int, help="DeSync actors (default: one per GPU, else 1)")
     p.add_argument("--batch-size", type=int, default=8, help="clips per generator batch")
     p.add_argument("--actors", type=int, help="generator actors (default: one per GPU, else 1)")
     p.add_argument("--gpus-per-actor", type=float, help="GPU share of a generator actor")
@@ -86,12 +97,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from selva_core.qa import ThresholdsError
     from selva_core.variants import UnknownVariantError
+    from selva_core.weights import WeightsError
 
     from ..generate import GenerateConfig, GenerateInputError, run_generate
     from ..io.catalog import CatalogError
     from ..io.output_dir import SettingsMismatchError
 
+    if args.desync_actors is not None and args.desync_actors < 1:
+        print("error: --desync-actors must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        thresholds = thresholds_from_args(args)
+    except ThresholdsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     config = GenerateConfig(
         input=args.input,
         output=args.output,
@@ -124,6 +145,9 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         allow_roots=args.allow_root or None,
         progress=not args.no_progress,
+        thresholds=thresholds,
+        desync=not args.no_desync,
+        desync_actors=args.desync_actors,
     )
     try:
         summary = run_generate(config)
@@ -132,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         SettingsMismatchError,
         UnknownVariantError,
         GenerateInputError,
+        WeightsError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
