@@ -20,6 +20,7 @@ DeSync model: `tiny` (seeded random weights) for tiny variants, the published
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from selva_core.model.desync import DesyncConfig
@@ -39,8 +40,11 @@ from ..qa.stages import write_batch
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
-# GPU share of a DeSync actor on a GPU cluster; the generator and encoder shares are scaled by
-# (1 - DESYNC_GPU_SHARE) so that the three still fit on one GPU.
+# GPU share of all DeSync actors together on a GPU cluster: the generator and encoder shares
+# are scaled by (1 - DESYNC_GPU_SHARE) and the DeSync actors split that slack, so every actor
+# fits whichever GPU Ray places it on, in any start order (a full 0.1 each could take the
+# room a generator needs on a GPU and leave it unplaced). The shares are logical: the actors
+# run at full speed wherever they are.
 DESYNC_GPU_SHARE = 0.1
 DESYNC_BATCH_SIZE = 4  # clips per DeSync actor call
 # the columns the generation job's driver reads besides shard, id, status, stage and flags
@@ -92,8 +96,6 @@ def desync_plan(
     4.8 s the Synchformer needs, so its `desync_s` is null anyway)."""
     import ray
 
-    from ..runtime import cluster_gpus
-
     settings = desync_settings(config)
     if settings is None:
         return plan, None
@@ -101,14 +103,14 @@ def desync_plan(
     if not any((r.get("planned") or 0.0) >= shortest for r in todo):
         log.info("no clip reaches %.1f s: DeSync is not run (desync_s null)", shortest)
         return plan, None
+    from ..runtime import cluster_gpus
+
     plan = dict(plan)
     use_gpu = plan["num_gpus"] > 0
+    actors = config.desync_actors or (max(1, int(cluster_gpus())) if use_gpu else 1)
     if use_gpu:
-        actors = config.desync_actors or max(1, int(cluster_gpus()))
         plan["num_gpus"] *= 1.0 - DESYNC_GPU_SHARE
         plan["encoder_gpus"] *= 1.0 - DESYNC_GPU_SHARE
-    else:
-        actors = config.desync_actors or 1
     # model actors hold their CPUs for the whole run: leave one CPU to the tasks
     cpus = float(ray.cluster_resources().get("CPU", 0.0))
     pool = plan["actors"] + (plan["encoders"] if catalog_input else 0) + actors
@@ -122,7 +124,8 @@ def desync_plan(
     return plan, {
         "settings": settings,
         "actors": actors,
-        "num_gpus": DESYNC_GPU_SHARE if use_gpu else 0,
+        # Ray counts GPU shares in 1e-4 units: round down so that the shares sum to <= 0.1
+        "num_gpus": math.floor(DESYNC_GPU_SHARE / actors * 1e4) / 1e4 if use_gpu else 0,
         "num_cpus": plan["cpus_per_actor"],
         "memory": int(memory * GiB),
         "device": plan["device"],
