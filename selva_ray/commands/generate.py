@@ -78,7 +78,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip DeSync (desync_s null, no flag; synchformer_state_dict.pth not needed)",
     )
-    g.add_argument("--desync-actors", type=int, help="DeSync actors (default: one per GPU, else 1)")
+    g.add_argument(
+        "--desync-actors",
+        type=int,
+        metavar="N",
+        help="DeSync actors (default: one per GPU, else 1)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="clips per generator batch")
     p.add_argument("--actors", type=int, help="generator actors (default: one per GPU, else 1)")
     p.add_argument("--gpus-per-actor", type=float, help="GPU share of a generator actor")
