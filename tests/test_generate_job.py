@@ -1,12 +1,17 @@
 """The generation job on a real local Ray cluster, over real videos made here (`tiny` model).
 
 Several runs share one catalog; each waveform comparison is between runs that differ in one
-respect (batching and actors, input kind, adapter strength).
+respect (batching and actors, input kind, adapter strength). The catalog run also scores every
+track (QA metrics, DeSync with the tiny Synchformer, flags against a thresholds file) and is
+read back by `report` and `inspect`; the other runs skip DeSync to save time.
 """
 
 import hashlib
+import json
 import math
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +24,22 @@ import ray
 import torch
 from video_factory import AudioSpec, write_text_file, write_video
 
+from selva_core.qa import QAThresholds, clip_metrics, qa_flags
 from selva_core.video.decode import decode_clip
+from selva_core.weights import MissingWeightsError
+from selva_ray.cli import main
 from selva_ray.extract import ExtractConfig, run_extract
 from selva_ray.generate import GenerateConfig, GenerateInputError, run_generate
 from selva_ray.generate.audio import loudness, measure, normalise, true_peak
 from selva_ray.generate.job import parse_adapter
+from selva_ray.generate.qa_stage import qa_settings
 from selva_ray.io.output_dir import OutputDir, SettingsMismatchError
+from selva_ray.io.results_schema import RESULTS_SCHEMA, read_results
+from selva_ray.report import build_report
 
 RATE = 16000
-# 11 good clips in 3 durations (8 x 1 s, 2 x 1.5 s, 1 x 2 s) and one broken file
+# 12 good clips in 4 durations (8 x 1 s, 2 x 1.5 s, 1 x 2 s, and 5 s: the one long enough
+# for DeSync, which needs 4.8 s) and one broken file
 GOOD = {
     **{f"dog_bark/a{i}.mp4": 1.0 for i in range(6)},
     "dog_bark/a6.mkv": 1.0,
@@ -35,8 +47,11 @@ GOOD = {
     "rain/b0.mp4": 1.5,
     "rain/b1.mp4": 1.5,
     "rain/c0.mov": 2.0,
+    "rain/long.mp4": 5.0,
 }
 BROKEN = "rain/broken.mp4"
+# the catalog run's QA thresholds: DeSync far tighter than the default 0.5 s
+TIGHT = {"qa": {"max_abs_desync_s": 0.05}}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +83,7 @@ def config(input_: Path, output: Path, **kw) -> GenerateConfig:
         "shard_size": 4,
         "loudness": -23.0,
         "progress": False,
+        "desync": False,  # DeSync runs in the catalog run only (its QA test)
         **kw,
     }
     return GenerateConfig(input=str(input_), output=str(output), **values)
@@ -76,7 +92,10 @@ def config(input_: Path, output: Path, **kw) -> GenerateConfig:
 @pytest.fixture(scope="module")
 def catalog_run(cluster, catalog, tmp_path_factory):
     output = tmp_path_factory.mktemp("gen-catalog")
-    summary = run_generate(config(catalog, output, mux=True))
+    tight = tmp_path_factory.mktemp("thresholds") / "tight.json"
+    tight.write_text(json.dumps(TIGHT))
+    thresholds = QAThresholds.from_file(tight)
+    summary = run_generate(config(catalog, output, mux=True, desync=True, thresholds=thresholds))
     return output, summary
 
 
@@ -205,14 +224,14 @@ def test_batches_group_equal_durations_and_report_timings(catalog_run):
     for r in rows.values():
         by_duration.setdefault(round(r["duration"], 3), set()).add(r["batch_clips"])
     # 8 one-second clips fill one batch of 8; the others batch with their own duration only
-    assert by_duration == {0.96: {8}, 1.48: {2}, 1.96: {1}}
-    assert summary.batches == 3
-    assert summary.batch_fill == pytest.approx(11 / 24)
+    assert by_duration == {0.96: {8}, 1.48: {2}, 1.96: {1}, 4.96: {1}}
+    assert summary.batches == 4
+    assert summary.batch_fill == pytest.approx(12 / 32)
     for r in rows.values():
-        for key in ("decode_s", "features_s", "sampling_s", "vocoder_s", "write_s"):
+        for key in ("t_decode", "t_features", "t_sampling", "t_vocoder", "t_write", "t_qa"):
             assert r[key] is not None and r[key] > 0, key
         assert (r["seed"], r["cfg"], r["steps"], r["variant"]) == (42, 4.5, 2, "tiny")
-        assert r["adapters"] == [] and r["status"] == "ok"
+        assert json.loads(r["adapters"]) == [] and r["status"] == "ok" and r["bits"] == 24
         # loudness normalisation to -23 LUFS under a -1 dBTP ceiling
         assert r["true_peak_dbtp"] <= -1.0 + 0.05
         assert r["loudness_lufs"] == pytest.approx(-23.0, abs=0.3) or r["true_peak_dbtp"] > -1.1
@@ -220,6 +239,83 @@ def test_batches_group_equal_durations_and_report_timings(catalog_run):
     meta = OutputDir(str(output)).read_meta()
     assert meta["settings"]["steps"] == 2 and meta["settings"]["peak"] == -1.0
     assert set(r["settings_hash"] for r in rows.values()) == {meta["settings_hash"]}
+
+
+# ---- per-clip QA of the catalog run, report and inspect -----------------------------------------
+
+
+def test_catalog_run_rows_carry_qa_metrics_desync_and_flags(catalog_run, catalog):
+    output, _ = catalog_run
+    table = read_results(str(output))
+    assert table.schema.equals(RESULTS_SCHEMA)  # the one results contract, as `qa` writes it
+    tight = QAThresholds.from_mapping(TIGHT["qa"])
+    settings = OutputDir(str(output)).read_meta()["settings"]
+    assert settings["thresholds"] == tight.describe()
+    assert settings["desync"]["variant"] == "tiny" and settings["desync"]["span_s"] == 8.0
+    rows = {r["id"]: r for r in table.to_pylist()}
+    long_id = next(i for i, r in rows.items() if r["source"] == str(catalog / "rain/long.mp4"))
+    for clip_id, r in rows.items():
+        for key in ("loudness_lufs", "peak_dbfs", "true_peak_dbtp", "rms_dbfs", "clipped_ratio",
+                    "silence_ratio", "spectral_flatness"):  # fmt: skip
+            assert r[key] is not None and math.isfinite(r[key]), (clip_id, key)
+        # the metrics are those of the written track (the FLAC decoded back, 24-bit)
+        samples, rate = read_track(output / r["audio_path"])
+        again = clip_metrics(torch.from_numpy(samples / 2.0**31), rate)
+        assert again.loudness_lufs == pytest.approx(r["loudness_lufs"], abs=0.01)
+        assert again.true_peak_dbtp == pytest.approx(r["true_peak_dbtp"], abs=0.01)
+        assert again.silence_ratio == r["silence_ratio"]
+        # DeSync: the 5 s clip is scored on the DeSync actor; under 4.8 s it is null
+        if clip_id == long_id:
+            assert r["desync_s"] is not None and 0.0 <= r["desync_s"] <= 2.0
+            assert r["t_desync"] > 0 and r["t_qa"] >= r["t_desync"]
+        else:
+            assert r["desync_s"] is None and r["t_desync"] is None
+        # flags are the thresholds file's verdict on the stored metrics
+        assert r["qa_flags"] == qa_flags(r, tight), clip_id
+    flagged = {i for i, r in rows.items() if r["qa_flags"]}
+    assert flagged == {long_id}  # the tiny model's offset is far above 0.05 s
+    assert rows[long_id]["qa_flags"] == ["desync"]
+    assert "desync" not in qa_flags(rows[long_id], QAThresholds(max_abs_desync_s=2.0))
+
+
+def test_report_and_inspect_read_the_generation_run(catalog_run, tmp_path, capsys):
+    output, _ = catalog_run
+    run = tmp_path / "run"
+    shutil.copytree(output, run)
+    summary = build_report(run)
+    assert (summary.clips, summary.flagged, summary.failed) == (len(GOOD), 1, 1)
+    page = (run / "report" / "index.html").read_text()
+    rows = re.findall(r"<tr class='clip' data-id='([^']+)'", page)
+    assert sorted(rows) == sorted(results(output))  # one row per clip
+    flagged = [i for i, r in results(output).items() if r["qa_flags"]]
+    assert rows[0] == flagged[0]  # worst first
+    players = re.findall(r"<audio controls preload='none' src='([^']+)'", page)
+    assert len(players) == len(GOOD)
+    images = re.findall(r"<img[^>]* src='([^']+)'", page)
+    assert len(images) == summary.images and "hist_desync_s.png" in images
+    for target in players + images:
+        assert (run / "report" / target).resolve().is_file(), target
+    assert main(["inspect", str(run), "--worst", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{len(GOOD)} clips ok, 1 flagged, 1 failed" in lines[0]
+    first, second = lines[3].split(), lines[4].split()
+    assert (first[1], first[2]) == (flagged[0], "desync") and second[2] == "-"
+
+
+def test_generation_qa_settings_are_checked_before_ray(tmp_path, catalog):
+    """A real variant's DeSync needs synchformer_state_dict.pth: missing, it is one error naming
+    the file and --no-desync, raised before Ray starts; a bad thresholds file exits 2."""
+    cfg = GenerateConfig(input="in", output="out", variant="small_16k",
+                         weights_dir=str(tmp_path / "none"), offline=True)  # fmt: skip
+    with pytest.raises(MissingWeightsError, match=r"synchformer_state_dict\.pth.*--no-desync"):
+        qa_settings(cfg)
+    cfg.desync = False
+    assert qa_settings(cfg)["desync"] is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("max_silence_ratio: lots\n")
+    argv = ["generate", "--input", str(catalog), "--output", str(tmp_path / "o"),
+            "--variant", "tiny", "--qa-thresholds", str(bad)]  # fmt: skip
+    assert main(argv) == 2 and not (tmp_path / "o").exists()
 
 
 # ---- reproducibility ----------------------------------------------------------------------------
@@ -234,8 +330,12 @@ def test_features_folder_gives_the_catalog_run_audio(catalog_run, features_run):
     for clip_id in a:
         assert rel_l2(b[clip_id], a[clip_id]) < 1e-5, clip_id
     rows = results(feat)
-    assert all(r["decode_s"] is None and r["features_s"] is None for r in rows.values())
+    assert all(r["t_decode"] is None and r["t_features"] is None for r in rows.values())
     assert all(r["video_path"] is None for r in rows.values())
+    # --no-desync: no score, no DeSync flag, no model in the settings; the rest is measured
+    assert all(r["desync_s"] is None and "desync" not in r["qa_flags"] for r in rows.values())
+    assert all(r["loudness_lufs"] is not None for r in rows.values())
+    assert OutputDir(str(feat)).read_meta()["settings"]["desync"] is None
 
 
 def test_same_seed_same_waveform_alone_in_a_batch_and_on_two_actors(
@@ -267,7 +367,7 @@ def test_strength_zero_is_no_adapter_and_strength_one_changes_the_audio(
     assert all(rel_l2(changed[k], base[k]) > 1e-2 for k in base)
     digest = hashlib.sha256(adapter_file.read_bytes()).hexdigest()
     want = [{"name": "bark_style", "strength": 1.0, "sha256": digest}]
-    assert all(r["adapters"] == want for r in results(one).values())
+    assert all(json.loads(r["adapters"]) == want for r in results(one).values())
     assert OutputDir(str(one)).read_meta()["settings"]["adapters"] == want
 
 

@@ -7,6 +7,7 @@ import sys
 
 from .. import validate
 from .common import add_actor_args, add_allow_root_arg, add_model_args, add_run_args
+from .qa import add_threshold_args, thresholds_from_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,8 +17,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "For every clip of INPUT write OUTPUT/audio/<id>.flac (exactly the clip's duration, "
             "at the model's rate), with --mux OUTPUT/video/<id>.mp4 (video packets copied, "
-            "never re-encoded), and one row per clip in OUTPUT/results/. Bad clips go to "
-            "OUTPUT/errors/. Rerunning does only the clips without a result row and file."
+            "never re-encoded), and one row per clip in OUTPUT/results/ with the track's QA "
+            "metrics, DeSync score and flags (the schema `selva-ray qa` writes; see `selva-ray "
+            "report`). Bad clips go to OUTPUT/errors/. Rerunning does only the clips without a "
+            "result row and file."
         ),
         epilog=(
             "INPUT is a catalog as `extract` reads it (folder or .csv/.jsonl/.parquet manifest "
@@ -95,6 +98,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE[@STRENGTH]",
         help="LoRA adapter file, repeatable (stacked); strength default 1",
     )
+    add_threshold_args(p)
+    g = p.add_argument_group("DeSync of the generated tracks (full Synchformer)")
+    g.add_argument(
+        "--no-desync",
+        action="store_true",
+        help="skip DeSync (desync_s null, no flag; synchformer_state_dict.pth not needed)",
+    )
+    g.add_argument(
+        "--desync-actors",
+        type=validate.actor_count,
+        metavar="N",
+        help="DeSync actors (default: one per GPU, else 1)",
+    )
     p.add_argument(
         "--batch-size",
         type=validate.int_range(1, 4096),
@@ -171,12 +187,19 @@ def check_adapter_file(text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
+    from selva_core.qa import ThresholdsError
     from selva_core.variants import UnknownVariantError
+    from selva_core.weights import WeightsError
 
     from ..generate import GenerateConfig, GenerateInputError, run_generate
     from ..io.catalog import CatalogError
     from ..io.output_dir import SettingsMismatchError
 
+    try:
+        thresholds = thresholds_from_args(args)
+    except ThresholdsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     config = GenerateConfig(
         input=args.input,
         output=args.output,
@@ -209,6 +232,9 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         allow_roots=args.allow_root or None,
         progress=not args.no_progress,
+        thresholds=thresholds,
+        desync=not args.no_desync,
+        desync_actors=args.desync_actors,
     )
     try:
         summary = run_generate(config, catalog=catalog)
@@ -217,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
         SettingsMismatchError,
         UnknownVariantError,
         GenerateInputError,
+        WeightsError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

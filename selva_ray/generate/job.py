@@ -2,6 +2,7 @@
 
 catalog  -> decode (CPU tasks) -> feature encoders (actors) -+
 features -> feature loader (CPU tasks) ----------------------+-> generator actors -> writers
+    (files + QA metrics) -> DeSync actors -> staging tasks (`qa_stage`; not with --no-desync)
 
 The driver plans the work: clips that already have a committed result row and file are
 skipped, the rest are sorted by sequence key (duration -> sequence lengths, steps, cfg) so
@@ -27,16 +28,18 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from selva_core.qa import QAThresholds
 from selva_core.sampling import SamplerConfig
 from selva_core.variants import get_spec
 
 from ..io.catalog import CatalogProblem, ClipRecord, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
+from ..io.results_schema import COLUMN_NAMES
 from ..io.rows import local_copy
 from ..summary import ClipCounts
+from .qa_stage import add_qa_stages, desync_plan, qa_settings
 from .stages import (
-    RESULT_SCHEMA,
     AudioGenerator,
     TimedFeatureEncoder,
     decode_stage,
@@ -96,6 +99,10 @@ class GenerateConfig:
     frame_rule: str = "official"
     progress: bool = True  # Ray Data's own progress output
     progress_interval_s: float = 10.0
+    # per-clip QA of the written tracks (qa_stage): flag thresholds; DeSync on its own actors
+    thresholds: QAThresholds = field(default_factory=QAThresholds)
+    desync: bool = True  # False: desync_s null, no model (no synchformer_state_dict.pth needed)
+    desync_actors: int | None = None  # None: one per GPU, else 1
     # Benchmarks only: build the models by hand (e.g. random weights at real sizes),
     # `factory(device, dtype, role) -> Components`, role "encoder" or "generator".
     components_factory: Callable | None = None
@@ -242,6 +249,7 @@ def run_generate(config: GenerateConfig, *, catalog: tuple | None = None) -> Gen
             f"{spec.name!r}; pass --variant {layout.variant}"
         )
     kind = "features" if layout is not None else "catalog"
+    qa = qa_settings(config)  # resolves the DeSync weights before Ray starts
     # The input is read before Ray starts and before the output folder is claimed.
     if layout is None:
         records, problems = catalog or _read_catalog(config)
@@ -261,7 +269,7 @@ def run_generate(config: GenerateConfig, *, catalog: tuple | None = None) -> Gen
 
     init_ray(config.ray_address, progress=config.progress)
     plan = _actor_plan(config, spec.is_tiny, catalog_input=layout is None)
-    settings = _settings(config, spec, adapters, plan)
+    settings = {**_settings(config, spec, adapters, plan), **qa}
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     out = OutputDir(config.output, kind="results")
     out.claim(
@@ -269,7 +277,7 @@ def run_generate(config: GenerateConfig, *, catalog: tuple | None = None) -> Gen
             "kind": "generate",
             "settings": settings,
             "settings_hash": settings_hash,
-            "results_columns": RESULT_SCHEMA.names,
+            "results_columns": COLUMN_NAMES,
         }
     )
     out.recover()
@@ -526,6 +534,7 @@ def _run_pipeline(
 ) -> tuple[int, Counter, tuple[float, int]]:
     import ray
 
+    plan, desync = desync_plan(config, plan, todo, catalog_input=layout is None)
     batches = _order(todo, spec, config.batch_size, config.shard_size, run)
     expected = Counter(r["shard"] for chunk in batches for r in chunk)
     allow_download = False if config.offline else None
@@ -634,9 +643,14 @@ def _run_pipeline(
             "mux": config.mux,
             "mix_original": config.mix_original,
             "adapters": [{"path": a.path, **a.describe()} for a in adapters],
+            "thresholds": config.thresholds.describe(),
+            "desync": desync is not None,
         },
         batch_size=window,
         num_cpus=1,
+    )
+    ds = add_qa_stages(
+        ds, desync, output=config.output, settings_hash=settings_hash, batch_size=window
     )
     return _drive(ds, out, expected, config)
 

@@ -3,10 +3,12 @@
 catalog input:  decode (CPU tasks, the extraction's) -> feature encoders (actors, the
                 extraction's FeatureEncoder with fp32 output) -> generator actors -> writers
 features input: feature loader (CPU tasks reading extract's Parquet) -> generator -> writers
+then, unless DeSync is off: -> DeSync actors -> staging tasks (`qa_stage`)
 
 Every stage passes a failed clip on as an error row (status, stage, error type, message), so
 one bad clip never costs its neighbours. Per-clip timings travel with the rows (NaN for a stage
-that did not run in this job) and end up in the results table.
+that did not run in this job) and end up in the results table, whose schema is the one shared
+with the qa job (`selva_ray.io.results_schema`): the writers measure each written track there.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch
 from ..extract.stages import CLIP_COLUMNS, FeatureEncoder, decode_batch
 from ..io.feature_schema import FeatureLayout, from_storage
 from ..io.output_dir import OutputDir
-from ..io.rows import OK_RESULT, batch_rows, error_result, error_table, local_copy, plain
+from ..io.results_schema import adapters_json
+from ..io.rows import OK_RESULT, batch_rows, error_result, local_copy, plain
 
 log = logging.getLogger(__name__)
 
@@ -38,46 +41,19 @@ NAN = float("nan")
 # Per-clip generation settings that ride along through the extraction stages.
 GEN_COLUMNS = ("cfg", "steps")
 STATUS_COLUMNS = ("status", "stage", "error_type", "message")
+# what a results row takes from the pipeline row as it is, and the timings it renames
+RESULT_FIELDS = (
+    "id", "source", "row", "prompt", "negative_prompt", "seed", "cfg", "steps", "duration",
+    "shard", "worker",
+)  # fmt: skip
+TIMINGS = {
+    "decode_s": "t_decode",
+    "features_s": "t_features",
+    "sampling_s": "t_sampling",
+    "vocoder_s": "t_vocoder",
+}
 # Video codecs an MP4 file holds (the muxed video is MP4 unless the source is .mov / .mkv).
 MP4_VIDEO_CODECS = {"h264", "hevc", "mpeg4", "av1", "vp9", "mpeg2video", "mjpeg"}
-
-ADAPTER_TYPE = pa.list_(
-    pa.struct([("name", pa.string()), ("strength", pa.float64()), ("sha256", pa.string())])
-)
-RESULT_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("source", pa.string()),
-        ("row", pa.int64()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("seed", pa.int64()),
-        ("cfg", pa.float64()),
-        ("steps", pa.int32()),
-        ("variant", pa.string()),
-        ("adapters", ADAPTER_TYPE),
-        ("audio_path", pa.string()),
-        ("video_path", pa.string()),
-        ("start", pa.float64()),
-        ("duration", pa.float64()),
-        ("samples", pa.int64()),
-        ("sample_rate", pa.int32()),
-        ("peak_dbfs", pa.float64()),
-        ("true_peak_dbtp", pa.float64()),
-        ("rms_dbfs", pa.float64()),
-        ("loudness_lufs", pa.float64()),
-        ("gain_db", pa.float64()),
-        ("status", pa.string()),
-        ("batch_clips", pa.int32()),
-        ("worker", pa.string()),
-        ("decode_s", pa.float64()),
-        ("features_s", pa.float64()),
-        ("sampling_s", pa.float64()),
-        ("vocoder_s", pa.float64()),
-        ("write_s", pa.float64()),
-        ("settings_hash", pa.string()),
-    ]
-)
 
 
 def sequence_key(spec, duration: float, steps: int, cfg: float) -> tuple:
@@ -422,44 +398,61 @@ def write_outputs(
     mux: bool,
     mix_original: float | None,
     adapters: list[dict],
-) -> dict[str, list]:
-    """Write each clip's audio (and dubbed video), then stage the shard's result and error
-    rows; report (shard, id, status, stage, batch_clips) to the driver."""
+    thresholds: dict | None = None,
+    desync: bool = False,
+) -> pa.Table:
+    """Write each clip's audio (and dubbed video), measure the written track (QA metrics and
+    flags against `thresholds`) and build its results row (`selva_ray.io.results_schema`).
+    Without `desync`, stage the shard's result and error rows and report (shard, id, status,
+    stage, batch_clips, flags) to the driver; with it, hand the rows and their DeSync inputs
+    on to the DeSync actors, which stage them after scoring (`qa_stage.add_qa_stages`)."""
+    from selva_core.qa import QAThresholds
+
+    from ..qa.stages import DESYNC_STAGE_SCHEMA, STAGE_SCHEMA, write_batch
+    from .qa_stage import REPORT_COLUMNS, add_desync_inputs, track_qa
+
+    limits = QAThresholds(**(thresholds or {}))
+    schema = DESYNC_STAGE_SCHEMA if desync else STAGE_SCHEMA
     out_dir = OutputDir(output, kind="results")
-    rows = list(batch_rows(batch))
-    results: dict[int, dict] = {}
-    for i, row in enumerate(rows):
-        if row["status"] != "ok":
-            continue
-        try:
-            results[i] = _write_clip(
-                out_dir, row, sample_rate, audio_format, bits, loudness, peak, mux, mix_original
-            )
-        except Exception as exc:  # noqa: BLE001
-            row.update(error_result(row, "write", exc))
-    adapter_cells = [
-        {"name": a["name"], "strength": float(a["strength"]), "sha256": a["sha256"]}
-        for a in adapters
-    ]
-    by_shard: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        by_shard[row["shard"]].append(i)
-    for shard, idx in by_shard.items():
-        ok = [i for i in idx if rows[i]["status"] == "ok"]
-        bad = [i for i in idx if rows[i]["status"] != "ok"]
-        if ok:
-            items = [(rows[i], results[i]) for i in ok]
-            table = _result_table(items, variant, sample_rate, adapter_cells, settings_hash)
-            out_dir.stage(shard, "results", table)
-        if bad:
-            out_dir.stage(shard, "errors", error_table([rows[i] for i in bad], settings_hash))
-    return {
-        "shard": [r["shard"] for r in rows],
-        "id": [r["id"] for r in rows],
-        "status": [r["status"] for r in rows],
-        "stage": [r["stage"] for r in rows],
-        "batch_clips": [int(r["batch_clips"] or 0) for r in rows],
-    }
+    adapters_cell = adapters_json(
+        [
+            {"name": a["name"], "strength": float(a["strength"]), "sha256": a["sha256"]}
+            for a in adapters
+        ]
+    )
+    records = []
+    for row in batch_rows(batch):
+        values = {name: None for name in schema.names}
+        values.update({k: row.get(k) for k in RESULT_FIELDS})
+        values.update(
+            variant=variant,
+            adapters=adapters_cell,
+            start=row.get("start") or 0.0,
+            batch_clips=int(row.get("batch_clips") or 0),
+            qa_flags=[],
+            settings_hash=settings_hash,
+            **{name: _time(row.get(key)) for key, name in TIMINGS.items()},
+        )
+        wav = None
+        if row["status"] == "ok":
+            try:
+                written = _write_clip(
+                    out_dir, row, sample_rate, audio_format, bits, loudness, peak, mux,
+                    mix_original,
+                )  # fmt: skip
+                wav = written.pop("wav")
+                values.update(written, sample_rate=sample_rate, bits=bits)
+                values.update(track_qa(wav, sample_rate, limits))
+            except Exception as exc:  # noqa: BLE001
+                row.update(error_result(row, "write", exc))
+        values.update({k: row[k] for k in STATUS_COLUMNS})
+        if desync:
+            add_desync_inputs(row, values, wav, sample_rate)
+        records.append(values)
+    table = pa.Table.from_pylist(records, schema=schema)
+    if desync:
+        return table
+    return write_batch(table, output=output, settings_hash=settings_hash, report=REPORT_COLUMNS)
 
 
 def _write_clip(
@@ -475,7 +468,7 @@ def _write_clip(
 ) -> dict:
     from selva_core.video.write import mux_audio
 
-    from .audio import measure, mix_under, normalise, source_track, write_audio
+    from .audio import mix_under, normalise, source_track, write_audio
 
     t0 = time.perf_counter()
     wav = torch.from_numpy(np.array(row["audio"], dtype=np.float32))
@@ -486,7 +479,6 @@ def _write_clip(
         )
     wav, gain = normalise(wav, sample_rate, target_lufs=loudness, ceiling_dbtp=peak)
     wav = wav.clamp(-1.0, 1.0)
-    level = measure(wav, sample_rate)
     name = safe_name(row["id"])
     audio_rel = f"audio/{name}.{audio_format}"
     video_rel = None
@@ -522,56 +514,9 @@ def _write_clip(
         "video_path": video_rel,
         "samples": int(wav.numel()),
         "gain_db": gain,
-        "level": level,
-        "write_s": time.perf_counter() - t0,
+        "t_write": time.perf_counter() - t0,
+        "wav": wav,
     }
-
-
-def _result_table(
-    items: list[tuple[dict, dict]],
-    variant: str,
-    sample_rate: int,
-    adapters: list[dict],
-    settings_hash: str,
-) -> pa.Table:
-    records = []
-    for row, res in items:
-        level = res["level"]
-        records.append(
-            {
-                "id": row["id"],
-                "source": row["source"],
-                "row": row.get("row"),
-                "prompt": row["prompt"],
-                "negative_prompt": row["negative_prompt"],
-                "seed": row["seed"],
-                "cfg": row["cfg"],
-                "steps": row["steps"],
-                "variant": variant,
-                "adapters": adapters,
-                "audio_path": res["audio_path"],
-                "video_path": res["video_path"],
-                "start": row["start"] or 0.0,
-                "duration": row["duration"],
-                "samples": res["samples"],
-                "sample_rate": sample_rate,
-                "peak_dbfs": level.peak_dbfs,
-                "true_peak_dbtp": level.true_peak_dbtp,
-                "rms_dbfs": level.rms_dbfs,
-                "loudness_lufs": level.loudness_lufs,
-                "gain_db": res["gain_db"],
-                "status": "ok",
-                "batch_clips": row["batch_clips"],
-                "worker": row.get("worker"),
-                "decode_s": _time(row.get("decode_s")),
-                "features_s": _time(row.get("features_s")),
-                "sampling_s": _time(row.get("sampling_s")),
-                "vocoder_s": _time(row.get("vocoder_s")),
-                "write_s": res["write_s"],
-                "settings_hash": settings_hash,
-            }
-        )
-    return pa.Table.from_pylist(records, schema=RESULT_SCHEMA)
 
 
 def _time(value) -> float | None:

@@ -1,5 +1,6 @@
-"""The results table of a run: one row per clip, written by `generate` (in its writer stage)
-and by `qa` (on an existing catalog), read by `report` and `inspect`.
+"""The results table of a run: one row per clip, written by `generate` (its writer stage
+measures each track; DeSync actors score it) and by `qa` (on an existing catalog), read by
+`report` and `inspect`, so both kinds of run folder read the same way.
 
 Layout: `RUN_DIR/results/part-*.parquet` (committed per shard by `OutputDir(kind="results")`),
 failures in `RUN_DIR/errors/` with the shared error schema (`selva_ray.io.rows`).
@@ -32,6 +33,7 @@ RESULTS_DIR = "results"
 COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("id", pa.string(), "clip id (the catalog's)"),
     ("source", pa.string(), "source video (absolute path or URI)"),
+    ("row", pa.int64(), "row of the catalog (null: a features folder's clip)"),
     ("prompt", pa.string(), "text prompt used"),
     ("negative_prompt", pa.string(), "negative prompt used (null: none)"),
     ("seed", pa.int64(), "sampling seed"),
@@ -41,8 +43,11 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("adapters", pa.string(), "JSON list of {name, strength, sha256} of merged LoRA adapters"),
     ("audio_path", pa.string(), "generated track, relative to the run folder ('' for QA-only)"),
     ("video_path", pa.string(), "dubbed video relative to the run folder, or the source video"),
+    ("start", pa.float64(), "seconds into the source where the clip starts"),
     ("duration", pa.float64(), "seconds of audio measured / generated"),
+    ("samples", pa.int64(), "samples of the generated track (null for QA-only)"),
     ("sample_rate", pa.int64(), "Hz of the measured audio"),
+    ("bits", pa.int64(), "sample depth of the written track, 16 or 24 (null for QA-only)"),
     ("peak_dbfs", pa.float64(), "sample peak, dBFS"),
     ("true_peak_dbtp", pa.float64(), "true peak (4x oversampled), dBTP"),
     ("rms_dbfs", pa.float64(), "RMS level, dBFS"),
@@ -50,15 +55,19 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("clipped_ratio", pa.float64(), "share of samples at full scale (>= 0.999)"),
     ("silence_ratio", pa.float64(), "share of 50 ms frames under -60 dBFS"),
     ("spectral_flatness", pa.float64(), "long-term spectral flatness (null: silent)"),
+    ("gain_db", pa.float64(), "loudness normalisation gain applied (null for QA-only)"),
     ("desync_s", pa.float64(), "audio-visual offset predicted by Synchformer (null: not run)"),
     ("qa_flags", pa.list_(pa.string()), "checks the clip failed (see QAThresholds)"),
     ("status", pa.string(), "ok"),
+    ("batch_clips", pa.int64(), "clips in its generator batch (null for QA-only)"),
+    ("worker", pa.string(), "host:pid of the generator actor (null for QA-only)"),
     ("t_decode", pa.float64(), "seconds decoding the source"),
     ("t_features", pa.float64(), "seconds computing conditioning features"),
     ("t_sampling", pa.float64(), "seconds of flow-matching sampling"),
     ("t_vocoder", pa.float64(), "seconds of VAE decoding + vocoder"),
     ("t_write", pa.float64(), "seconds writing audio / muxing video"),
-    ("t_qa", pa.float64(), "seconds computing the QA metrics"),
+    ("t_qa", pa.float64(), "seconds computing the QA metrics (DeSync included)"),
+    ("t_desync", pa.float64(), "seconds of DeSync scoring on the model actor (null: none)"),
     ("settings_hash", pa.string(), "hash of the run's settings (_meta.json)"),
 ]
 COLUMN_NAMES = [name for name, _, _ in COLUMNS]
@@ -105,11 +114,32 @@ def result_files(run_dir: str) -> list[str]:
     )
 
 
+# generation runs written before this schema: timings under other names, adapters as structs
+LEGACY_NAMES = {
+    "decode_s": "t_decode",
+    "features_s": "t_features",
+    "sampling_s": "t_sampling",
+    "vocoder_s": "t_vocoder",
+    "write_s": "t_write",
+}
+
+
+def _upgrade(table: pa.Table) -> pa.Table:
+    """A results file written by an older generation job, in today's column names and types."""
+    names = [LEGACY_NAMES.get(n, n) if LEGACY_NAMES.get(n) not in table.column_names else n
+             for n in table.column_names]  # fmt: skip
+    table = table.rename_columns(names)
+    if "adapters" in names and not pa.types.is_string(table.schema.field("adapters").type):
+        cells = [adapters_json(a) for a in table["adapters"].to_pylist()]
+        table = table.set_column(names.index("adapters"), "adapters", pa.array(cells, pa.string()))
+    return table
+
+
 def read_results(run_dir: str) -> pa.Table:
     """Every results row of a run, in the current schema (columns added later read as null;
     columns this version does not know are kept at the end)."""
     fs, _ = resolve(run_dir)
-    tables = [pq.read_table(path, filesystem=fs) for path in result_files(run_dir)]
+    tables = [_upgrade(pq.read_table(path, filesystem=fs)) for path in result_files(run_dir)]
     if not tables:
         return RESULTS_SCHEMA.empty_table()
     table = pa.concat_tables(tables, promote_options="permissive")

@@ -1,5 +1,5 @@
 """DeSync as a Ray Data stage: CPU-side input preparation plus a model actor, shared by the
-`qa` job and (later) the generation job's QA.
+`qa` job and the generation job's QA (`selva_ray.generate.qa_stage`).
 
     settings = DesyncSettings("synchformer", weights_dir=..., offline=True)
     settings.describe()            # what goes into _meta.json (resolves the weights first)
@@ -20,8 +20,9 @@ What is scored (av-benchmark's DeSync, `selva_core.model.desync`): the first `DE
   with the same torchaudio resampler `desync_score` uses, cut to the span.
 - A clip with less than 4.8 s of video or audio gets None (null), not an error.
 
-The actor adds `desync_s`, recomputes `qa_flags` from the row's metric columns when given
-thresholds, adds its time to `t_qa`, and drops the input columns; a clip it cannot score
+The actor adds `desync_s` (and its model time as `t_desync` when the rows have that column),
+recomputes `qa_flags` from the row's metric columns when given thresholds, adds its time to
+`t_qa`, and drops the input columns; a clip it cannot score
 becomes an error row with stage "desync" while the rest of the batch goes on.
 """
 
@@ -277,6 +278,8 @@ class DesyncActor:
                 inputs = decode_inputs(f, a)
                 if inputs is not None:
                     row["desync_s"] = self.scorer.score(inputs.frames, inputs.audio)
+                    if "t_desync" in row:
+                        row["t_desync"] = time.perf_counter() - t0
                 if self.thresholds is not None:
                     row["qa_flags"] = qa_flags(row, self.thresholds)
                 if "t_qa" in row:

@@ -21,12 +21,12 @@ from .desync_stage import DESYNC_INPUT_FIELDS, encode_inputs, prepare_desync_inp
 
 STATUS_FIELDS = [
     pa.field("shard", pa.string()),
-    pa.field("row", pa.int64()),
     pa.field("stage", pa.string()),
     pa.field("error_type", pa.string()),
     pa.field("message", pa.string()),
 ]
 # what flows from measure to write: the results columns plus where the clip goes and how it went
+# (the generation job's writer hands its rows to DeSync and `write_batch` in the same shape)
 STAGE_SCHEMA = pa.schema([*RESULTS_SCHEMA, *STATUS_FIELDS])
 # ... plus the DeSync inputs when a DeSync stage follows
 DESYNC_STAGE_SCHEMA = pa.schema([*STAGE_SCHEMA, *DESYNC_INPUT_FIELDS])
@@ -128,9 +128,11 @@ def measure_batch(
     return pa.table(dict(out), schema=schema)
 
 
-def write_batch(batch: pa.Table, *, output: str, settings_hash: str) -> pa.Table:
+def write_batch(
+    batch: pa.Table, *, output: str, settings_hash: str, report: tuple[str, ...] = ()
+) -> pa.Table:
     """Stage each shard's results and errors as fragments; report (shard, id, status, stage,
-    flags joined by commas) to the driver."""
+    the `report` columns, flags joined by commas) to the driver."""
     out_dir = OutputDir(output, kind="results")
     rows = batch.to_pylist()
     by_shard: dict[str, list[dict]] = defaultdict(list)
@@ -145,4 +147,5 @@ def write_batch(batch: pa.Table, *, output: str, settings_hash: str) -> pa.Table
         if bad:
             out_dir.stage(shard, "errors", error_table(bad, settings_hash))
     flags = pa.array([",".join(r["qa_flags"] or []) for r in rows], pa.string())
-    return batch.select(["shard", "id", "status", "stage"]).append_column("flags", flags)
+    columns = ["shard", "id", "status", "stage", *report]
+    return batch.select(columns).append_column("flags", flags)
