@@ -21,6 +21,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -30,6 +31,7 @@ import pyarrow.parquet as pq
 from selva_core.sampling import SamplerConfig
 from selva_core.variants import get_spec
 
+from .. import validate
 from ..io.catalog import CatalogProblem, ClipRecord, read_catalog, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
@@ -227,6 +229,13 @@ def _probe_duration(record: ClipRecord, max_duration: float) -> float:
 
 
 def run_generate(config: GenerateConfig) -> GenerateSummary:
+    """Run the job; the output folder is held by this run's lease (`OutputDir.acquire_lease`)
+    from the end of the input checks to the end of the run."""
+    with ExitStack() as lease:
+        return _run_generate(config, lease)
+
+
+def _run_generate(config: GenerateConfig, lease: ExitStack) -> GenerateSummary:
     t0 = time.perf_counter()
     _check_config(config)
     spec = get_spec(config.variant)
@@ -238,6 +247,9 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
             f"{spec.name!r}; pass --variant {layout.variant}"
         )
     kind = "features" if layout is not None else "catalog"
+    validate.check_output_writable(config.output)
+    out = OutputDir(config.output, kind="results")
+    lease.enter_context(out.acquire_lease())  # a second run into the folder exits 2 here
 
     from ..runtime import init_ray
 
@@ -245,7 +257,6 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
     plan = _actor_plan(config, spec.is_tiny, catalog_input=layout is None)
     settings = _settings(config, spec, adapters, plan)
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    out = OutputDir(config.output, kind="results")
     out.claim(
         {
             "kind": "generate",
@@ -255,6 +266,7 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
         }
     )
     out.recover()
+    out.sweep_partial_files("audio", "video")
     if config.retry_errors:
         log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
 

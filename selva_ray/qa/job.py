@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from selva_core.qa import QAThresholds
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
+from .. import validate
 from ..io.catalog import read_catalog
 from ..io.output_dir import OutputDir, ShardTracker
 from ..io.results_schema import RESULTS_VERSION
@@ -115,10 +116,17 @@ class QASummary(ClipCounts):
 
 
 def run_qa(config: QAConfig) -> QASummary:
+    """Run the job, holding the output folder's lease (a second run into it exits 2)."""
     t0 = time.perf_counter()
-    settings = config.settings()
-    digest = settings_hash(settings)
+    settings = config.settings()  # checks the DeSync model before the folder is touched
+    validate.check_output_writable(config.output)
     out = OutputDir(config.output, kind="results")
+    with out.acquire_lease():
+        return _run_qa(config, out, settings, t0)
+
+
+def _run_qa(config: QAConfig, out: OutputDir, settings: dict, t0: float) -> QASummary:
+    digest = settings_hash(settings)
     out.claim({"kind": "qa", "settings": settings, "settings_hash": digest})
     out.recover()
     if config.retry_errors:
