@@ -11,6 +11,7 @@ that did not run in this job) and end up in the results table.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -30,7 +31,15 @@ import torch
 from ..extract.stages import CLIP_COLUMNS, FeatureEncoder, decode_batch
 from ..io.feature_schema import FeatureLayout, from_storage
 from ..io.output_dir import OutputDir
-from ..io.rows import OK_RESULT, batch_rows, error_result, error_table, local_copy, plain
+from ..io.rows import (
+    OK_RESULT,
+    batch_rows,
+    error_result,
+    error_table,
+    local_copy,
+    plain,
+    table_or_error_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -441,6 +450,18 @@ def write_outputs(
         {"name": a["name"], "strength": float(a["strength"]), "sha256": a["sha256"]}
         for a in adapters
     ]
+
+    def build(chosen: list[int]) -> pa.Table:
+        items = [(rows[i], results[i]) for i in chosen]
+        return _result_table(items, variant, sample_rate, adapter_cells, settings_hash)
+
+    def unstorable(i: int, exc: Exception) -> None:
+        rows[i].update(error_result(rows[i], "write", exc))
+        for rel in (results[i]["audio_path"], results[i]["video_path"]):
+            if rel:  # no file without its result row
+                with contextlib.suppress(FileNotFoundError):
+                    out_dir.fs.delete_file(out_dir.path(rel))
+
     by_shard: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_shard[row["shard"]].append(i)
@@ -448,9 +469,10 @@ def write_outputs(
         ok = [i for i in idx if rows[i]["status"] == "ok"]
         bad = [i for i in idx if rows[i]["status"] != "ok"]
         if ok:
-            items = [(rows[i], results[i]) for i in ok]
-            table = _result_table(items, variant, sample_rate, adapter_cells, settings_hash)
-            out_dir.stage(shard, "results", table)
+            table = table_or_error_rows(build, ok, unstorable)
+            if table is not None:
+                out_dir.stage(shard, "results", table)
+            bad = [i for i in idx if rows[i]["status"] != "ok"]
         if bad:
             out_dir.stage(shard, "errors", error_table([rows[i] for i in bad], settings_hash))
     return {
