@@ -1,14 +1,15 @@
 """Soak: a catalog of tiny clips run through extract (and generate) while faults are injected.
 
     python bench/soak.py [--clips 500] [--bad-fraction 0.05] [--jobs extract,generate]
-        [--kill-every 6] [--driver-kill-at 0.3] [--steps 4] [--cpus 4] [--seed 0]
+        [--kill-every 6] [--max-kills 60] [--driver-kill-at 0.3] [--steps 4] [--cpus 4] [--seed 0]
         [--work DIR] [--json soak.json]
 
 On a local `ray.cluster_utils.Cluster` (one head node of --cpus logical CPUs), for each job:
 
 1. the job's driver runs as its own process (the `selva-ray` command line) while a fault
    thread SIGKILLs a random worker process of the job every --kill-every s on average (an
-   actor of a model pool, or a process running a decode / load / write task);
+   actor of a model pool, or a process running a decode / load / write task; at most
+   --max-kills per job);
 2. once --driver-kill-at of its shards are committed, the driver itself gets SIGKILL;
 3. the same command runs again (faults still injected) and must finish.
 
@@ -115,12 +116,34 @@ def make_catalog(root: Path, clips: int, bad_fraction: float, rng: random.Random
 # ---- faults ---------------------------------------------------------------------------------
 
 
-class FaultInjector:
-    """SIGKILLs a random worker process of the running job every `mean_s` seconds on average."""
+def raylet_pids(cluster) -> set[int]:
+    """Process ids of this soak's raylets: every worker process of its cluster is a child of
+    one, and no process of another Ray instance on this machine is."""
+    nodes = [cluster.head_node, *cluster.worker_nodes]
+    return {p.process.pid for n in nodes for p in n.all_processes.get("raylet", [])}
 
-    def __init__(self, mean_s: float, rng: random.Random):
+
+def parent_pid(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class FaultInjector:
+    """SIGKILLs a random worker process of the running job every `mean_s` seconds on average.
+
+    Only processes of this soak's own cluster: the state API is asked at the cluster's own
+    address, and a victim must be a child of one of the cluster's raylets."""
+
+    def __init__(self, mean_s: float, rng: random.Random, cluster, max_kills: int):
         self.mean_s = mean_s
+        self.max_kills = max_kills
         self.rng = rng
+        self.address = cluster.address
+        self.raylets = raylet_pids(cluster)
+        assert self.raylets, "no raylet process found for the soak's cluster"
         self.kills: list[dict] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,20 +163,24 @@ class FaultInjector:
 
         found = []
         try:
-            for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
+            alive = [("state", "=", "ALIVE")]
+            for a in list_actors(address=self.address, filters=alive, limit=1000):
                 if a.class_name and ACTOR_MARKER in a.class_name and a.pid:
                     found.append(("actor", a.class_name, int(a.pid)))
-            for t in list_tasks(filters=[("state", "=", "RUNNING")], limit=1000):
+            running = [("state", "=", "RUNNING")]
+            for t in list_tasks(address=self.address, filters=running, limit=1000):
                 name = t.name or ""
                 ours = t.type == "NORMAL_TASK" and any(m in name for m in TASK_MARKERS)
                 if ours and t.worker_pid:
                     found.append(("task", name, int(t.worker_pid)))
         except Exception as exc:  # noqa: BLE001 - the state API can time out under load
             print(f"[soak] state API: {exc}", flush=True)
-        return found
+        return [v for v in found if parent_pid(v[2]) in self.raylets]
 
     def _run(self) -> None:
         while not self._stop.wait(self.rng.expovariate(1.0 / self.mean_s)):
+            if len(self.kills) >= self.max_kills:
+                return
             victims = self._victims()
             if not victims:
                 continue
@@ -166,16 +193,17 @@ class FaultInjector:
             print(f"[soak] killed {kind} {name} (pid {pid})", flush=True)
 
 
-def retries() -> dict:
+def retries(address: str) -> dict:
     """Work Ray did again: task attempts after the first, actor restarts."""
     from ray.util.state import list_actors, list_tasks
 
     attempts = Counter()
-    for t in list_tasks(limit=10000, raise_on_missing_output=False):
+    for t in list_tasks(address=address, limit=10000, raise_on_missing_output=False):
         if t.attempt_number and t.attempt_number > 0:
             attempts[t.type] += 1
     restarts = sum(
-        int(a.num_restarts or 0) for a in list_actors(limit=10000, raise_on_missing_output=False)
+        int(a.num_restarts or 0)
+        for a in list_actors(address=address, limit=10000, raise_on_missing_output=False)
     )
     return {
         "task_retries": attempts.get("NORMAL_TASK", 0),
@@ -324,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bad-fraction", type=float, default=0.05, help="share of bad clips")
     p.add_argument("--jobs", default="extract,generate", help="extract[,generate]")
     p.add_argument("--kill-every", type=float, default=6.0, help="mean s between worker kills")
+    p.add_argument("--max-kills", type=int, default=60, help="worker kills per job at most")
     p.add_argument("--driver-kill-at", type=float, default=0.3, help="share of shards")
     p.add_argument("--shard-size", type=int, default=0, help="0: about clips/10")
     p.add_argument("--steps", type=int, default=4, help="generation sampling steps")
@@ -363,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         ray.init(address=cluster.address)
+        # SIGTERM ends the soak through its finally blocks (after ray.init, which sets its own)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         cli = [sys.executable, "-m", "selva_ray.cli"]
         common = ["--variant", "tiny", "--actors", str(args.actors), "--shard-size", str(shard)]
         common += ["--ray-address", cluster.address, "--no-progress"]
@@ -386,10 +417,10 @@ def main(argv: list[str] | None = None) -> int:
         }
         for job in jobs:
             command, output = runs[job]
-            faults = FaultInjector(args.kill_every, rng)
-            before = retries()
+            faults = FaultInjector(args.kill_every, rng, cluster, args.max_kills)
+            before = retries(cluster.address)
             record = run_job(job, command, output, shards, args, faults)
-            after = retries()
+            after = retries(cluster.address)
             record["worker_kills"] = dict(Counter(k["kind"] for k in faults.kills))
             record["retries"] = {k: after[k] - before[k] for k in after}
             if job == "extract":
