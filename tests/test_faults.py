@@ -215,7 +215,8 @@ def test_training_survives_a_lost_worker_node(nodes: ThreeNodes, features, tmp_p
 
     def worker_nodes() -> list:
         actors = ray.util.state.list_actors(
-            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+            address=nodes.address,  # never another Ray instance of this machine
+            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
         )
         return [n for a in actors if (n := nodes.node_of(a.node_id)) is not None]
 
