@@ -175,7 +175,8 @@ class FaultInjector:
                     found.append(("task", name, int(t.worker_pid)))
         except Exception as exc:  # noqa: BLE001 - the state API can time out under load
             print(f"[soak] state API: {exc}", flush=True)
-        return [v for v in found if parent_pid(v[2]) in self.raylets]
+        killed = {k["pid"] for k in self.kills}  # a dying process may still be listed
+        return [v for v in found if v[2] not in killed and parent_pid(v[2]) in self.raylets]
 
     def _run(self) -> None:
         while not self._stop.wait(self.rng.expovariate(1.0 / self.mean_s)):
