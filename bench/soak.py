@@ -185,7 +185,10 @@ class FaultInjector:
             victims = self._victims()
             if not victims:
                 continue
-            kind, name, pid = self.rng.choice(victims)
+            # an actor or a task worker with equal odds (tasks are far more numerous)
+            kinds = sorted({v[0] for v in victims})
+            kind = self.rng.choice(kinds)
+            kind, name, pid = self.rng.choice([v for v in victims if v[0] == kind])
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
