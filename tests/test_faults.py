@@ -149,11 +149,11 @@ def features(nodes: ThreeNodes, catalog, tmp_path_factory):
     """Extraction that loses a worker node once the first shard is committed."""
     output = tmp_path_factory.mktemp("features")
     thread, result = run_in_thread(lambda: run_extract(extract_config(catalog, output)))
-    wait_for(lambda: ledger_count(output) > 0, timeout=120)
+    wait_for(lambda: ledger_count(output) > 0, timeout=600)
     committed_before_loss = ledger_count(output)
     nodes.lose()
     try:
-        summary = joined(thread, result, timeout=300)
+        summary = joined(thread, result, timeout=900)
     finally:
         nodes.restore()
     return output, summary, committed_before_loss
@@ -171,11 +171,11 @@ def test_generation_survives_a_lost_node(nodes: ThreeNodes, features, tmp_path):
     output = tmp_path / "generated"
     config = generate_config(feats, output)
     thread, result = run_in_thread(lambda: run_generate(config))
-    wait_for(lambda: ledger_count(output) > 0, timeout=120)
+    wait_for(lambda: ledger_count(output) > 0, timeout=600)
     committed_before_loss = ledger_count(output)
     nodes.lose()
     try:
-        first = joined(thread, result, timeout=300)
+        first = joined(thread, result, timeout=900)
     finally:
         nodes.restore()
     assert 1 <= committed_before_loss < CLIPS // SHARD, committed_before_loss
@@ -211,7 +211,7 @@ def test_training_survives_a_lost_worker_node(nodes: ThreeNodes, features, tmp_p
     )
     thread, result = run_in_thread(lambda: run_train(config))
     first = run / "checkpoints" / "step_000003" / "state.pt"
-    assert wait_for(first.exists, timeout=180, step=0.05), "no checkpoint was written"
+    assert wait_for(first.exists, timeout=600, step=0.05), "no checkpoint was written"
 
     def worker_nodes() -> list:
         actors = ray.util.state.list_actors(
@@ -225,7 +225,7 @@ def test_training_survives_a_lost_worker_node(nodes: ThreeNodes, features, tmp_p
     finished_before_loss = (run / "summary.json").exists()
     nodes.lose(hosts[0])
     try:
-        summary = joined(thread, result, timeout=400)
+        summary = joined(thread, result, timeout=900)
     finally:
         nodes.restore()
     assert not finished_before_loss, "training ended before the node was lost"
@@ -253,7 +253,7 @@ def kill_driver_after_first_commit(command: list[str], output: Path) -> int:
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=dict(os.environ)
     )
     try:
-        started = wait_for(lambda: ledger_count(output) > 0 or driver.poll() is not None, 180)
+        started = wait_for(lambda: ledger_count(output) > 0 or driver.poll() is not None, 600)
         assert started and driver.poll() is None, (
             f"driver ended (status {driver.poll()}) before committing a shard: "
             f"{driver.stderr.read().decode()[-2000:]}"
