@@ -24,13 +24,17 @@ class ThreeNodes:
             initialize_head=True,
             head_node_args={"num_cpus": HEAD_CPUS, "object_store_memory": STORE},
         )
-        self.workers = [self._add() for _ in range(2)]
-        self.cluster.wait_for_nodes()
-        ray.init(address=self.cluster.address)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.print_on_execution_start = False
-        self.wait_alive(3)
+        try:
+            self.workers = [self._add() for _ in range(2)]
+            self.cluster.wait_for_nodes()
+            ray.init(address=self.cluster.address)
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False
+            ctx.print_on_execution_start = False
+            self.wait_alive(3)
+        except BaseException:
+            self.shutdown()  # never leave a half-started cluster behind
+            raise
 
     @property
     def address(self) -> str:
