@@ -587,3 +587,86 @@ def test_corrupt_adapters_are_refused_naming_the_file(tmp_path):
         path.write_bytes(np.random.default_rng(seed).bytes(16 << (seed % 6)))
         with pytest.raises(CorruptWeightsError, match=path.name):
             read_adapter(path)
+
+
+def test_generate_and_qa_writers_never_fail_a_block_for_one_row(tmp_path):
+    """A row whose value does not fit the results table (a seed beyond int64) becomes an error
+    row at stage "write" (its track deleted: no file without a row); the other row of the
+    block is staged and reported ok. The writer stages called as Ray Data calls them."""
+    from selva_ray.generate.stages import clip_samples, write_outputs
+    from selva_ray.io.output_dir import OutputDir
+    from selva_ray.qa.stages import write_batch as qa_write_batch
+
+    rate, duration = 16000, 0.5
+    rows = [
+        {"id": "good", "seed": 5},
+        {"id": "huge_seed", "seed": 2**64},  # passed no catalog check: must not sink "good"
+    ]
+    batch = {
+        key: np.array([value(r) for r in rows], dtype=object)
+        for key, value in {
+            "id": lambda r: r["id"],
+            "seed": lambda r: r["seed"],
+            "shard": lambda r: "s0",
+            "source": lambda r: f"/videos/{r['id']}.mp4",
+            "row": lambda r: 1,
+            "prompt": lambda r: "a hum",
+            "negative_prompt": lambda r: None,
+            "cfg": lambda r: 4.5,
+            "steps": lambda r: 2,
+            "start": lambda r: 0.0,
+            "duration": lambda r: duration,
+            "audio": lambda r: np.full(clip_samples(duration, rate), 0.1, np.float32),
+            "batch_clips": lambda r: 2,
+            "worker": lambda r: "host:1",
+            "status": lambda r: "ok",
+            "stage": lambda r: "",
+            "error_type": lambda r: "",
+            "message": lambda r: "",
+        }.items()
+    }
+    gen = tmp_path / "gen"
+    report = write_outputs(
+        batch,
+        output=str(gen),
+        settings_hash="h",
+        variant="tiny",
+        sample_rate=rate,
+        audio_format="wav",
+        bits=16,
+        loudness=None,
+        peak=None,
+        mux=False,
+        mix_original=None,
+        adapters=[],
+    )
+    assert report["status"].to_pylist() == ["ok", "error"]
+    assert report["stage"].to_pylist() == ["", "write"]
+    commit = OutputDir(str(gen), kind="results").commit("s0")
+    assert (commit.ok, commit.failed) == (1, 1)
+    assert pq.read_table(gen / "results")["id"].to_pylist() == ["good"]
+    error = pq.read_table(gen / "errors").to_pylist()[0]
+    assert error["id"] == "huge_seed" and error["stage"] == "write"
+    assert sorted(p.name for p in (gen / "audio").iterdir()) == ["good.wav"]
+
+    qa = tmp_path / "qa"
+    table = pa.table(
+        {
+            "shard": ["s0", "s0"],
+            "id": ["good", "huge_seed"],
+            "seed": pa.array([5, 2**64 - 1], pa.uint64()),
+            "duration": [1.0, 1.0],
+            "status": ["ok", "ok"],
+            "stage": ["", ""],
+            "error_type": ["", ""],
+            "message": ["", ""],
+            "qa_flags": [["silence"], []],
+        }
+    )
+    out = qa_write_batch(table, output=str(qa), settings_hash="h")
+    assert out["status"].to_pylist() == ["ok", "error"]
+    assert out["flags"].to_pylist() == ["silence", ""]
+    commit = OutputDir(str(qa), kind="results").commit("s0")
+    assert (commit.ok, commit.failed) == (1, 1)
+    assert pq.read_table(qa / "results")["id"].to_pylist() == ["good"]
+    assert pq.read_table(qa / "errors")["id"].to_pylist() == ["huge_seed"]

@@ -41,6 +41,43 @@ def test_a_stale_lease_is_taken_over(tmp_path):
     lease.release()
 
 
+def test_the_lease_of_a_killed_process_on_this_machine_is_taken_over_at_once(tmp_path):
+    """A driver killed with SIGKILL leaves a fresh lease; on the same host and PID namespace a
+    rerun sees that its process is gone. A live process, or another host, still holds it."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    folder = tmp_path / "o" / LEASE
+    folder.mkdir(parents=True)
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    killed = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.kill(killed.pid, signal.SIGKILL)
+        killed.wait()
+        here = {"host": socket.gethostname(), "pid_namespace": ns, "heartbeat_at": time.time()}
+        holders = {
+            "live": {**here, "pid": live.pid},
+            "elsewhere": {**here, "pid": killed.pid, "host": "another-host"},
+            "killed": {**here, "pid": killed.pid},
+        }
+        for name in ("live", "elsewhere"):
+            (folder / f"{name}.json").write_text(json.dumps({"token": name, **holders[name]}))
+            with pytest.raises(OutputBusyError, match=f"pid {holders[name]['pid']}"):
+                OutputDir(str(tmp_path / "o")).acquire_lease()
+            (folder / f"{name}.json").unlink()
+        (folder / "killed.json").write_text(json.dumps({"token": "killed", **holders["killed"]}))
+        lease = OutputDir(str(tmp_path / "o")).acquire_lease()
+        assert [p.name for p in folder.glob("*.json")] == [f"{lease.token}.json"]
+        lease.release()
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_runs_racing_for_a_lease_never_both_win(tmp_path):
     winners, losers = [], []
     barrier = threading.Barrier(4)

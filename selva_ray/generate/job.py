@@ -22,6 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
@@ -32,6 +33,7 @@ from selva_core.qa import QAThresholds
 from selva_core.sampling import SamplerConfig
 from selva_core.variants import get_spec
 
+from .. import validate
 from ..io.catalog import CatalogProblem, ClipRecord, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
@@ -237,7 +239,16 @@ def _probe_duration(record: ClipRecord, max_duration: float) -> float:
 
 def run_generate(config: GenerateConfig, *, catalog: tuple | None = None) -> GenerateSummary:
     """Run the job. `catalog`: (records, problems) the caller already read from
-    `config.input` (the command does, before importing this module)."""
+    `config.input` (the command does, before importing this module). The output folder is
+    held by this run's lease (`OutputDir.acquire_lease`) from the end of the input checks to
+    the end of the run."""
+    with ExitStack() as lease:
+        return _run_generate(config, lease, catalog)
+
+
+def _run_generate(
+    config: GenerateConfig, lease: ExitStack, catalog: tuple | None
+) -> GenerateSummary:
     t0 = time.perf_counter()
     _check_config(config)
     spec = get_spec(config.variant)
@@ -265,13 +276,16 @@ def run_generate(config: GenerateConfig, *, catalog: tuple | None = None) -> Gen
             row.update(_defaults(row, config))
             row["planned"] = row["duration"]
 
+    validate.check_output_writable(config.output)
+    out = OutputDir(config.output, kind="results")
+    lease.enter_context(out.acquire_lease())  # a second run into the folder exits 2 here
+
     from ..runtime import init_ray
 
     init_ray(config.ray_address, progress=config.progress)
     plan = _actor_plan(config, spec.is_tiny, catalog_input=layout is None)
     settings = {**_settings(config, spec, adapters, plan), **qa}
     settings_hash = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    out = OutputDir(config.output, kind="results")
     out.claim(
         {
             "kind": "generate",
@@ -281,6 +295,7 @@ def run_generate(config: GenerateConfig, *, catalog: tuple | None = None) -> Gen
         }
     )
     out.recover()
+    out.sweep_partial_files("audio", "video")
     if config.retry_errors:
         log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
 

@@ -13,6 +13,7 @@ with the qa job (`selva_ray.io.results_schema`): the writers measure each writte
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -33,7 +34,14 @@ from ..extract.stages import CLIP_COLUMNS, FeatureEncoder, decode_batch
 from ..io.feature_schema import FeatureLayout, from_storage
 from ..io.output_dir import OutputDir
 from ..io.results_schema import adapters_json
-from ..io.rows import OK_RESULT, batch_rows, error_result, local_copy, plain
+from ..io.rows import (
+    OK_RESULT,
+    batch_rows,
+    error_result,
+    local_copy,
+    plain,
+    table_or_error_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -449,7 +457,26 @@ def write_outputs(
         if desync:
             add_desync_inputs(row, values, wav, sample_rate)
         records.append(values)
-    table = pa.Table.from_pylist(records, schema=schema)
+
+    def build(chosen: list[int]) -> pa.Table:
+        return pa.Table.from_pylist([records[i] for i in chosen], schema=schema)
+
+    def unstorable(i: int, exc: Exception) -> None:
+        # A value that does not fit the results schema (e.g. a seed beyond int64): an error
+        # row that keeps only what identifies the clip, and no file without its row.
+        values = records[i]
+        for rel in (values.get("audio_path"), values.get("video_path")):
+            if rel:
+                with contextlib.suppress(FileNotFoundError):
+                    out_dir.fs.delete_file(out_dir.path(rel))
+        keep = {"id", "source", "shard", "row"}
+        records[i] = {k: (v if k in keep else None) for k, v in values.items()}
+        records[i].update(error_result(values, "write", exc), qa_flags=[])
+
+    everything = list(range(len(records)))
+    table = table_or_error_rows(build, everything, unstorable)
+    if table is None or table.num_rows < len(records):
+        table = build(everything)  # the unstorable rows, now error rows, fit
     if desync:
         return table
     return write_batch(table, output=output, settings_hash=settings_hash, report=REPORT_COLUMNS)

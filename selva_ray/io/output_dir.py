@@ -19,8 +19,10 @@ interruption loses only the blocks that were in flight.
 
 One run at a time: a run holds a lease (`_lease/<token>.json`, refreshed by a heartbeat) from
 its claim to its end; a second run refuses to start while the lease is live, and takes over a
-lease whose heartbeat is older than `LEASE_STALE_S` (its owner died). The lease uses only
-create, list and delete through `pyarrow.fs`, so it works the same on object storage.
+lease whose heartbeat is older than `LEASE_STALE_S` (its owner died), or at once one whose
+process is gone from this very machine (same host and process namespace: a driver killed with
+SIGKILL is rerun without waiting). The lease uses only create, list and delete through
+`pyarrow.fs`, so it works the same on object storage.
 
 Rows carry an `input_hash` (what the row was computed from); a rerun whose catalog row changed
 first deletes the old row (rewriting its file without it, atomically by rename), then computes
@@ -376,6 +378,25 @@ class OutputDir:
             log.info("recovered %d shard(s) of an interrupted run", len(commits))
         return commits
 
+    def sweep_partial_files(self, *folders: str) -> int:
+        """Delete hidden files (a writer's temp names: `.name.*.tmp`, `.stem.pid.partial.x`)
+        left in `folders` of DIR by a run that was killed mid-write. Only under the lease: no
+        live run of this folder can be writing one."""
+        removed = 0
+        for folder in folders:
+            try:
+                infos = self.fs.get_file_info(pafs.FileSelector(self.path(folder)))
+            except FileNotFoundError:
+                continue
+            for info in infos:
+                if info.type == pafs.FileType.File and info.base_name.startswith("."):
+                    with contextlib.suppress(FileNotFoundError):
+                        self.fs.delete_file(info.path)
+                        removed += 1
+        if removed:
+            log.info("removed %d partial file(s) of an interrupted run", removed)
+        return removed
+
     # ---- lease --------------------------------------------------------------------------------
 
     def acquire_lease(
@@ -417,14 +438,16 @@ class OutputDir:
                 holder = {"token": info.base_name, "host": "?", "pid": "?"}
                 beat = info.mtime.timestamp() if info.mtime else 0.0
             age = time.time() - beat
-            if age > stale_after_s:
+            gone = _process_gone(holder)
+            if age > stale_after_s or gone:
                 log.warning(
                     "taking over the stale lease of %s (host %s, pid %s, last heartbeat %.0f s "
-                    "ago)",
+                    "ago%s)",
                     self.uri,
                     holder.get("host"),
                     holder.get("pid"),
                     age,
+                    "; that process is gone" if gone else "",
                 )
                 with contextlib.suppress(FileNotFoundError):
                     self.fs.delete_file(info.path)
@@ -512,6 +535,7 @@ class Lease:
             "token": self.token,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "pid_namespace": _pid_namespace(),
             "acquired_at": self.acquired_at,
             "heartbeat_at": time.time(),
         }
@@ -543,6 +567,36 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def _pid_namespace() -> int | None:
+    """Identity of this process's PID namespace (Linux), so that a pid is only judged on the
+    machine and container that issued it."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _process_gone(holder: dict) -> bool:
+    """True only when the lease's process provably no longer runs: same host and PID
+    namespace, and no such pid (or a zombie). Anything uncertain counts as alive."""
+    pid, ns = holder.get("pid"), holder.get("pid_namespace")
+    if holder.get("host") != socket.gethostname() or ns is None or ns != _pid_namespace():
+        return False
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # e.g. another user's process: it exists
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # killed, not yet reaped
+    except (OSError, IndexError):
+        return False
 
 
 def row_group_rows(table: pa.Table) -> int:

@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -59,6 +59,29 @@ def error_result(row: dict, stage: str, exc: BaseException) -> dict:
     log.warning("clip %s (%s) failed at %s: %s", row.get("id"), row.get("source"), stage, message)
     log.debug("%s", "".join(traceback.format_exception(exc)))
     return {"status": "error", "stage": stage, "error_type": type(exc).__name__, "message": message}
+
+
+def table_or_error_rows(
+    build: Callable[[list[int]], pa.Table],
+    idx: list[int],
+    failed: Callable[[int, Exception], None],
+) -> pa.Table | None:
+    """`build(idx)`, the table of a block's good rows; if one row cannot be stored (a value
+    that does not fit the schema), each row is tried alone, the ones that fail go to
+    `failed(i, exc)` (which makes them error rows) and the table holds the rest, so one odd
+    row never fails a whole block. None when no row is left."""
+    try:
+        return build(idx)
+    except Exception:  # noqa: BLE001 - find the bad row(s) below
+        pass
+    good = []
+    for i in idx:
+        try:
+            build([i])
+            good.append(i)
+        except Exception as exc:  # noqa: BLE001
+            failed(i, exc)
+    return build(good) if good else None
 
 
 def error_table(rows: list[dict], settings_hash: str) -> pa.Table:

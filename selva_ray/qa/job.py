@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from selva_core.qa import QAThresholds
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
+from .. import validate
 from ..io.output_dir import OutputDir, ShardTracker
 from ..io.results_schema import RESULTS_VERSION
 from ..summary import ClipCounts
@@ -129,8 +130,16 @@ def run_qa(config: QAConfig, *, catalog: tuple | None = None) -> QASummary:
         default_prompt="",  # QA measures tracks: a manifest needs no prompt column
     )
     settings = config.settings()
-    digest = settings_hash(settings)
+    validate.check_output_writable(config.output)
     out = OutputDir(config.output, kind="results")
+    with out.acquire_lease():
+        return _run_qa(config, out, settings, t0, records, problems)
+
+
+def _run_qa(
+    config: QAConfig, out: OutputDir, settings: dict, t0: float, records: list, problems: list
+) -> QASummary:
+    digest = settings_hash(settings)
     out.claim({"kind": "qa", "settings": settings, "settings_hash": digest})
     out.recover()
     if config.retry_errors:

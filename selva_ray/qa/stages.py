@@ -16,7 +16,14 @@ from selva_core.qa import QAThresholds, clip_metrics, qa_flags
 
 from ..io.output_dir import OutputDir
 from ..io.results_schema import RESULTS_SCHEMA, results_table
-from ..io.rows import OK_RESULT, batch_rows, error_result, error_table, local_copy
+from ..io.rows import (
+    OK_RESULT,
+    batch_rows,
+    error_result,
+    error_table,
+    local_copy,
+    table_or_error_rows,
+)
 from .desync_stage import DESYNC_INPUT_FIELDS, encode_inputs, prepare_desync_inputs
 
 STATUS_FIELDS = [
@@ -132,20 +139,34 @@ def write_batch(
     batch: pa.Table, *, output: str, settings_hash: str, report: tuple[str, ...] = ()
 ) -> pa.Table:
     """Stage each shard's results and errors as fragments; report (shard, id, status, stage,
-    the `report` columns, flags joined by commas) to the driver."""
+    the `report` columns, flags joined by commas) to the driver. A row that does not fit the
+    results schema becomes an error row (stage "write"); the block's other rows are kept."""
     out_dir = OutputDir(output, kind="results")
     rows = batch.to_pylist()
-    by_shard: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_shard[row["shard"]].append(row)
     names = set(RESULTS_SCHEMA.names)
-    for shard, items in by_shard.items():
-        ok = [{k: v for k, v in r.items() if k in names} for r in items if r["status"] == "ok"]
-        bad = [r for r in items if r["status"] != "ok"]
+
+    def build(chosen: list[int]) -> pa.Table:
+        return results_table([{k: v for k, v in rows[i].items() if k in names} for i in chosen])
+
+    def unstorable(i: int, exc: Exception) -> None:
+        rows[i].update(error_result(rows[i], "write", exc))
+
+    by_shard: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_shard[row["shard"]].append(i)
+    for shard, idx in by_shard.items():
+        ok = [i for i in idx if rows[i]["status"] == "ok"]
         if ok:
-            out_dir.stage(shard, "results", results_table(ok))
+            table = table_or_error_rows(build, ok, unstorable)
+            if table is not None:
+                out_dir.stage(shard, "results", table)
+        bad = [rows[i] for i in idx if rows[i]["status"] != "ok"]
         if bad:
             out_dir.stage(shard, "errors", error_table(bad, settings_hash))
-    flags = pa.array([",".join(r["qa_flags"] or []) for r in rows], pa.string())
-    columns = ["shard", "id", "status", "stage", *report]
-    return batch.select(columns).append_column("flags", flags)
+    columns = {name: pa.string() for name in ("shard", "id", "status", "stage")}
+    columns.update({name: batch.schema.field(name).type for name in report})
+    out = {name: pa.array([r[name] for r in rows], kind) for name, kind in columns.items()}
+    out["flags"] = pa.array(
+        [",".join(r["qa_flags"] or []) if r["status"] == "ok" else "" for r in rows], pa.string()
+    )
+    return pa.table(out)

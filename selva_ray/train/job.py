@@ -25,9 +25,11 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..io.output_dir import OutputDir
 from .config import TrainConfig, TrainConfigError
 from .data import FeatureFolderError, clip_dataset, inspect_features, list_clips, split_ids
 from .runlog import read_json, write_json
@@ -132,6 +134,13 @@ def _split(config: TrainConfig, info, run_dir: Path) -> dict:
 
 
 def run_train(config: TrainConfig) -> TrainSummary:
+    """Run (or resume) a training run; the run folder is held by this run's lease from the
+    end of the checks to the end of training, so a second run into it exits 2."""
+    with ExitStack() as lease:
+        return _run_train(config, lease)
+
+
+def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
     t0 = time.perf_counter()
     config.check()
     info = inspect_features(config.features, config.variant)
@@ -144,6 +153,8 @@ def run_train(config: TrainConfig) -> TrainSummary:
             _prepare_run_dir(config, run_dir)
             return _summary(config, run_dir, t0, status="already complete")
     _prepare_run_dir(config, run_dir)
+    lease.enter_context(OutputDir(str(run_dir)).acquire_lease())
+    _prepare_run_dir(config, run_dir)  # again: a run that held the folder may have just ended
     split = _split(config, info, run_dir)  # reads the features; writes nothing if they fail
     run_dir.mkdir(parents=True, exist_ok=True)
     if len(split["train"]) < config.batch_size:
