@@ -85,14 +85,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from selva_core.variants import UnknownVariantError
+def config_from_args(args: argparse.Namespace):
+    from ..config_file import job_settings
+    from ..generate import GenerateConfig
 
-    from ..generate import GenerateConfig, GenerateInputError, run_generate
-    from ..io.catalog import CatalogError
-    from ..io.output_dir import SettingsMismatchError
-
-    config = GenerateConfig(
+    return GenerateConfig(
         input=args.input,
         output=args.output,
         variant=args.variant,
@@ -124,9 +121,19 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         allow_roots=args.allow_root or None,
         progress=not args.no_progress,
+        flags=job_settings(args),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from selva_core.variants import UnknownVariantError
+
+    from ..generate import GenerateInputError, run_generate
+    from ..io.catalog import CatalogError
+    from ..io.output_dir import SettingsMismatchError
+
     try:
-        summary = run_generate(config)
+        summary = run_generate(config_from_args(args))
     except (
         CatalogError,
         SettingsMismatchError,

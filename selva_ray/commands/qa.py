@@ -110,6 +110,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def config_from_args(args: argparse.Namespace):
+    """QAConfig of a command line (ThresholdsError for a bad thresholds file)."""
+    from ..config_file import job_settings
+    from ..qa import QAConfig
+
+    return QAConfig(
+        input=args.input,
+        output=args.output,
+        thresholds=thresholds_from_args(args),
+        max_duration=args.max_duration,
+        shard_size=args.shard_size,
+        desync_variant=None if args.no_desync else args.desync_variant,
+        desync_precision=args.desync_precision,
+        device=args.device,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        actor_memory_gb=args.actor_memory_gb,
+        desync_batch_size=args.desync_batch_size,
+        weights_dir=args.weights_dir,
+        offline=args.offline,
+        retry_errors=args.retry_errors,
+        fail_on_error=args.fail_on_error,
+        ray_address=args.ray_address,
+        allow_roots=args.allow_root or None,
+        progress=not args.no_progress,
+        flags=job_settings(args),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from selva_core.qa import ThresholdsError
     from selva_core.variants import UnknownVariantError
@@ -117,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.catalog import CatalogError
     from ..io.output_dir import SettingsMismatchError
-    from ..qa import QAConfig, run_qa
+    from ..qa import run_qa
 
     if not args.max_duration > 0 or args.shard_size < 1:
         print("error: --max-duration must be > 0 and --shard-size >= 1", file=sys.stderr)
@@ -126,30 +155,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: --desync-batch-size and --actors must be >= 1", file=sys.stderr)
         return 2
     try:
-        thresholds = thresholds_from_args(args)
-        summary = run_qa(
-            QAConfig(
-                input=args.input,
-                output=args.output,
-                thresholds=thresholds,
-                max_duration=args.max_duration,
-                shard_size=args.shard_size,
-                desync_variant=None if args.no_desync else args.desync_variant,
-                desync_precision=args.desync_precision,
-                device=args.device,
-                actors=args.actors,
-                gpus_per_actor=args.gpus_per_actor,
-                actor_memory_gb=args.actor_memory_gb,
-                desync_batch_size=args.desync_batch_size,
-                weights_dir=args.weights_dir,
-                offline=args.offline,
-                retry_errors=args.retry_errors,
-                fail_on_error=args.fail_on_error,
-                ray_address=args.ray_address,
-                allow_roots=args.allow_root or None,
-                progress=not args.no_progress,
-            )
-        )
+        summary = run_qa(config_from_args(args))
     except (
         ThresholdsError,
         CatalogError,

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from selva_core.sampling import SamplerConfig
 from selva_core.variants import get_spec
 
+from ..config_file import config_record
 from ..io.catalog import CatalogProblem, ClipRecord, read_catalog, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
@@ -99,6 +100,7 @@ class GenerateConfig:
     # Benchmarks only: build the models by hand (e.g. random weights at real sizes),
     # `factory(device, dtype, role) -> Components`, role "encoder" or "generator".
     components_factory: Callable | None = None
+    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
 
 
 @dataclass
@@ -309,7 +311,8 @@ def run_generate(config: GenerateConfig) -> GenerateSummary:
         for stage, n in failed.items():
             summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
     summary.wall_s = time.perf_counter() - t0
-    out.record_run({"run": run, "finished_at": time.time(), **asdict(summary)})
+    record = {"run": run, "finished_at": time.time(), "config": config_record(config)}
+    out.record_run({**record, **asdict(summary)})
     return summary
 
 

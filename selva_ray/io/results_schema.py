@@ -105,11 +105,32 @@ def result_files(run_dir: str) -> list[str]:
     )
 
 
+# generation runs written before this schema: timings under other names, adapters as structs
+LEGACY_NAMES = {
+    "decode_s": "t_decode",
+    "features_s": "t_features",
+    "sampling_s": "t_sampling",
+    "vocoder_s": "t_vocoder",
+    "write_s": "t_write",
+}
+
+
+def _upgrade(table: pa.Table) -> pa.Table:
+    """A results file written by an older generation job, in today's column names and types."""
+    names = [LEGACY_NAMES.get(n, n) if LEGACY_NAMES.get(n) not in table.column_names else n
+             for n in table.column_names]  # fmt: skip
+    table = table.rename_columns(names)
+    if "adapters" in names and not pa.types.is_string(table.schema.field("adapters").type):
+        cells = [adapters_json(a) for a in table["adapters"].to_pylist()]
+        table = table.set_column(names.index("adapters"), "adapters", pa.array(cells, pa.string()))
+    return table
+
+
 def read_results(run_dir: str) -> pa.Table:
     """Every results row of a run, in the current schema (columns added later read as null;
     columns this version does not know are kept at the end)."""
     fs, _ = resolve(run_dir)
-    tables = [pq.read_table(path, filesystem=fs) for path in result_files(run_dir)]
+    tables = [_upgrade(pq.read_table(path, filesystem=fs)) for path in result_files(run_dir)]
     if not tables:
         return RESULTS_SCHEMA.empty_table()
     table = pa.concat_tables(tables, promote_options="permissive")

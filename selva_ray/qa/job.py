@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from selva_core.qa import QAThresholds
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
+from ..config_file import config_record
 from ..io.catalog import read_catalog
 from ..io.output_dir import OutputDir, ShardTracker
 from ..io.results_schema import RESULTS_VERSION
@@ -56,6 +57,7 @@ class QAConfig:
     ray_address: str | None = None
     allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
     progress: bool = True
+    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
 
     def desync_settings(self) -> DesyncSettings | None:
         if self.desync_variant is None:
@@ -159,6 +161,7 @@ def run_qa(config: QAConfig) -> QASummary:
         {
             "run": run,
             "finished_at": time.time(),
+            "config": config_record(config),
             **asdict(summary),
             "clips_per_s": summary.clips_per_s,
         }

@@ -28,6 +28,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..config_file import config_record
 from .config import TrainConfig, TrainConfigError
 from .data import FeatureFolderError, clip_dataset, inspect_features, list_clips, split_ids
 from .runlog import read_json, write_json
@@ -150,8 +151,10 @@ def run_train(config: TrainConfig) -> TrainSummary:
         raise FeatureFolderError(
             f"{len(split['train'])} training clips but the global batch is {config.batch_size}"
         )
-    if not config.resume:
-        write_json(run_dir / CONFIG_FILE, {"job": "train", "settings": config.to_dict()})
+    meta = {"job": "train", "settings": config.to_dict()}
+    if config.resume:
+        meta = read_json(run_dir / CONFIG_FILE)  # the first start's settings stay
+    write_json(run_dir / CONFIG_FILE, {**meta, "config": config_record(config)})
     log.info(
         "training %s LoRA r%d (%s) on %d clips (%d validation), %d worker(s), %d steps",
         config.variant,
