@@ -178,7 +178,7 @@ def test_train_job_through_the_jobs_api(trained, capsys):
     assert steps == [0, 1, 2]
     from selva_core.lora.adapter_file import read_adapter
 
-    assert read_adapter(str(out / "adapter.safetensors")).meta.rank == 4
+    assert read_adapter(str(out / "adapter.safetensors")).meta.trained_rank == 4
     assert (out / "checkpoints").is_dir() and not (out / "adapter.surgery.safetensors").exists()
     recorded = assert_settings_feed_back("train", out, capsys)
     assert (recorded["workers"], recorded["steps"], recorded["no-surgery"]) == (1, 2, True)
