@@ -42,25 +42,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _start_head(log: Path, env: dict) -> tuple[subprocess.Popen, int]:
+    """A head process that has printed READY (ray.init returned), and its dashboard port. Ray
+    gives a starting node 30 s to register, which a heavily loaded machine can miss: a head
+    that dies starting is started again (twice at most)."""
+    for attempt in range(3):
+        port = _free_port()
+        with open(log, "w") as out:
+            head = subprocess.Popen(
+                [sys.executable, "-c", HEAD, str(port), str(_free_port())],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + 240
+        while "READY" not in log.read_text() and head.poll() is None:
+            assert time.monotonic() < deadline, "head did not start: " + log.read_text()[-3000:]
+            time.sleep(1)
+        if head.poll() is None:
+            return head, port
+        assert attempt < 2, "head did not start: " + log.read_text()[-3000:]
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory):
     """A JobSubmissionClient on a local head started by a driver process (not `ray start`, so
     no later `ray.init()` in the suite attaches to it)."""
     from ray.job_submission import JobSubmissionClient
 
-    port = _free_port()
     log = tmp_path_factory.mktemp("head") / "head.log"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # On a loaded machine a job may reach its working_dir package more than the default 60 s
     # after the upload; the head must keep it that long.
     env["RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S"] = "900"
-    with open(log, "w") as out:
-        head = subprocess.Popen(
-            [sys.executable, "-c", HEAD, str(port), str(_free_port())],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
+    head, port = _start_head(log, env)
     client = None
     try:
         deadline = time.monotonic() + 180
