@@ -4,9 +4,11 @@ FAILED with the reason in the job's logs."""
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from selva_ray.io.feature_schema import read_features
 HEAD = """
 import sys, time, ray
 import ray._private.parameter as parameter
+from ray._private.utils import write_ray_address
 
 # The job agent's HTTP port is fixed (52365) unless `ray start` sets it; another Ray on the
 # machine may hold it, and the head then accepts no job. Give ours a free port.
@@ -27,9 +30,13 @@ def _init_with_agent_port(self, *args, **kwargs):
     kwargs.setdefault("dashboard_agent_listen_port", int(sys.argv[2]))
     _init(self, *args, **kwargs)
 parameter.RayParams.__init__ = _init_with_agent_port
-ray.init(address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024,
-         include_dashboard=True,
-         dashboard_host="127.0.0.1", dashboard_port=int(sys.argv[1]))
+# A job's driver gets its cluster address from the head's temp dir (ray_current_cluster), and
+# the shared /tmp/ray names whichever cluster `ray start` made last on this machine: our own
+# temp dir names ours.
+ctx = ray.init(address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024,
+               include_dashboard=True, dashboard_host="127.0.0.1",
+               dashboard_port=int(sys.argv[1]), _temp_dir=sys.argv[3])
+write_ray_address(ctx.address_info["gcs_address"], sys.argv[3])
 print("READY", flush=True)
 while True:
     time.sleep(1)
@@ -42,7 +49,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start_head(log: Path, env: dict) -> tuple[subprocess.Popen, int]:
+def _start_head(log: Path, env: dict, temp_dir: str) -> tuple[subprocess.Popen, int]:
     """A head process that has printed READY (ray.init returned), and its dashboard port. Ray
     gives a starting node 30 s to register, which a heavily loaded machine can miss: a head
     that dies starting is started again (twice at most)."""
@@ -50,7 +57,7 @@ def _start_head(log: Path, env: dict) -> tuple[subprocess.Popen, int]:
         port = _free_port()
         with open(log, "w") as out:
             head = subprocess.Popen(
-                [sys.executable, "-c", HEAD, str(port), str(_free_port())],
+                [sys.executable, "-c", HEAD, str(port), str(_free_port()), temp_dir],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
@@ -76,7 +83,8 @@ def jobs(tmp_path_factory):
     # On a loaded machine a job may reach its working_dir package more than the default 60 s
     # after the upload; the head must keep it that long.
     env["RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S"] = "900"
-    head, port = _start_head(log, env)
+    temp_dir = tempfile.mkdtemp(prefix="rj-", dir="/tmp")  # short: Ray's socket paths
+    head, port = _start_head(log, env, temp_dir)
     client = None
     try:
         deadline = time.monotonic() + 180
@@ -94,6 +102,7 @@ def jobs(tmp_path_factory):
             head.wait(30)
         except subprocess.TimeoutExpired:
             head.kill()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def submit_and_wait(client, args: list[str], timeout: float = 420) -> tuple[str, str]:
