@@ -178,7 +178,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
         argv += model + ["--with-audio-latents", "--shard-size", "2", "--batch-size", "2"]
         summary = _run("extract", run_extract, _job_config(argv + ["--no-progress"]), echo)
         result.exit_code |= summary.exit_code(fail_on_error=True)
-        return _status(summary.ok + summary.failed), f"{summary.ok} clips"
+        return _status(summary.ok + summary.failed), f"{summary.ok} new, {summary.skipped} done"
 
     stage("extract", features, extract)
 
@@ -216,7 +216,8 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
             argv += model + ["--steps", str(config.generate_steps), "--no-progress"] + extra
             summary = _run("generate", run_generate, _job_config(argv), echo)
             result.exit_code |= summary.exit_code(fail_on_error=True)
-            return _status(summary.ok + summary.failed), f"{summary.ok} tracks + videos"
+            note = f"{summary.ok} new, {summary.skipped} done; tracks + videos"
+            return _status(summary.ok + summary.failed), note
 
         return work
 
@@ -240,7 +241,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
             if changed or not (folder / "report" / "index.html").exists():
                 _run("report", build_report, str(folder), echo)
                 built += 1
-        return _status(built), f"{len(pages)} pages: generate, train"
+        return _status(built), f"{built}/{len(pages)} pages: generate-lora, generate, train"
 
     stage("report", Path(result.report), report)
     return result
