@@ -1,11 +1,15 @@
 """Entry point for `ray job submit -- python jobs/generate.py --input ... --output ...`.
 
 Same options as `selva-ray generate`; inside a Ray job it connects to the job's cluster.
+Works from an uploaded working_dir too: the checkout beside this file is used.
 """
 
 import sys
+from pathlib import Path
 
-from selva_ray.cli import main
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from selva_ray.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["generate", *sys.argv[1:]]))

@@ -18,7 +18,7 @@ from .config_file import (
     add_config_args,
     apply_config,
     dump_settings,
-    effective_settings,
+    job_settings,
 )
 
 # Jobs whose settings can come from --config FILE (same keys as their flags).
@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+def subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return action.choices[name]
 
@@ -85,7 +85,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         known, _ = pre.parse_known_args(argv)
         if known.config:
             try:
-                apply_config(_subparser(parser, command), known.config)
+                apply_config(subparser(parser, command), known.config)
             except ConfigFileError as exc:
                 parser.exit(2, f"error: {exc}\n")
     return parser.parse_args(argv)
@@ -110,7 +110,7 @@ def usage_errors() -> tuple[type[BaseException], ...]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     if getattr(args, "print_config", False):
-        print(dump_settings(effective_settings(args)), end="")
+        print(dump_settings(job_settings(args)), end="")
         return 0
     # Our own progress at INFO; third-party chatter (open_clip logs to the root) only if -v.
     logging.basicConfig(

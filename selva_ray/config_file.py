@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import tomllib
+from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 
 import yaml
@@ -61,7 +62,21 @@ def read_config(path: str) -> dict:
 
 
 def settings_actions(p: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in p._actions if a.dest not in NOT_SETTINGS}
+    """Each setting under its flag's name (`max_duration`; `--max-desync` is `max_desync` even
+    where its dest differs) and under its dest."""
+    actions = {}
+    for a in p._actions:
+        if a.dest in NOT_SETTINGS:
+            continue
+        actions[a.dest] = a
+        actions[flag_key(a).replace("-", "_")] = a
+    return actions
+
+
+def flag_key(action: argparse.Action) -> str:
+    """A setting's key in a config file: its first long flag without dashes (`max-duration`)."""
+    longs = [s for s in action.option_strings if s.startswith("--")]
+    return longs[0][2:] if longs else action.dest.replace("_", "-")
 
 
 def apply_config(p: argparse.ArgumentParser, path: str) -> None:
@@ -73,7 +88,7 @@ def apply_config(p: argparse.ArgumentParser, path: str) -> None:
         dest = str(key).lstrip("-").replace("-", "_")
         action = actions.get(dest)
         if action is None:
-            known = ", ".join(sorted(a.replace("_", "-") for a in actions))
+            known = ", ".join(sorted({flag_key(a) for a in actions.values()}))
             raise ConfigFileError(f"config file {path}: unknown key {key!r} (known: {known})")
         if value is not None and action.choices is not None and value not in action.choices:
             raise ConfigFileError(
@@ -84,18 +99,58 @@ def apply_config(p: argparse.ArgumentParser, path: str) -> None:
                 value = action.type(value)
             except (TypeError, ValueError) as exc:
                 raise ConfigFileError(f"config file {path}: {key}: {exc}") from exc
-        defaults[dest] = value
+        defaults[action.dest] = value
         action.required = False
     p.set_defaults(**defaults)
 
 
-def effective_settings(args: argparse.Namespace) -> dict:
-    """The settings of a parsed command line, keyed as flags, ready to be a config file."""
-    return {
-        k.replace("_", "-"): v
-        for k, v in sorted(vars(args).items())
+def effective_settings(
+    args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
+) -> dict:
+    """The settings of a parsed command line, keyed as flags, ready to be a config file. With
+    the job's parser, a setting whose dest differs from its flag is keyed by the flag."""
+    names = {}
+    if parser is not None:
+        names = {a.dest: flag_key(a) for a in parser._actions if a.dest not in NOT_SETTINGS}
+    settings = {
+        names.get(k, k.replace("_", "-")): (str(v) if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
         if k not in NOT_SETTINGS and not callable(v)
     }
+    return dict(sorted(settings.items()))
+
+
+def job_settings(args: argparse.Namespace) -> dict:
+    """The effective settings of a job's command line (what `--print-config` prints): the
+    jobs record them in their output's `_meta.json`, where they can be fed back as --config."""
+    from .cli import build_parser, subparser
+
+    return effective_settings(args, subparser(build_parser(), args.command))
+
+
+def config_record(config) -> dict:
+    """What a job writes under `config` in `_meta.json`: the command line's effective settings
+    (`job_settings`) when it was started from one, else its config's plain fields."""
+    flags = getattr(config, "flags", None)
+    if flags is not None:
+        return dict(flags)
+    plain = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name == "flags" or callable(value):
+            continue
+        plain[f.name] = asdict(value) if is_dataclass(value) else value
+    return json.loads(json.dumps(plain, default=str))
+
+
+def recorded_config(meta: dict | None) -> dict | None:
+    """The settings the last run of an output folder recorded (see `config_record`)."""
+    if not meta:
+        return None
+    if "config" in meta:  # train: one run folder, one set of settings
+        return meta["config"]
+    runs = [r for r in meta.get("runs") or [] if "config" in r]
+    return runs[-1]["config"] if runs else None
 
 
 def dump_settings(settings: dict) -> str:

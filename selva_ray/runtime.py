@@ -29,17 +29,23 @@ def resolve_dtype(precision: str | None, device: str):
     return getattr(torch, DTYPES[precision])
 
 
-def init_ray(address: str | None = None, *, progress: bool = True) -> None:
-    """Connect to `address` (or $RAY_ADDRESS, or a new local cluster) unless already connected,
-    and set the Ray Data options every job wants."""
+def init_ray(
+    address: str | None = None, *, progress: bool = True, num_cpus: int | None = None
+) -> None:
+    """Connect to `address` (or $RAY_ADDRESS, or a new local cluster of `num_cpus` logical
+    CPUs) unless already connected, and set the Ray Data options every job wants."""
     import ray
 
     from .logs import quiet_ray_logs
 
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
-        quiet_ray_logs(local_cluster=address in (None, "", "local"))
-        ray.init(address=address, log_to_driver=True)
+        local = address in (None, "", "local")
+        quiet_ray_logs(local_cluster=local)
+        extra = {}
+        if local and num_cpus:  # a new cluster of our own, never one found on the machine
+            address, extra = "local", {"num_cpus": num_cpus, "include_dashboard": False}
+        ray.init(address=address, log_to_driver=True, **extra)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = progress
     ctx.print_on_execution_start = progress

@@ -61,3 +61,50 @@ def test_print_config_from_the_command_line(capsys):
     assert main(["extract", "--input", "x", "--output", "y", "--print-config"]) == 0
     text = capsys.readouterr().out
     assert "input: x\n" in text and "max-duration: 8.0\n" in text and "run" not in text
+
+
+def test_settings_are_keyed_by_flag_names_even_where_the_dest_differs(tmp_path):
+    from selva_ray.config_file import job_settings
+
+    args = parse(["qa", "--input", "a", "--output", "b", "--max-desync", "0.3"])
+    settings = job_settings(args)
+    assert settings["max-desync"] == 0.3 and "qa-max-desync" not in settings
+    cfg = tmp_path / "qa.yaml"
+    cfg.write_text(dump_settings({**settings, "max-desync": 0.2}))
+    again = parse(["qa", "--config", str(cfg)])
+    assert again.qa_max_abs_desync_s == 0.2 and job_settings(again)["max-desync"] == 0.2
+
+
+def test_every_job_records_the_settings_print_config_prints(tmp_path):
+    """The CLI hands each job its effective settings; what the job writes to _meta.json
+    (config_record) feeds back through --config to the same --print-config output."""
+    from selva_ray import commands
+    from selva_ray.config_file import config_record, job_settings, recorded_config
+
+    lines = {
+        "extract": ["--input", "c", "--output", "o", "--variant", "tiny", "--batch-size", "3"],
+        "generate": ["--input", "c", "--output", "o", "--adapter", "a.safetensors@0.5"],
+        "train": ["--features", "f", "--output", "o", "--no-rslora", "--workers", "2"],
+        "qa": ["--input", "c", "--output", "o", "--no-desync", "--max-silence", "0.9"],
+    }
+    for job, argv in lines.items():
+        args = parse([job, *argv])
+        config = getattr(commands, job).config_from_args(args)
+        meta = {"runs": [{"config": config_record(config)}]}
+        if job == "train":
+            meta = {"job": "train", "settings": config.to_dict(), "config": config_record(config)}
+            assert "flags" not in meta["settings"]  # not part of the run's trajectory
+        recorded = recorded_config(meta)
+        assert recorded == job_settings(args)
+        cfg = tmp_path / f"{job}.yaml"
+        cfg.write_text(dump_settings(recorded))
+        assert job_settings(parse([job, "--config", str(cfg)])) == recorded
+
+
+def test_a_job_started_from_python_records_its_config_fields():
+    from selva_ray.config_file import config_record
+    from selva_ray.qa import QAConfig
+
+    record = config_record(QAConfig(input="c", output="o"))
+    assert record["input"] == "c" and record["thresholds"]["max_silence_ratio"] == 0.5
+    assert "flags" not in record

@@ -337,28 +337,6 @@ def test_cli_summary_and_exit_codes(cluster, catalog, tmp_path):
     assert bad.returncode == 2 and "does not exist" in bad.stderr
 
 
-def test_demo_command_runs_the_main_job_and_resumes(cluster, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", RAY_AUTH_MODE="disabled")
-    args = [
-        sys.executable,
-        "-m",
-        "selva_ray.cli",
-        "demo",
-        "--output",
-        str(tmp_path),
-        "--ray-address",
-        cluster,
-    ]
-    first = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert "6 clips: 6 ok, 0 failed, 0 skipped" in first.stdout
-    table = read_features(str(tmp_path / "features"))
-    assert "a dog barks in a park" in table["prompt"].to_pylist()
-    assert all(n > 0 for n in table["latent_len"].to_pylist())  # every demo clip has sound
-    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
-    assert again.returncode == 0 and "0 ok, 0 failed, 6 skipped" in again.stdout
-
-
 def test_a_changed_prompt_redoes_that_clip_and_replaces_its_row(cluster, catalog, tmp_path):
     output = tmp_path / "out"
     manifest = tmp_path / "m.csv"

@@ -107,7 +107,12 @@ def offline(place: Path) -> tuple[str, ...]:
 
 # (name, argv builder, exit status, words stderr must contain)
 CASES = [
-    ("demo real variant", lambda p: ["demo", "--variant", "small_16k"], 2, ["--variant", "tiny"]),
+    (
+        "demo real variant without weights",
+        lambda p: ["demo", "--variant", "small_16k", "--weights-dir", str(p / "weights")],
+        2,
+        ["small_16k", "weights download"],
+    ),
     ("demo unknown variant", lambda p: ["demo", "--variant", "huge"], 2, ["--variant", "huge"]),
     ("demo output is a file", lambda p: ["demo", "--output", str(p / "a_file")], 2, ["a_file"]),
     (

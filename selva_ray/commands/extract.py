@@ -64,10 +64,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from ..extract import ExtractConfig, run_extract
+def config_from_args(args: argparse.Namespace):
+    from ..config_file import job_settings
+    from ..extract import ExtractConfig
 
-    config = ExtractConfig(
+    return ExtractConfig(
         input=args.input,
         output=args.output,
         variant=args.variant,
@@ -90,8 +91,15 @@ def run(args: argparse.Namespace) -> int:
         allow_roots=args.allow_root or None,
         check_weights=not args.skip_weights_check,
         ignore_rotation=args.ignore_rotation,
+        flags=job_settings(args),
     )
-    summary = run_extract(config)  # unusable input raises UsageError: exit 2 in cli.main
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..extract import run_extract
+
+    # unusable input raises UsageError: exit 2 in cli.main
+    summary = run_extract(config_from_args(args))
     for line in summary.lines():
         print(line)
     return summary.exit_code(args.fail_on_error)

@@ -185,22 +185,12 @@ def check_adapter_file(text: str) -> None:
     validate.check_adapter_header(path.removeprefix("file://"), flag="--adapter")
 
 
-def run(args: argparse.Namespace) -> int:
-    catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
-    from selva_core.qa import ThresholdsError
-    from selva_core.variants import UnknownVariantError
-    from selva_core.weights import WeightsError
+def config_from_args(args: argparse.Namespace):
+    """GenerateConfig of a command line (ThresholdsError for a bad thresholds file)."""
+    from ..config_file import job_settings
+    from ..generate import GenerateConfig
 
-    from ..generate import GenerateConfig, GenerateInputError, run_generate
-    from ..io.catalog import CatalogError
-    from ..io.output_dir import SettingsMismatchError
-
-    try:
-        thresholds = thresholds_from_args(args)
-    except ThresholdsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    config = GenerateConfig(
+    return GenerateConfig(
         input=args.input,
         output=args.output,
         variant=args.variant,
@@ -232,18 +222,32 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         allow_roots=args.allow_root or None,
         progress=not args.no_progress,
-        thresholds=thresholds,
+        thresholds=thresholds_from_args(args),
         desync=not args.no_desync,
         desync_actors=args.desync_actors,
+        flags=job_settings(args),
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
+    from selva_core.qa import ThresholdsError
+    from selva_core.variants import UnknownVariantError
+    from selva_core.weights import WeightsError
+
+    from ..generate import GenerateInputError, run_generate
+    from ..io.catalog import CatalogError
+    from ..io.output_dir import SettingsMismatchError
+
     try:
-        summary = run_generate(config, catalog=catalog)
+        summary = run_generate(config_from_args(args), catalog=catalog)
     except (
         CatalogError,
         SettingsMismatchError,
         UnknownVariantError,
         GenerateInputError,
         WeightsError,
+        ThresholdsError,
     ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -175,6 +175,35 @@ def check_inputs(args: argparse.Namespace) -> tuple[list, list]:
     return catalog
 
 
+def config_from_args(args: argparse.Namespace):
+    """QAConfig of a command line (ThresholdsError for a bad thresholds file)."""
+    from ..config_file import job_settings
+    from ..qa import QAConfig
+
+    return QAConfig(
+        input=args.input,
+        output=args.output,
+        thresholds=thresholds_from_args(args),
+        max_duration=args.max_duration,
+        shard_size=args.shard_size,
+        desync_variant=None if args.no_desync else args.desync_variant,
+        desync_precision=args.desync_precision,
+        device=args.device,
+        actors=args.actors,
+        gpus_per_actor=args.gpus_per_actor,
+        actor_memory_gb=args.actor_memory_gb,
+        desync_batch_size=args.desync_batch_size,
+        weights_dir=args.weights_dir,
+        offline=args.offline,
+        retry_errors=args.retry_errors,
+        fail_on_error=args.fail_on_error,
+        ray_address=args.ray_address,
+        allow_roots=args.allow_root or None,
+        progress=not args.no_progress,
+        flags=job_settings(args),
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
     from selva_core.qa import ThresholdsError
@@ -183,34 +212,10 @@ def run(args: argparse.Namespace) -> int:
 
     from ..io.catalog import CatalogError
     from ..io.output_dir import SettingsMismatchError
-    from ..qa import QAConfig, run_qa
+    from ..qa import run_qa
 
     try:
-        thresholds = thresholds_from_args(args)
-        summary = run_qa(
-            QAConfig(
-                input=args.input,
-                output=args.output,
-                thresholds=thresholds,
-                max_duration=args.max_duration,
-                shard_size=args.shard_size,
-                desync_variant=None if args.no_desync else args.desync_variant,
-                desync_precision=args.desync_precision,
-                device=args.device,
-                actors=args.actors,
-                gpus_per_actor=args.gpus_per_actor,
-                actor_memory_gb=args.actor_memory_gb,
-                desync_batch_size=args.desync_batch_size,
-                weights_dir=args.weights_dir,
-                offline=args.offline,
-                retry_errors=args.retry_errors,
-                fail_on_error=args.fail_on_error,
-                ray_address=args.ray_address,
-                allow_roots=args.allow_root or None,
-                progress=not args.no_progress,
-            ),
-            catalog=catalog,
-        )
+        summary = run_qa(config_from_args(args), catalog=catalog)
     except (
         ThresholdsError,
         CatalogError,

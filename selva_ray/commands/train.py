@@ -185,6 +185,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
+    from ..config_file import job_settings
     from ..train import TrainConfig
 
     return TrainConfig(
@@ -222,6 +223,7 @@ def config_from_args(args: argparse.Namespace):
         preview_clips=args.preview_clips,
         surgery=not args.no_surgery,
         resume=args.resume,
+        flags=job_settings(args),
     )
 
 

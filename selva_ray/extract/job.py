@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from selva_core.variants import get_spec
 
 from .. import validate
+from ..config_file import config_record
 from ..io.catalog import CatalogProblem, ClipRecord, check_not_empty, read_catalog
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
@@ -53,6 +54,7 @@ class ExtractConfig:
     allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
     check_weights: bool = True  # look for every weight file in the driver before starting
     ignore_rotation: bool = False  # decode frames as stored (the official reader's behaviour)
+    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
 
 
 @dataclass
@@ -150,9 +152,8 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
                 summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
         summary.wall_s = time.perf_counter() - t0
         summary.has_errors_folder = bool(out.part_files(errors=True))
-        out.record_run(
-            {"run": run, "finished_at": time.time(), "settings": asdict(config), **asdict(summary)}
-        )
+        record = {"run": run, "finished_at": time.time(), "config": config_record(config)}
+        out.record_run({**record, **asdict(summary)})
     return summary
 
 

@@ -34,6 +34,7 @@ from selva_core.sampling import SamplerConfig
 from selva_core.variants import get_spec
 
 from .. import validate
+from ..config_file import config_record
 from ..io.catalog import CatalogProblem, ClipRecord, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
@@ -108,6 +109,7 @@ class GenerateConfig:
     # Benchmarks only: build the models by hand (e.g. random weights at real sizes),
     # `factory(device, dtype, role) -> Components`, role "encoder" or "generator".
     components_factory: Callable | None = None
+    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
 
 
 @dataclass
@@ -338,7 +340,8 @@ def _run_generate(
             summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
     summary.wall_s = time.perf_counter() - t0
     summary.has_errors_folder = bool(out.part_files(errors=True))
-    out.record_run({"run": run, "finished_at": time.time(), **asdict(summary)})
+    record = {"run": run, "finished_at": time.time(), "config": config_record(config)}
+    out.record_run({**record, **asdict(summary)})
     return summary
 
 

@@ -20,6 +20,7 @@ from selva_core.qa import QAThresholds
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
 from .. import validate
+from ..config_file import config_record
 from ..io.output_dir import OutputDir, ShardTracker
 from ..io.results_schema import RESULTS_VERSION
 from ..summary import ClipCounts
@@ -57,6 +58,7 @@ class QAConfig:
     ray_address: str | None = None
     allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
     progress: bool = True
+    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
 
     def desync_settings(self) -> DesyncSettings | None:
         if self.desync_variant is None:
@@ -180,6 +182,7 @@ def _run_qa(
         {
             "run": run,
             "finished_at": time.time(),
+            "config": config_record(config),
             **asdict(summary),
             "clips_per_s": summary.clips_per_s,
         }

@@ -93,6 +93,7 @@ class TrainConfig:
     fail_at_step: int | None = None
     # Benchmarks: seeded random generator weights for a published variant (nothing loaded).
     random_weights: bool = False
+    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
 
     def __post_init__(self) -> None:
         if isinstance(self.targets, str):
@@ -157,6 +158,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d.pop("flags")  # a record of the command line, not a setting of the run
         d["targets"] = list(self.targets)
         d["eval_timesteps"] = list(self.eval_timesteps)
         return d

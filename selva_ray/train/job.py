@@ -29,6 +29,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..config_file import config_record
 from ..io.output_dir import OutputDir
 from .config import TrainConfig, TrainConfigError
 from .data import FeatureFolderError, clip_dataset, inspect_features, list_clips, split_ids
@@ -161,8 +162,10 @@ def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
         raise FeatureFolderError(
             f"{len(split['train'])} training clips but the global batch is {config.batch_size}"
         )
-    if not config.resume:
-        write_json(run_dir / CONFIG_FILE, {"job": "train", "settings": config.to_dict()})
+    meta = {"job": "train", "settings": config.to_dict()}
+    if config.resume:
+        meta = read_json(run_dir / CONFIG_FILE)  # the first start's settings stay
+    write_json(run_dir / CONFIG_FILE, {**meta, "config": config_record(config)})
     log.info(
         "training %s LoRA r%d (%s) on %d clips (%d validation), %d worker(s), %d steps",
         config.variant,
