@@ -51,3 +51,34 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def node_cores() -> int:
+    """CPU cores this process may use (its affinity mask), not Ray's logical CPU count, which
+    clusters (and tests) often set above the cores there are."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def cpu_threads(share: int) -> int:
+    """torch intra-op threads for a CPU model actor: the node's cores split between the
+    `share` model actors that compute at the same time (a generator alone on a 2-core box
+    gets both cores; an encoder and a generator get one each). Ray's default would be one
+    thread per logical CPU reserved, leaving cores idle while the generator samples, and
+    more threads than cores would make the actors fight over them."""
+    return max(1, node_cores() // max(1, share))
+
+
+def use_cpu_threads(device: str, share: int | None) -> None:
+    """Apply `cpu_threads(share)` in a model actor on the CPU (nothing on GPUs or when
+    `share` is None)."""
+    if share is None or not str(device).startswith("cpu"):
+        return
+    import torch
+
+    threads = cpu_threads(share)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    log.info("model actor: %d torch thread(s) on %d core(s)", threads, node_cores())

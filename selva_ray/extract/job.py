@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from selva_core.variants import get_spec
@@ -51,6 +52,9 @@ class ExtractConfig:
     frame_rule: str = "official"
     progress: bool = True
     allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
+    # Benchmarks only: build the encoders by hand (real sizes, random weights),
+    # `factory(device, dtype, "encoder") -> Components`.
+    components_factory: Callable | None = None
     check_weights: bool = True  # look for every weight file in the driver before starting
     ignore_rotation: bool = False  # decode frames as stored (the official reader's behaviour)
 
@@ -151,7 +155,12 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
         summary.wall_s = time.perf_counter() - t0
         summary.has_errors_folder = bool(out.part_files(errors=True))
         out.record_run(
-            {"run": run, "finished_at": time.time(), "settings": asdict(config), **asdict(summary)}
+            {
+                "run": run,
+                "finished_at": time.time(),
+                "settings": _recorded(config),
+                **asdict(summary),
+            }
         )
     return summary
 
@@ -208,6 +217,11 @@ def _shards(todo: list[ClipRecord], size: int, run: str, max_duration: float) ->
         row["shard"] = f"{run}-{i // size:05d}"
         rows.append(row)
     return rows
+
+
+def _recorded(config: ExtractConfig) -> dict:
+    """The run's settings for `_meta.json` (a benchmark's components factory is no setting)."""
+    return {k: v for k, v in asdict(config).items() if k != "components_factory"}
 
 
 def _actor_plan(config: ExtractConfig, spec_is_tiny: bool) -> dict:
@@ -290,6 +304,7 @@ def _run_pipeline(
             "precision": config.precision,
             "weights_dir": config.weights_dir,
             "allow_download": False if config.offline else None,
+            "components_factory": config.components_factory,
         },
         batch_size=config.batch_size,
         compute=ray.data.ActorPoolStrategy(
