@@ -60,28 +60,34 @@ def _steady(wall_s: float, t_end: float) -> float | None:
 # ---- loops ----------------------------------------------------------------------------------
 
 
-def run_loop(job: str, size: str, clips: list[Path], steps: int, out: Path, duration: float):
-    """(seconds, load seconds, features): the single-process loop, models loaded once."""
+def run_loop(size: str, clips: list[Path], steps: int, out: Path, duration: float, gen: bool):
+    """The single-process loop, models loaded once: per clip decode + encoders (extract's
+    work; its Parquet file is written at the end) then, with `gen`, sampler + vocoder + FLAC.
+    Returns seconds of each part, the load time and the features."""
     from selva_core.video.write import write_flac
 
     t0 = time.perf_counter()
     pipe = common.pipeline(size)
     load_s = time.perf_counter() - t0
-    feats = []
-    t0 = time.perf_counter()
+    feats, t_extract, t_generate = [], 0.0, 0.0
     for path in clips:
         prompt = path.parent.name.replace("_", " ")
+        t0 = time.perf_counter()
         f = pipe.extract_features(path, prompt, max_duration=duration)
-        if job == "generate":
+        t1 = time.perf_counter()
+        if gen:
             wav = pipe.generate(f, negative_prompt=None, seed=42, steps=steps)[0]
             write_flac(out / f"{path.stem}.flac", wav, pipe.sampling_rate)
+        t_extract += t1 - t0
+        t_generate += time.perf_counter() - t1
         feats.append(f)
-    if job == "extract":
-        common.write_features(size, feats, out / "features", max_duration=duration)
-    loop_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    common.write_features(size, feats, out / "features", max_duration=duration)
+    t_parquet = time.perf_counter() - t0
     del pipe
     gc.collect()
-    return loop_s, load_s, feats
+    loop = {"extract": t_extract + t_parquet, "generate": t_extract + t_generate}
+    return {**loop, "load": load_s}, feats
 
 
 # ---- stages alone ---------------------------------------------------------------------------
@@ -189,63 +195,72 @@ def run_generate_job(size: str, source: Path, out: Path, steps: int, batch: int,
 # ---- one size ---------------------------------------------------------------------------------
 
 
-def bench(job: str, size: str, n: int, duration: float, args, inputs: list[str]) -> list[dict]:
+def bench(size: str, n: int, duration: float, args, jobs: list[str], inputs: list[str]):
+    """Both jobs at one size share the clips, the loop (extract's part of it is timed apart)
+    and the stage-alone runs."""
     rows = []
-    with tempfile.TemporaryDirectory(prefix=f"bench-{job}-{size}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{size}-") as tmp:
         tmp = Path(tmp)
         clips = common.write_clips(tmp / "catalog", n, duration)
         prompts = [p.parent.name.replace("_", " ") for p in clips]
         (tmp / "loop").mkdir()
-        loop_s, load_s, feats = run_loop(job, size, clips, args.steps, tmp / "loop", duration)
+        loop, feats = run_loop(size, clips, args.steps, tmp / "loop", duration, "generate" in jobs)
         stages: dict[str, dict] = {}
-        catalog = job == "extract" or "catalog" in inputs
-        if catalog:
+        if "extract" in jobs or "catalog" in inputs:
             dec_s, decoded = decode_alone(size, clips, duration)
             stages["decode"] = {"alone_s": dec_s, "build_s": 0.0}
             stages["encode"] = encode_alone(size, decoded, prompts, args.batch_size)
             del decoded
-        if job == "generate":
+        if "generate" in jobs:
             stages["generate"] = generate_alone(size, feats, args.steps, args.batch_size)
         gc.collect()
-        base = {
-            "job": job,
-            "size": size,
-            "clips": n,
-            "duration_s": duration,
-            "steps": args.steps if job == "generate" else None,
-            "loop_s": loop_s,
-            "loop_load_s": load_s,
-            "stages": stages,
-        }
         runs = []
-        if job == "extract":
-            runs.append(
-                ("catalog", run_extract_job(size, tmp / "catalog", tmp / "job", 8, duration))
+        if "extract" in jobs:
+            got = run_extract_job(size, tmp / "catalog", tmp / "job-x", args.batch_size, duration)
+            runs.append(("extract", "catalog", got))
+        if "generate" in jobs and "features" in inputs:
+            common.write_features(size, feats, tmp / "features", max_duration=duration)
+            got = run_generate_job(
+                size, tmp / "features", tmp / "job-f", args.steps, args.batch_size, duration
             )
-        else:
-            if "features" in inputs:
-                common.write_features(size, feats, tmp / "features", max_duration=duration)
-                got = run_generate_job(
-                    size, tmp / "features", tmp / "job-f", args.steps, args.batch_size, duration
-                )
-                runs.append(("features", got))
-            if "catalog" in inputs:
-                got = run_generate_job(
-                    size, tmp / "catalog", tmp / "job-c", args.steps, args.batch_size, duration
-                )
-                runs.append(("catalog", got))
-        for kind, got in runs:
-            relevant = ["generate"] if kind == "features" else list(stages)
+            runs.append(("generate", "features", got))
+        if "generate" in jobs and "catalog" in inputs:
+            got = run_generate_job(
+                size, tmp / "catalog", tmp / "job-c", args.steps, args.batch_size, duration
+            )
+            runs.append(("generate", "catalog", got))
+        for job, kind, got in runs:
+            if job == "extract":
+                relevant = ["decode", "encode"]
+            else:
+                relevant = ["generate"] if kind == "features" else ["decode", "encode", "generate"]
             slowest = max(relevant, key=lambda k: stages[k]["alone_s"])
             alone = stages[slowest]
-            row = dict(base, input=kind, slowest=slowest, **got)
-            row["alone_s"] = alone["alone_s"]
-            row["alone_load_s"] = alone["alone_s"] + alone["build_s"]
-            row["loop_load_total_s"] = loop_s + load_s
-            for key in ("loop_s", "loop_load_total_s", "alone_s", "alone_load_s", "job_s"):
-                row[key.replace("_s", "_cps").replace("_total", "")] = n / row[key]
-            if row.get("job_steady_s"):
-                row["job_steady_cps"] = n / row["job_steady_s"]
+            row = {
+                "job": job,
+                "size": size,
+                "input": kind,
+                "clips": n,
+                "duration_s": duration,
+                "steps": args.steps if job == "generate" else None,
+                "loop_s": loop[job],
+                "loop_load_s": loop[job] + loop["load"],
+                "slowest": slowest,
+                "alone_s": alone["alone_s"],
+                "alone_load_s": alone["alone_s"] + alone["build_s"],
+                "stages": stages,
+                **got,
+            }
+            for key in (
+                "loop_s",
+                "loop_load_s",
+                "alone_s",
+                "alone_load_s",
+                "job_s",
+                "job_steady_s",
+            ):
+                if row.get(key):
+                    row[key[:-2] + "_cps"] = n / row[key]
             row["job_vs_alone"] = common.ratio(row["job_cps"], row["alone_load_cps"])
             row["steady_vs_alone"] = common.ratio(row.get("job_steady_cps"), row["alone_cps"])
             row["job_vs_loop"] = common.ratio(row["job_cps"], row["loop_cps"])
@@ -294,16 +309,15 @@ def run(args, jobs: list[str], inputs_for) -> dict:
     info["ray_start_s"] = time.perf_counter() - t0
     try:
         with common.LoadSampler() as load:
-            for job in jobs:
-                for size in args.sizes.split(","):
-                    tiny = size == "tiny"
-                    n = args.clips if tiny else args.small_clips
-                    dur = args.duration if tiny else args.small_duration
-                    t0 = time.perf_counter()
-                    info["rows"] += bench(job, size, n, dur, args, inputs_for(job, size))
-                    print(f"[{job} {size}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
-                    info["load_average"] = load.summary()
-                    common.write_json(args.json, info)  # partial results survive
+            for size in args.sizes.split(","):
+                tiny = size == "tiny"
+                n = args.clips if tiny else args.small_clips
+                dur = args.duration if tiny else args.small_duration
+                t0 = time.perf_counter()
+                info["rows"] += bench(size, n, dur, args, jobs, inputs_for(size))
+                print(f"[{size}: {time.perf_counter() - t0:.0f} s]", file=sys.stderr)
+                info["load_average"] = load.summary()
+                common.write_json(args.json, info)  # partial results survive
             info["load_average"] = load.summary()
     finally:
         ray.shutdown()
@@ -341,9 +355,7 @@ def main() -> None:
     args = p.parse_args()
     wanted = args.generate_input.split(",")
 
-    def inputs_for(job: str, size: str) -> list[str]:
-        if job == "extract":
-            return ["catalog"]
+    def inputs_for(size: str) -> list[str]:
         if size != "tiny" and not args.small_catalog:
             return [i for i in wanted if i != "catalog"] or ["features"]
         return wanted
