@@ -216,7 +216,7 @@ def main() -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     info = {
-        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor(),
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" else f"CPU ({platform.machine()})",
         "gpus": torch.cuda.device_count() if device == "cuda" else 0,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
