@@ -54,12 +54,21 @@ def cluster_gpus() -> float:
 
 
 def node_cores() -> int:
-    """CPU cores this process may use (its affinity mask), not Ray's logical CPU count, which
-    clusters (and tests) often set above the cores there are."""
+    """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a
+    Kubernetes pod's limit); not Ray's logical CPU count, which clusters (and tests) often
+    set above the cores there are."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
 
 
 def cpu_threads(share: int) -> int:

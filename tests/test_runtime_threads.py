@@ -10,8 +10,8 @@ from selva_ray import runtime
 
 
 def test_cores_are_split_between_the_model_actors_that_compute_at_once():
-    cores = len(os.sched_getaffinity(0))
-    assert runtime.node_cores() == cores
+    cores = runtime.node_cores()
+    assert 1 <= cores <= len(os.sched_getaffinity(0))
     assert runtime.cpu_threads(1) == cores  # a generator alone gets every core
     assert runtime.cpu_threads(2) == max(1, cores // 2)  # encoder + generator
     assert runtime.cpu_threads(10 * cores) == 1  # never zero
