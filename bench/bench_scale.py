@@ -93,7 +93,8 @@ def main() -> None:
                 for path in clips[:n]:  # the first n clips, linked into their prompt folders
                     link = catalog / path.parent.name / path.name
                     link.parent.mkdir(parents=True, exist_ok=True)
-                    link.symlink_to(path)
+                    if not link.is_symlink():  # made for the previous job already
+                        link.symlink_to(path)
                 common.start_ray(args.cpus or None)
                 try:
                     reset_own_peak()
