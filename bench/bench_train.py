@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
 VARIANT = "small_16k"
 
 
@@ -224,7 +227,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "machine": common.machine_info(),
     }
+    load = common.LoadSampler().__enter__()
     print("adapter files ...", flush=True)
     results["adapters"] = adapter_bytes()
     print("memory probes ...", flush=True)
@@ -242,6 +247,8 @@ def main() -> None:
                 )
         finally:
             ray.shutdown()
+    load.__exit__(None, None, None)
+    results["load_average"] = load.summary()
     report(results)
     Path(args.json).write_text(json.dumps(results, indent=1))
     print(f"wrote {args.json}")
@@ -250,7 +257,13 @@ def main() -> None:
 def report(r: dict) -> None:
     print(
         f"\nLoRA training bench: {r['variant']}, {r['duration_s']:.0f} s clips, "
-        f"global batch {r['batch_size']}, CPU ({r['cpus']} cores), random weights\n"
+        f"global batch {r['batch_size']}, CPU ({r['cpus']} cores), random weights"
+    )
+    la = r["load_average"]
+    print(f"machine: {common.machine_line(r['machine'])}")
+    print(
+        f"load average during the run: min {la['min']:.1f}, mean {la['mean']:.1f}, "
+        f"max {la['max']:.1f}\n"
     )
     print("| workers | step s | clips/s | vs 1 worker | job wall s (incl. start) |")
     print("|---|---|---|---|---|")

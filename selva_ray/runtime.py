@@ -57,3 +57,43 @@ def cluster_gpus() -> float:
     import ray
 
     return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def node_cores() -> int:
+    """CPU cores this process may use: its affinity mask, capped by a cgroup v2 CPU quota (a
+    Kubernetes pod's limit); not Ray's logical CPU count, which clusters (and tests) often
+    set above the cores there are."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
+def cpu_threads(share: int) -> int:
+    """torch intra-op threads for a CPU model actor: the node's cores split between the
+    `share` model actors that compute at the same time (a generator alone on a 2-core box
+    gets both cores; an encoder and a generator get one each). Ray's default would be one
+    thread per logical CPU reserved, leaving cores idle while the generator samples, and
+    more threads than cores would make the actors fight over them."""
+    return max(1, node_cores() // max(1, share))
+
+
+def use_cpu_threads(device: str, share: int | None) -> None:
+    """Apply `cpu_threads(share)` in a model actor on the CPU (nothing on GPUs or when
+    `share` is None)."""
+    if share is None or not str(device).startswith("cpu"):
+        return
+    import torch
+
+    threads = cpu_threads(share)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    log.info("model actor: %d torch thread(s) on %d core(s)", threads, node_cores())

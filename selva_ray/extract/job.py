@@ -11,6 +11,7 @@ import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from selva_core.variants import get_spec
@@ -52,6 +53,9 @@ class ExtractConfig:
     frame_rule: str = "official"
     progress: bool = True
     allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
+    # Benchmarks only: build the encoders by hand (real sizes, random weights),
+    # `factory(device, dtype, "encoder") -> Components`.
+    components_factory: Callable | None = None
     check_weights: bool = True  # look for every weight file in the driver before starting
     ignore_rotation: bool = False  # decode frames as stored (the official reader's behaviour)
     flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
@@ -291,6 +295,7 @@ def _run_pipeline(
             "precision": config.precision,
             "weights_dir": config.weights_dir,
             "allow_download": False if config.offline else None,
+            "components_factory": config.components_factory,
         },
         batch_size=config.batch_size,
         compute=ray.data.ActorPoolStrategy(

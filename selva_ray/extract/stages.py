@@ -112,6 +112,7 @@ class FeatureEncoder:
         weights_dir: str | None = None,
         allow_download: bool | None = None,
         carry: tuple[str, ...] = (),
+        components_factory=None,
     ):
         from selva_core.build import encoder_fingerprint
         from selva_core.pipeline import Pipeline, PipelineConfig
@@ -123,17 +124,20 @@ class FeatureEncoder:
         self.carry = tuple(carry)  # extra input columns passed through unchanged
         device = resolve_device(device)
         store = WeightStore(weights_dir, allow_download=allow_download)
-        self.pipe = Pipeline(
-            PipelineConfig(
-                variant=layout.variant,
-                dtype=resolve_dtype(precision, device),
-                device=device,
-                generation=False,
-                with_audio_encoder=layout.with_audio_latents,
-                frame_rule=layout.frame_rule,
-            ),
-            store,
+        config = PipelineConfig(
+            variant=layout.variant,
+            dtype=resolve_dtype(precision, device),
+            device=device,
+            generation=False,
+            with_audio_encoder=layout.with_audio_latents,
+            frame_rule=layout.frame_rule,
         )
+        if components_factory is not None:  # benchmarks: models built by hand
+            parts = components_factory(device, config.dtype, "encoder")
+            self.pipe = Pipeline(config, components=parts)
+            self.checksum = "custom"
+            return
+        self.pipe = Pipeline(config, store)
         self.checksum = encoder_fingerprint(
             layout.variant, store, with_vae=layout.with_audio_latents
         )

@@ -499,6 +499,8 @@ def _actor_plan(config: GenerateConfig, tiny: bool, *, catalog_input: bool) -> d
         "cpus_per_actor": cpus_per_actor,
         "memory": int(memory * GiB),
         "decode_memory": decode_memory,
+        # CPU model actors computing at once; they split the node's cores (runtime.cpu_threads)
+        "cpu_share": None if use_gpu else pool,
     }
 
 
@@ -595,6 +597,7 @@ def _run_pipeline(
                 "weights_dir": config.weights_dir,
                 "allow_download": allow_download,
                 "components_factory": config.components_factory,
+                "cpu_share": plan["cpu_share"],
             },
             batch_size=config.batch_size,
             compute=ray.data.ActorPoolStrategy(
@@ -635,6 +638,7 @@ def _run_pipeline(
             "allow_download": allow_download,
             "adapters": [{"path": a.path, **a.describe()} for a in adapters],
             "components_factory": config.components_factory,
+            "cpu_share": plan["cpu_share"],
         },
         batch_size=window,
         compute=ray.data.ActorPoolStrategy(

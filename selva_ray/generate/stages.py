@@ -94,7 +94,10 @@ class TimedFeatureEncoder(FeatureEncoder):
     `components_factory(device, dtype, "encoder")` builds the models by hand instead of loading
     published weights (benchmarks at real sizes with random weights)."""
 
-    def __init__(self, *, components_factory=None, **kwargs):
+    def __init__(self, *, components_factory=None, cpu_share: int | None = None, **kwargs):
+        from ..runtime import resolve_device, use_cpu_threads
+
+        use_cpu_threads(resolve_device(kwargs.get("device", "auto")), cpu_share)
         kwargs.setdefault("carry", (*GEN_COLUMNS, "decode_s"))
         if components_factory is None:
             super().__init__(**kwargs)
@@ -215,18 +218,20 @@ class AudioGenerator:
         allow_download: bool | None = None,
         adapters: list[dict] | tuple = (),
         components_factory=None,
+        cpu_share: int | None = None,
     ):
         from selva_core import build
         from selva_core.pipeline import Components, Pipeline, PipelineConfig
         from selva_core.variants import get_spec
         from selva_core.weights import WeightStore
 
-        from ..runtime import resolve_device, resolve_dtype
+        from ..runtime import resolve_device, resolve_dtype, use_cpu_threads
 
         t0 = time.perf_counter()
         self.spec = get_spec(variant)
         self.batch_size = int(batch_size)
         device = resolve_device(device)
+        use_cpu_threads(device, cpu_share)  # before building: the models' init uses them too
         dtype = resolve_dtype(precision, device)
         self.store = WeightStore(weights_dir, allow_download=allow_download)
         if components_factory is not None:
