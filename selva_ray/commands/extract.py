@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import validate
-from .common import add_allow_root_arg, add_model_args
+from .common import add_allow_root_arg, add_mask_args, add_model_args, add_window_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "INPUT is a folder (recursive; .mp4 .mov .mkv .webm .avi; optional prompts.txt with "
             "'filename: description' lines, else the parent folder name is the prompt) or a "
             "manifest (.csv, .jsonl, .json array or .parquet) with columns video, prompt and "
-            "optional id, negative_prompt, start, duration, seed. Paths may be URIs (s3://, "
+            "optional id, negative_prompt, start, duration, seed, mask. Paths may be URIs (s3://, "
             "gs://). Exit status: 0 the job ran, 1 every clip failed (or any, with "
             "--fail-on-error), 2 unusable catalog or settings (nothing started)."
         ),
@@ -73,6 +73,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="clips per committed shard",
     )
     add_allow_root_arg(p)
+    add_window_args(p)
+    add_mask_args(p)
     p.add_argument(
         "--ignore-rotation",
         action="store_true",
@@ -121,6 +123,10 @@ def run(args: argparse.Namespace) -> int:
         allow_roots=args.allow_root or None,
         check_weights=not args.skip_weights_check,
         ignore_rotation=args.ignore_rotation,
+        window=8.0 if args.window is None else args.window,
+        overlap=1.0 if args.overlap is None else args.overlap,
+        mask_strength=args.mask_strength,
+        mask_paths=tuple(args.mask_paths),
     )
     summary = run_extract(config)  # unusable input raises UsageError: exit 2 in cli.main
     for line in summary.lines():

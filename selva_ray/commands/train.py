@@ -86,6 +86,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--preview-clips", type=int, default=2, help="preview clips per eval (2)")
     e.add_argument("--no-surgery", action="store_true", help="skip Spectral Surgery at the end")
     e.add_argument("--resume", action="store_true", help="continue the run in --output")
+    from .common import add_window_args
+
+    add_window_args(e, defaults=False)
     p.set_defaults(run=run)
 
 
@@ -127,6 +130,8 @@ def config_from_args(args: argparse.Namespace):
         preview_clips=args.preview_clips,
         surgery=not args.no_surgery,
         resume=args.resume,
+        window=args.window,
+        overlap=args.overlap,
     )
 
 

@@ -29,7 +29,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import TrainConfig, TrainConfigError
-from .data import FeatureFolderError, clip_dataset, inspect_features, list_clips, split_ids
+from .data import (
+    FeatureFolderError,
+    check_windows,
+    clip_dataset,
+    inspect_features,
+    list_clips,
+    split_ids,
+)
 from .runlog import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -112,7 +119,7 @@ def _split(config: TrainConfig, info, run_dir: Path) -> dict:
         log.warning(
             "%d clip(s) have no audio track and are left out of training", len(listing.silent)
         )
-    train, val = split_ids(listing.usable, config.val_fraction)
+    train, val = split_ids(listing.usable, config.val_fraction, listing.groups)
     if len(train) < config.batch_size:
         raise FeatureFolderError(
             f"{info.path}: {len(train)} training clips with audio (of {len(listing.usable)}, "
@@ -135,6 +142,7 @@ def run_train(config: TrainConfig) -> TrainSummary:
     t0 = time.perf_counter()
     config.check()
     info = inspect_features(config.features, config.variant)
+    check_windows(info, config.window, config.overlap)
     config = replace(config, variant=info.variant)
     run_dir = Path(config.output).absolute()
     config = replace(config, output=str(run_dir))
