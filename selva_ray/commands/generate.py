@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_allow_root_arg, add_model_args
+from .common import add_allow_root_arg, add_mask_args, add_model_args, add_window_args
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="output folder (path or URI)")
     add_model_args(p, default_variant="small_16k")
     add_allow_root_arg(p)
+    add_window_args(p)
+    p.add_argument(
+        "--join",
+        choices=["continue", "crossfade"],
+        default="continue",
+        help="how the windows of a long video become one track: continue (each window's "
+        "overlap continues the previous window's latent, then a short crossfade) or crossfade "
+        "(independent windows, equal-power crossfade over the overlap)",
+    )
+    add_mask_args(p)
     p.add_argument("--prompt", help="prompt for clips whose catalog row has none")
     p.add_argument(
         "--negative-prompt",
@@ -124,6 +134,11 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         allow_roots=args.allow_root or None,
         progress=not args.no_progress,
+        window=args.window,
+        overlap=args.overlap,
+        join=args.join,
+        mask_strength=args.mask_strength,
+        mask_paths=tuple(args.mask_paths),
     )
     try:
         summary = run_generate(config)

@@ -76,6 +76,12 @@ RESULT_SCHEMA = pa.schema(
         ("vocoder_s", pa.float64()),
         ("write_s", pa.float64()),
         ("settings_hash", pa.string()),
+        # long videos (selva_ray.generate.windows; null for an ordinary clip)
+        ("windows", pa.int32()),
+        ("join", pa.string()),
+        ("window_timings", pa.string()),
+        ("seam_worst", pa.float64()),
+        ("seam_inner_max", pa.float64()),
     ]
 )
 
@@ -569,9 +575,16 @@ def _result_table(
                 "vocoder_s": _time(row.get("vocoder_s")),
                 "write_s": res["write_s"],
                 "settings_hash": settings_hash,
+                **long_result_fields(row),
             }
         )
     return pa.Table.from_pylist(records, schema=RESULT_SCHEMA)
+
+
+def long_result_fields(row: dict) -> dict:
+    from .windows import long_result_fields as fields
+
+    return fields(row)
 
 
 def _time(value) -> float | None:
