@@ -96,14 +96,22 @@ def add_allow_root_arg(p: argparse.ArgumentParser) -> None:
 MASK_PATHS = ("clip", "sync")  # selva_core.video.mask.MASK_PATHS (no torch import here)
 
 
-def mask_paths(text: str) -> tuple[str, ...]:
-    """argparse type of `--mask-paths clip,sync`: a non-empty subset, in canonical order."""
+def mask_paths(text: str) -> str:
+    """argparse type of `--mask-paths clip,sync`: a non-empty subset, canonical order (kept
+    as text, so `--print-config` writes it back as the flag reads it)."""
     paths = {p.strip() for p in text.split(",") if p.strip()}
     if not paths or paths - set(MASK_PATHS):
         raise argparse.ArgumentTypeError(
             f"expected a comma-separated subset of {','.join(MASK_PATHS)}, got {text!r}"
         )
-    return tuple(p for p in MASK_PATHS if p in paths)
+    return ",".join(p for p in MASK_PATHS if p in paths)
+
+
+def mask_path_tuple(value) -> tuple[str, ...]:
+    """`--mask-paths` as the job configs take it (a config file may give a list)."""
+    if isinstance(value, str):
+        value = mask_paths(value).split(",")
+    return tuple(value)
 
 
 def add_window_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
@@ -152,7 +160,7 @@ def add_mask_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--mask-paths",
         type=mask_paths,
-        default=MASK_PATHS,
+        default=",".join(MASK_PATHS),
         help="streams the mask applies to: clip (CLIP frames, MMAudio family), sync, or both "
         "(default clip,sync)",
     )

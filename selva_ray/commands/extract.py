@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from .. import validate
-from .common import add_allow_root_arg, add_mask_args, add_model_args, add_window_args
+from .common import (
+    add_allow_root_arg,
+    add_mask_args,
+    add_model_args,
+    add_window_args,
+    mask_path_tuple,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -126,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         window=8.0 if args.window is None else args.window,
         overlap=1.0 if args.overlap is None else args.overlap,
         mask_strength=args.mask_strength,
-        mask_paths=tuple(args.mask_paths),
+        mask_paths=mask_path_tuple(args.mask_paths),
     )
     summary = run_extract(config)  # unusable input raises UsageError: exit 2 in cli.main
     for line in summary.lines():

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_allow_root_arg, add_mask_args, add_model_args, add_window_args
+from .common import (
+    add_allow_root_arg,
+    add_mask_args,
+    add_model_args,
+    add_window_args,
+    mask_path_tuple,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -138,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         join=args.join,
         mask_strength=args.mask_strength,
-        mask_paths=tuple(args.mask_paths),
+        mask_paths=mask_path_tuple(args.mask_paths),
     )
     try:
         summary = run_generate(config)
