@@ -270,8 +270,8 @@ def test_same_track_on_one_or_two_actors(generated):
     # the same windows, seeds and joins; only the encoder's batching differs (batched text
     # encoding rounds differently in the last bits), so the tracks agree to float rounding
     print("tail max |diff|", float((wav1 - wav2).abs().max()))
-    assert (wav1 - wav2).abs().max() <= 1e-3
-    assert (wav1 - wav2).norm() <= 1e-3 * wav1.norm()
+    assert (wav1 - wav2).abs().max() <= 1e-4  # measured 2.4e-6
+    assert (wav1 - wav2).norm() <= 1e-5 * wav1.norm()  # measured 7.9e-7
 
 
 def test_seams_are_clean_in_both_join_modes(generated):
