@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
             with_audio_latents=True,
             shard_size=2,
             batch_size=2,
+            window=0.0,  # one row per demo clip (its 9 s clip is cut at --max-duration)
             ray_address=args.ray_address,
         )
     )
