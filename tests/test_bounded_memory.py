@@ -1,9 +1,9 @@
 """Bounded memory (issue 15): a 10-minute 1080p 60 fps video in a catalog does not take a job
-down. With --max-duration 8 only 8 s are decoded. Peak RSS is measured, not assumed: the
-extract job runs as a `selva-ray extract` subprocess against a local Ray cluster, and the
-high-water mark (VmHWM) of every process of the cluster (raylet, the decode workers, the
-encoder actor) and of the driver is polled; the decode task's own figure is the peak of the
-worker processes seen running `decode_batch`.
+down. With --max-duration 8 --window 0 (no windows) only 8 s are decoded. Peak RSS is
+measured, not assumed: the extract job runs as a `selva-ray extract` subprocess against a
+local Ray cluster, and the high-water mark (VmHWM) of every process of the cluster (raylet,
+the decode workers, the encoder actor) and of the driver is polled; the decode task's own
+figure is the peak of the worker processes seen running `decode_batch`.
 
 The file is 36,000 frames (600 s x 60 fps, 1920x1080, with a 10-minute AAC track), written in
 seconds by repeating the packets of one encoded second (video_factory.write_long_video).
@@ -121,7 +121,7 @@ def test_extract_job_over_a_ten_minute_1080p60_video(cluster, long_video, tmp_pa
     try:
         out = subprocess.run(
             [sys.executable, "-m", "selva_ray.cli", "extract", "--input", str(manifest)]
-            + ["--output", str(output), "--variant", "tiny", "--max-duration", "8"]
+            + ["--output", str(output), "--variant", "tiny", "--max-duration", "8", "--window", "0"]
             + ["--with-audio-latents", "--ray-address", cluster, "--no-progress"]
             + ["--allow-root", "/", "--fail-on-error"],
             capture_output=True,

@@ -143,3 +143,76 @@ def add_allow_root_arg(p: argparse.ArgumentParser) -> None:
         help="a folder or bucket (s3://b) manifest rows may point into; repeatable (default: "
         "the manifest's folder and bucket; `/` allows any local path)",
     )
+
+
+MASK_PATHS = ("clip", "sync")  # selva_core.video.mask.MASK_PATHS (no torch import here)
+
+
+def mask_paths(text: str) -> str:
+    """argparse type of `--mask-paths clip,sync`: a non-empty subset, canonical order (kept
+    as text, so `--print-config` writes it back as the flag reads it)."""
+    paths = {p.strip() for p in text.split(",") if p.strip()}
+    if not paths or paths - set(MASK_PATHS):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(MASK_PATHS)}, got {text!r}"
+        )
+    return ",".join(p for p in MASK_PATHS if p in paths)
+
+
+def mask_path_tuple(value) -> tuple[str, ...]:
+    """`--mask-paths` as the job configs take it (a config file may give a list)."""
+    if isinstance(value, str):
+        value = mask_paths(value).split(",")
+    return tuple(value)
+
+
+def add_window_args(p: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """`--window`/`--overlap`: how long videos are cut into windows (issue 11)."""
+    window = validate.float_range(0, 24 * 3600)
+    if defaults:
+        p.add_argument(
+            "--window",
+            type=window,
+            default=None,
+            help="seconds per window: a video longer than this (a catalog row without "
+            "'duration') is cut into overlapping windows (default 8; 0: never, the video is cut "
+            "at --max-duration; at most --max-duration)",
+        )
+        p.add_argument(
+            "--overlap",
+            type=window,
+            default=None,
+            help="seconds shared by consecutive windows (default 1, at most half the window)",
+        )
+        return
+    p.add_argument(
+        "--window",
+        type=window,
+        default=None,
+        help="window length the features were cut into (default: as extracted; a different "
+        "value is refused)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=window,
+        default=None,
+        help="window overlap the features were cut with (default: as extracted)",
+    )
+
+
+def add_mask_args(p: argparse.ArgumentParser) -> None:
+    """`--mask-strength`, `--mask-paths`: object-mask focus for catalogs with a `mask` column."""
+    p.add_argument(
+        "--mask-strength",
+        type=validate.float_range(0, 1),
+        default=1.0,
+        help="how far a catalog row's 'mask' (image or video, 1 keeps the object) blends the "
+        "background toward grey before encoding (0: not at all; default 1)",
+    )
+    p.add_argument(
+        "--mask-paths",
+        type=mask_paths,
+        default=",".join(MASK_PATHS),
+        help="streams the mask applies to: clip (CLIP frames, MMAudio family), sync, or both "
+        "(default clip,sync)",
+    )

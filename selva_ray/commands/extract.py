@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 
 from .. import validate
-from .common import add_actor_args, add_allow_root_arg, add_model_args, add_run_args
+from .common import (
+    add_actor_args,
+    add_allow_root_arg,
+    add_mask_args,
+    add_model_args,
+    add_run_args,
+    add_window_args,
+    mask_path_tuple,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "INPUT is a folder (recursive; .mp4 .mov .mkv .webm .avi; optional prompts.txt with "
             "'filename: description' lines, else the parent folder name is the prompt) or a "
             "manifest (.csv, .jsonl, .json array or .parquet) with columns video, prompt and "
-            "optional id, negative_prompt, start, duration, seed. Paths may be URIs (s3://, "
+            "optional id, negative_prompt, start, duration, seed, mask. Paths may be URIs (s3://, "
             "gs://). Exit status: 0 the job ran, 1 every clip failed (or any, with "
             "--fail-on-error), 2 unusable catalog or settings (nothing started)."
         ),
@@ -54,6 +62,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_actor_args(p, role="encoder", gpus_default=1.0)
     add_allow_root_arg(p)
+    add_window_args(p)
+    add_mask_args(p)
     p.add_argument(
         "--ignore-rotation",
         action="store_true",
@@ -92,6 +102,10 @@ def config_from_args(args: argparse.Namespace):
         check_weights=not args.skip_weights_check,
         ignore_rotation=args.ignore_rotation,
         flags=job_settings(args),
+        window=8.0 if args.window is None else args.window,
+        overlap=1.0 if args.overlap is None else args.overlap,
+        mask_strength=args.mask_strength,
+        mask_paths=mask_path_tuple(args.mask_paths),
     )
 
 

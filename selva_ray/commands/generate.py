@@ -6,7 +6,15 @@ import argparse
 import sys
 
 from .. import validate
-from .common import add_actor_args, add_allow_root_arg, add_model_args, add_run_args
+from .common import (
+    add_actor_args,
+    add_allow_root_arg,
+    add_mask_args,
+    add_model_args,
+    add_run_args,
+    add_window_args,
+    mask_path_tuple,
+)
 from .qa import add_threshold_args, thresholds_from_args
 
 
@@ -35,6 +43,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", required=True, help="output folder (path or URI)")
     add_model_args(p, default_variant="small_16k")
     add_allow_root_arg(p)
+    add_window_args(p)
+    p.add_argument(
+        "--join",
+        choices=["continue", "crossfade"],
+        default="continue",
+        help="how the windows of a long video become one track: continue (each window's "
+        "overlap continues the previous window's latent, then a short crossfade) or crossfade "
+        "(independent windows, equal-power crossfade over the overlap)",
+    )
+    add_mask_args(p)
     p.add_argument(
         "--prompt",
         help="prompt for clips whose catalog row has none (with it a manifest needs no "
@@ -226,6 +244,11 @@ def config_from_args(args: argparse.Namespace):
         desync=not args.no_desync,
         desync_actors=args.desync_actors,
         flags=job_settings(args),
+        window=args.window,
+        overlap=args.overlap,
+        join=args.join,
+        mask_strength=args.mask_strength,
+        mask_paths=mask_path_tuple(args.mask_paths),
     )
 
 

@@ -181,6 +181,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     e.add_argument("--no-surgery", action="store_true", help="skip Spectral Surgery at the end")
     e.add_argument("--resume", action="store_true", help="continue the run in --output")
+    from .common import add_window_args
+
+    add_window_args(e, defaults=False)
     p.set_defaults(run=run)
 
 
@@ -224,6 +227,8 @@ def config_from_args(args: argparse.Namespace):
         surgery=not args.no_surgery,
         resume=args.resume,
         flags=job_settings(args),
+        window=args.window,
+        overlap=args.overlap,
     )
 
 

@@ -18,10 +18,11 @@ from selva_core.variants import get_spec
 
 from .. import validate
 from ..config_file import config_record
-from ..io.catalog import CatalogProblem, ClipRecord, check_not_empty, read_catalog
+from ..io.catalog import CatalogProblem, check_not_empty, read_catalog
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..summary import ClipCounts
+from .windows import WindowSettings, check_long_settings, plan_rows, stale_windows
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -59,6 +60,10 @@ class ExtractConfig:
     check_weights: bool = True  # look for every weight file in the driver before starting
     ignore_rotation: bool = False  # decode frames as stored (the official reader's behaviour)
     flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
+    window: float = 8.0  # videos longer than this become overlapping windows (0: cut at max)
+    overlap: float = 1.0  # seconds shared by consecutive windows
+    mask_strength: float = 1.0  # how far a `mask` column greys the background (0: not at all)
+    mask_paths: tuple[str, ...] = ("clip", "sync")  # streams the mask applies to
 
 
 @dataclass
@@ -107,6 +112,7 @@ def check_config(config: ExtractConfig) -> None:
     if config.actors is not None and config.actors < 1:
         raise validate.UsageError("--actors must be >= 1")
     validate.check_variant(config.variant)
+    check_long_settings(config)
     local = not (config.ray_address or os.environ.get("RAY_ADDRESS"))
     validate.check_device(config.device, local=local)
     validate.check_output_writable(config.output)
@@ -124,6 +130,7 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     )
     check_not_empty(config.input, records, problems)
     spec = get_spec(config.variant)
+    windows = WindowSettings.for_run(config.window, config.overlap, config.max_duration)
     layout = FeatureLayout.for_run(
         spec,
         max_duration=config.max_duration,
@@ -131,6 +138,8 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
         with_audio_latents=config.with_audio_latents,
         frame_rule=config.frame_rule,
         ignore_rotation=config.ignore_rotation,
+        window=windows.window,
+        overlap=windows.overlap,
     )
     out = OutputDir(config.output)
     out.check_settings(layout.describe())
@@ -143,7 +152,8 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
             log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
         summary = ExtractSummary(output=config.output)
         run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
-        todo, new_problems = _plan(out, records, problems, summary)
+        items = plan_rows(records, config, windows, spec)
+        todo, new_problems = _plan(out, items, problems, summary)
         if new_problems:
             out.record_catalog_problems(f"{run}-catalog", new_problems, layout.settings_hash)
             summary.failed += len(new_problems)
@@ -163,10 +173,10 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
 
 def _plan(
     out: OutputDir,
-    records: list[ClipRecord],
+    records: list[dict],
     problems: list[CatalogProblem],
     summary: ExtractSummary,
-) -> tuple[list[ClipRecord], list[CatalogProblem]]:
+) -> tuple[list[dict], list[CatalogProblem]]:
     """What to compute: new clips, and clips whose committed row came from another catalog row
     (their old rows are deleted first, so no reader ever sees two rows for one id)."""
     finished = out.finished()
@@ -175,9 +185,9 @@ def _plan(
             log.warning("catalog: %s", p.message)
     clip_problems = [p for p in problems if p.clip]
     summary.warnings = len(problems) - len(clip_problems)
-    summary.catalog = len(records) + len(clip_problems)
+    summary.catalog = len({r.get("parent_id") or r["id"] for r in records}) + len(clip_problems)
     todo, new_problems, stale = [], [], set()
-    items = [(r, r.id, r.input_hash()) for r in records]
+    items = [(r, r["id"], r["input_hash"]) for r in records]
     items += [(p, p.id, p.input_hash or None) for p in clip_problems]
     for item, cid, digest in items:
         done = finished.get(cid)
@@ -189,7 +199,8 @@ def _plan(
             continue
         if done is not None:
             stale.add(cid)
-        (todo if isinstance(item, ClipRecord) else new_problems).append(item)
+        (todo if isinstance(item, dict) else new_problems).append(item)
+    stale |= stale_windows(finished, records, stale)
     if stale:
         removed = out.remove_ids(stale, finished)
         summary.redone = len(stale)
@@ -204,12 +215,11 @@ def _plan(
     return todo, new_problems
 
 
-def _shards(todo: list[ClipRecord], size: int, run: str, max_duration: float) -> list[dict]:
+def _shards(todo: list[dict], size: int, run: str, max_duration: float) -> list[dict]:
     rows = []
-    for i, record in enumerate(todo):
-        row = record.to_row()
-        row["duration"] = record.duration or max_duration
-        row["input_hash"] = record.input_hash()
+    for i, item in enumerate(todo):
+        row = dict(item)
+        row.pop("catalog_duration", None)
         row["shard"] = f"{run}-{i // size:05d}"
         rows.append(row)
     return rows
@@ -248,7 +258,7 @@ def _run_pipeline(
     config: ExtractConfig,
     layout: FeatureLayout,
     out: OutputDir,
-    todo: list[ClipRecord],
+    todo: list[dict],
     run: str,
 ) -> tuple[int, Counter]:
     import ray
@@ -282,6 +292,8 @@ def _run_pipeline(
             "frame_rule": config.frame_rule,
             "ignore_rotation": config.ignore_rotation,
             "audio_rate": spec.sampling_rate if config.with_audio_latents else None,
+            "mask_strength": config.mask_strength,
+            "mask_paths": tuple(config.mask_paths),
         },
         batch_size=1,
         num_cpus=config.decode_cpus,

@@ -32,6 +32,15 @@ CLIP_COLUMNS = (
     "seed",
     "start",
     "input_hash",
+    # windows of a long video (selva_ray.extract.windows) and the clip's object mask
+    "parent_id",
+    "window_index",
+    "window_count",
+    "window_start",
+    "window_end",
+    "parent_duration",
+    "pad_to",
+    "mask",
 )
 EMPTY_FRAMES = np.zeros((0, 3, 1, 1), dtype=np.uint8)
 EMPTY_AUDIO = np.zeros((0,), dtype=np.float32)
@@ -49,14 +58,18 @@ def decode_batch(
     audio_rate: int | None,
     carry: tuple[str, ...] = (),
     ignore_rotation: bool = False,
+    mask_strength: float = 1.0,
+    mask_paths: tuple[str, ...] = ("clip", "sync"),
 ) -> dict[str, list]:
     """Catalog rows -> uint8 frames (and mono audio) at the model's rates.
 
     `carry` names extra input columns passed through unchanged (other jobs' per-clip settings).
+    A row with `pad_to` (a window of a long video) is padded to that length; a row with a
+    `mask` has its background greyed by it (`mask_strength`, `mask_paths`); a mask that does
+    not fit the video fails the clip with a message naming both files.
     """
     from selva_core.pipeline import decode_config_for
     from selva_core.variants import get_spec
-    from selva_core.video.decode import decode_clip
 
     config = decode_config_for(get_spec(variant), frame_rule, ignore_rotation)
     out: dict[str, list] = defaultdict(list)
@@ -64,16 +77,13 @@ def decode_batch(
         result = dict(OK_RESULT)
         frames = clip_frames = EMPTY_FRAMES
         audio, duration, fps, has_audio, padded = EMPTY_AUDIO, 0.0, 0.0, False, False
-        rotation = 0
+        rotation, digest = 0, None
         try:
             with local_copy(row["source"]) as path:
-                clip = decode_clip(
-                    path,
-                    start=row["start"],
-                    max_duration=row["duration"] or max_duration,
-                    audio_rate=audio_rate,
-                    config=config,
-                )
+                clip = _decode_row(row, path, max_duration, audio_rate, config)
+            if row.get("mask"):
+                clip = _apply_mask(clip, row["mask"], mask_strength, mask_paths, config)
+                digest = clip.mask_digest
             frames, clip_frames = clip.sync_frames.numpy(), clip.clip_frames.numpy()
             if clip.audio is not None:
                 audio = clip.audio.numpy()
@@ -91,10 +101,30 @@ def decode_batch(
         out["has_audio"].append(has_audio)
         out["padded"].append(padded)
         out["rotation"].append(rotation)
+        out["mask_digest"].append(digest)
         out["sync_frames"].append(frames)
         out["clip_frames"].append(clip_frames)
         out["audio"].append(audio)
     return dict(out)
+
+
+def _decode_row(row: dict, path: str, max_duration: float, audio_rate, config):
+    from selva_core.video.decode import VideoReader
+
+    with VideoReader(path, config=config) as reader:
+        return reader.read(
+            start=row["start"],
+            max_duration=row["duration"] or max_duration,
+            audio_rate=audio_rate,
+            pad_to=row.get("pad_to"),
+        )
+
+
+def _apply_mask(clip, mask: str, strength: float, paths, config):
+    from selva_core.video.mask import MaskSettings, apply_mask
+
+    with local_copy(mask) as local:
+        return apply_mask(clip, MaskSettings(local, float(strength), tuple(paths)), config=config)
 
 
 # ---- stage 2: encode ------------------------------------------------------------------------
@@ -192,7 +222,7 @@ class FeatureEncoder:
         for i, row in enumerate(rows):
             for key in (*CLIP_COLUMNS, *self.carry, "status", "stage", "error_type", "message"):
                 out[key].append(row[key])
-            for key in ("duration", "fps", "has_audio", "padded", "rotation"):
+            for key in ("duration", "fps", "has_audio", "padded", "rotation", "mask_digest"):
                 out[key].append(row[key])
             f = features.get(i)
             tensors = _tensors(f, lay) if f is not None else {}

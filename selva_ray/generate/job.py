@@ -35,6 +35,7 @@ from selva_core.variants import get_spec
 
 from .. import validate
 from ..config_file import config_record
+from ..extract.windows import check_long_settings, parent_of
 from ..io.catalog import CatalogProblem, ClipRecord, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
@@ -50,6 +51,7 @@ from .stages import (
     sequence_key,
     write_outputs,
 )
+from .windows import JOIN_MODES, plan_long, run_long
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -106,6 +108,14 @@ class GenerateConfig:
     thresholds: QAThresholds = field(default_factory=QAThresholds)
     desync: bool = True  # False: desync_s null, no model (no synchformer_state_dict.pth needed)
     desync_actors: int | None = None  # None: one per GPU, else 1
+    # Long videos (selva_ray.generate.windows): catalog videos longer than `window` seconds
+    # (None: 8; 0: never, cut at max_duration) are generated window by window and joined;
+    # features input uses the folder's own windows.
+    window: float | None = None
+    overlap: float | None = None  # None: 1 s (catalog input) or the folder's
+    join: str = "continue"  # continue | crossfade
+    mask_strength: float = 1.0  # how far a catalog `mask` greys the background
+    mask_paths: tuple[str, ...] = ("clip", "sync")  # streams the mask applies to
     # Benchmarks only: build the models by hand (e.g. random weights at real sizes),
     # `factory(device, dtype, role) -> Components`, role "encoder" or "generator".
     components_factory: Callable | None = None
@@ -307,13 +317,17 @@ def _run_generate(
     problems = problems + bad
 
     done, failed_before = _finished(out, config.mux)
-    todo = [r for r in rows if r["id"] not in done and r["id"] not in failed_before]
-    new_problems = [p for p in problems if p.id not in done and p.id not in failed_before]
-    ids = [r["id"] for r in rows] + [p.id for p in problems]
+    finished = done | failed_before
+    todo = [r for r in rows if r["id"] not in finished]
+    new_problems = [p for p in problems if p.id not in finished]
+    # long videos: window rows, one result per video (`parent_id`)
+    todo, long_rows, long_problems = plan_long(todo, finished, config, spec, layout)
+    new_problems += long_problems
+    ids = sorted({parent_of(r["id"]) for r in rows}) + [p.id for p in problems]
     summary = GenerateSummary(
         output=config.output,
         input_kind=kind,
-        catalog=len(rows) + len(problems),
+        catalog=len(ids),
         skipped=sum(i in done for i in ids),
         failed_before=sum(i in failed_before and i not in done for i in ids),
     )
@@ -336,6 +350,16 @@ def _run_generate(
         summary.ok += ok
         summary.failed += sum(failed.values())
         summary.batch_fill, summary.batches = fill
+        for stage, n in failed.items():
+            summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
+    if long_rows:
+        ok, failed, (fill, batches) = run_long(
+            config, spec, layout, out, long_rows, run, plan, adapters, settings_hash
+        )
+        summary.ok += ok
+        summary.failed += sum(failed.values())
+        summary.batches += batches
+        summary.batch_fill = max(summary.batch_fill, fill)
         for stage, n in failed.items():
             summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
     summary.wall_s = time.perf_counter() - t0
@@ -364,6 +388,9 @@ def _check_config(config: GenerateConfig) -> None:
         raise GenerateInputError("--bits must be 16 or 24")
     if config.batch_size < 1 or config.shard_size < 1:
         raise GenerateInputError("--batch-size and --shard-size must be >= 1")
+    if config.join not in JOIN_MODES:
+        raise GenerateInputError(f"--join must be one of {', '.join(JOIN_MODES)}")
+    check_long_settings(config)
     if config.mix_original is not None and not config.mux:
         raise GenerateInputError("--mix-original needs --mux (it mixes into the dubbed video)")
     for name in ("loudness", "peak", "mix_original"):
@@ -402,6 +429,11 @@ def _settings(config: GenerateConfig, spec, adapters: list[Adapter], plan: dict)
         "mux": config.mux,
         "mix_original": config.mix_original,
         "adapters": [a.describe() for a in adapters],
+        "window": config.window,
+        "overlap": config.overlap,
+        "join": config.join,
+        "mask_strength": config.mask_strength,
+        "mask_paths": list(config.mask_paths),
     }
 
 
@@ -422,6 +454,7 @@ def _catalog_row(record: ClipRecord, config: GenerateConfig) -> dict:
     row = record.to_row()
     row.update(_defaults(row, config))
     row["duration"] = record.duration or config.max_duration
+    row["catalog_duration"] = record.duration  # None: to the video's end (maybe windows)
     return row
 
 
@@ -538,6 +571,7 @@ PLAN_FIELDS = [
     ("duration", pa.float64()),
     ("cfg", pa.float64()),
     ("steps", pa.int64()),
+    ("mask", pa.string()),
 ]
 
 
@@ -577,6 +611,8 @@ def _run_pipeline(
                 "max_duration": config.max_duration,
                 "frame_rule": config.frame_rule,
                 "audio_rate": None,
+                "mask_strength": config.mask_strength,
+                "mask_paths": tuple(config.mask_paths),
             },
             batch_size=1,
             num_cpus=config.decode_cpus,

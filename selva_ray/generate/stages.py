@@ -437,6 +437,7 @@ def write_outputs(
     for row in batch_rows(batch):
         values = {name: None for name in schema.names}
         values.update({k: row.get(k) for k in RESULT_FIELDS})
+        values.update(long_result_fields(row))
         values.update(
             variant=variant,
             adapters=adapters_cell,
@@ -549,6 +550,12 @@ def _write_clip(
         "t_write": time.perf_counter() - t0,
         "wav": wav,
     }
+
+
+def long_result_fields(row: dict) -> dict:
+    from .windows import long_result_fields as fields
+
+    return fields(row)
 
 
 def _time(value) -> float | None:

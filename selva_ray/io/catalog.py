@@ -47,6 +47,7 @@ MANIFEST_COLUMNS = (
     "seed",
     "cfg",
     "steps",
+    "mask",
 )
 # What a feature row depends on besides the job's settings: a change makes a rerun redo it.
 IDENTITY_FIELDS = ("source", "prompt", "negative_prompt", "start", "duration", "seed")
@@ -76,6 +77,7 @@ class ClipRecord:
     cfg: float | None = None  # generation only; None: the job's --cfg
     steps: int | None = None  # generation only; None: the job's --steps
     row: int = -1  # manifest row (0-based) or listing index, for error messages
+    mask: str | None = None  # object mask (image or video aligned with the clip), path or URI
 
     def to_row(self) -> dict:
         return asdict(self)
@@ -452,6 +454,7 @@ def _typed_row(
         seed = _integer(item.get("seed"), "seed", 0, MAX_SEED)
         cfg = _number(item.get("cfg"), None, "cfg", low=0.0, high=MAX_CFG)
         steps = _integer(item.get("steps"), "steps", 1, MAX_STEPS)
+        mask = _mask_source(item.get("mask"), base, roots)
         if raw_id in (None, ""):
             cid = clip_id(source, start, duration)
         elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
@@ -474,7 +477,23 @@ def _typed_row(
         cfg=cfg,
         steps=steps,
         row=row,
+        mask=mask,
     )
+
+
+def _mask_source(value, base: str, roots: list[str] | None) -> str | None:
+    """The `mask` cell resolved like `video` (relative to the manifest, allowed roots)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str):
+        raise _RowError(f"column 'mask': must be a path or URI, got {value!r}")
+    source = _local_source(_join(base, value.strip()))
+    if roots is not None and not _inside(source, roots):
+        raise _RowError(
+            f"column 'mask': {value!r} is outside the allowed roots "
+            f"{[r for r in roots if r != '*://']} (add its folder with --allow-root)"
+        )
+    return source
 
 
 def _allowed_roots(allow_roots: Iterable[str] | None, base: str) -> list[str] | None:

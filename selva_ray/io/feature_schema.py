@@ -11,7 +11,12 @@ Schema version 1 columns:
   input_hash (added within v1; absent in older files, read as null),
   rotation   (added within v1: degrees counterclockwise the frames were turned upright by the
               file's display matrix, 0/90/180/-90; 0 with --ignore-rotation; absent in older
-              files, read as 0)                                          (scalars)
+              files, read as 0)
+  parent_id, window_index, window_count, window_start, window_end, parent_duration
+             (added within v1: a window of a long video, see WINDOW_SCALARS; null on clip rows
+              and in older files)
+  mask_digest (added within v1: digest of the object mask and its settings; null: no mask)
+                                                                         (scalars)
   sync_f   (sync_len_max, sync_dim)     text-conditioned (SelVA) or plain (MMAudio) sync features
   sync_len                              valid rows of sync_f (8 per 0.32 s window)
   text_f   (77, text_dim)               CLIP per-token text features of the prompt
@@ -58,9 +63,35 @@ SCALARS = [
     ("settings_hash", pa.string()),
     ("input_hash", pa.string()),  # digest of the catalog row; a changed row is redone
     ("rotation", pa.int16()),  # display rotation applied when decoding (degrees, ccw)
+    # windows of a long video (null on an ordinary clip row): see `WINDOW_SCALARS`
+    ("parent_id", pa.string()),
+    ("window_index", pa.int32()),
+    ("window_count", pa.int32()),
+    ("window_start", pa.float64()),
+    ("window_end", pa.float64()),
+    ("parent_duration", pa.float64()),
+    ("mask_digest", pa.string()),  # object mask the frames were greyed by (null: none)
 ]
+# A video longer than the run's window is cut into overlapping windows, one row each: id
+# "<parent_id>#w<index:03d>", `start`/`duration` the window's span in the source, and these
+# columns: the video's clip id, the window's index (0-based, time order) and their count, the
+# window's span [window_start, window_end) in seconds from the video's clip start, and the
+# length of the whole clip (what a joined track lasts).
+WINDOW_SCALARS = (
+    "parent_id",
+    "window_index",
+    "window_count",
+    "window_start",
+    "window_end",
+    "parent_duration",
+)
 # scalars added within schema v1, and what a file written before them reads as
-LATER_SCALARS = {"input_hash": None, "rotation": 0}
+LATER_SCALARS = {
+    "input_hash": None,
+    "rotation": 0,
+    **dict.fromkeys(WINDOW_SCALARS),
+    "mask_digest": None,
+}
 
 
 @dataclass(frozen=True)
@@ -83,6 +114,8 @@ class FeatureLayout:
     latent_dim: int
     schema_version: int = SCHEMA_VERSION
     ignore_rotation: bool = False  # frames decoded as stored, display matrix ignored
+    window: float = 0.0  # videos longer than this are cut into windows (0: never, old runs)
+    overlap: float = 0.0  # seconds shared by consecutive windows
 
     @classmethod
     def for_run(
@@ -94,6 +127,8 @@ class FeatureLayout:
         with_audio_latents: bool = False,
         frame_rule: str = "official",
         ignore_rotation: bool = False,
+        window: float = 0.0,
+        overlap: float = 0.0,
     ) -> FeatureLayout:
         if storage_dtype not in STORAGE_DTYPES:
             raise ValueError(f"storage dtype must be one of {list(STORAGE_DTYPES)}")
@@ -114,6 +149,8 @@ class FeatureLayout:
             latent_len=seq.latent_seq_len if with_audio_latents else 0,
             latent_dim=g.latent_dim,
             ignore_rotation=ignore_rotation,
+            window=float(window),
+            overlap=float(overlap) if window else 0.0,
         )
 
     def hashed_settings(self) -> dict:
@@ -122,6 +159,8 @@ class FeatureLayout:
         settings = asdict(self)
         if not settings["ignore_rotation"]:
             del settings["ignore_rotation"]
+        if not settings["window"]:  # folders from before windows: no window, same hash
+            del settings["window"], settings["overlap"]
         return settings
 
     @property

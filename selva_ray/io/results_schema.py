@@ -69,6 +69,25 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("t_qa", pa.float64(), "seconds computing the QA metrics (DeSync included)"),
     ("t_desync", pa.float64(), "seconds of DeSync scoring on the model actor (null: none)"),
     ("settings_hash", pa.string(), "hash of the run's settings (_meta.json)"),
+    # long videos (generate --window): one row per video, null for an ordinary clip
+    ("windows", pa.int32(), "windows the video was generated in (null: an ordinary clip)"),
+    ("join", pa.string(), "how the windows were joined: continue | crossfade"),
+    (
+        "window_timings",
+        pa.string(),
+        "JSON list per window of {index, start, end (s from the clip start), seed, t_decode, "
+        "t_features, t_sampling, t_vocoder}",
+    ),
+    (
+        "seam_worst",
+        pa.float64(),
+        "seam metric: largest log-mel spectral flux at a seam / the track's median flux",
+    ),
+    (
+        "seam_inner_max",
+        pa.float64(),
+        "the same over the windows' inner frames (a seam above it is a click)",
+    ),
 ]
 COLUMN_NAMES = [name for name, _, _ in COLUMNS]
 

@@ -33,6 +33,8 @@ RESUMABLE_CHANGES = frozenset(
         "offline",
         "fail_at_step",
         "surgery",
+        "window",  # checks against the features folder only (its windows are fixed)
+        "overlap",
     }
 )
 
@@ -89,6 +91,10 @@ class TrainConfig:
     surgery: bool = True
     resume: bool = False
     progress_every_s: float = 10.0
+    # Long videos: the features folder's windows are the training samples (one window with its
+    # own audio each); given, these must match how the folder was cut (None: as it was).
+    window: float | None = None
+    overlap: float | None = None
     # Test hook: the last worker dies (os._exit) once, after finishing this step.
     fail_at_step: int | None = None
     # Benchmarks: seeded random generator weights for a published variant (nothing loaded).

@@ -57,6 +57,8 @@ class FeatureInfo:
     has_clip_f: bool
     latent_len: int
     latent_dim: int
+    window: float = 0.0  # long videos were cut into windows of this length (0: never)
+    overlap: float = 0.0
 
     def tensor_columns(self) -> list[str]:
         cols = ["sync_f", "text_f", "latent_mean"]
@@ -97,7 +99,25 @@ def inspect_features(path: str, variant: str | None = None) -> FeatureInfo:
         has_clip_f=bool(s.get("clip_len")),
         latent_len=int(s["latent_len"]),
         latent_dim=int(s["latent_dim"]),
+        window=float(s.get("window") or 0.0),
+        overlap=float(s.get("overlap") or 0.0),
     )
+
+
+def check_windows(info: FeatureInfo, window: float | None, overlap: float | None) -> None:
+    """`--window`/`--overlap` of train must describe the folder's windows: training uses the
+    window rows extract wrote (one sample each, with its own audio); it cannot re-cut them."""
+    bad = (window is not None and abs(window - info.window) > 1e-6) or (
+        overlap is not None and info.window and abs(overlap - info.overlap) > 1e-6
+    )
+    if bad:
+        raise FeatureFolderError(
+            f"{info.path}: features were cut into windows of {info.window:g} s with "
+            f"{info.overlap:g} s overlap (0: none), not --window {window} --overlap {overlap}; "
+            "drop the flags, or extract again with: "
+            f"{extract_command(info.path, info.variant)} --window {window or 8} "
+            f"--overlap {overlap if overlap is not None else 1}"
+        )
 
 
 # ---- split ------------------------------------------------------------------------------------
@@ -107,30 +127,46 @@ def id_rank(clip_id: str) -> str:
     return hashlib.sha256(f"selva-split:{clip_id}".encode()).hexdigest()
 
 
-def split_ids(ids: Iterable[str], val_fraction: float) -> tuple[list[str], list[str]]:
+def split_ids(
+    ids: Iterable[str], val_fraction: float, groups: dict[str, str] | None = None
+) -> tuple[list[str], list[str]]:
     """(train, val): the round(f * N) clips with the smallest id hashes validate (at least one
-    when f > 0 and there are two clips). Depends on the ids only, never on file order."""
-    ordered = sorted(set(ids), key=id_rank)
+    when f > 0 and there are two clips). Depends on the ids only, never on file order.
+
+    `groups` (id -> video, for the windows of long videos): whole videos are split, so no
+    window validates a video whose neighbouring windows (sharing a second) were trained on;
+    N counts videos then. Ids without a group are their own video."""
+    ids = set(ids)
+    groups = groups or {}
+    members: dict[str, list[str]] = {}
+    for i in ids:
+        members.setdefault(groups.get(i) or i, []).append(i)
+    ordered = sorted(members, key=id_rank)
     n = len(ordered)
     n_val = 0
     if val_fraction > 0 and n >= 2:
         n_val = min(max(1, round(val_fraction * n)), n - 1)
-    return sorted(ordered[n_val:]), sorted(ordered[:n_val])
+    train = [i for g in ordered[n_val:] for i in members[g]]
+    val = [i for g in ordered[:n_val] for i in members[g]]
+    return sorted(train), sorted(val)
 
 
 @dataclass(frozen=True)
 class ClipListing:
-    usable: list[str]  # clips with audio latents
+    usable: list[str]  # clips (or windows of long videos) with audio latents
     silent: list[str]  # clips without an audio track (latent_len 0): nothing to learn
+    groups: dict | None = None  # window row id -> its video's id (split by video)
 
 
 def list_clips(info: FeatureInfo) -> ClipListing:
-    table = read_features(info.path, columns=["id", "latent_len"])
+    table = read_features(info.path, columns=["id", "latent_len", "parent_id"])
     ids = table["id"].to_pylist()
     lengths = table["latent_len"].to_pylist()
     usable = sorted({i for i, n in zip(ids, lengths, strict=True) if n and n > 0})
     silent = sorted({i for i, n in zip(ids, lengths, strict=True) if not n})
-    return ClipListing(usable, silent)
+    parents = table["parent_id"].to_pylist()
+    groups = {i: p for i, p in zip(ids, parents, strict=True) if p}
+    return ClipListing(usable, silent, groups)
 
 
 # ---- Ray Data ---------------------------------------------------------------------------------

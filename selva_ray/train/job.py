@@ -32,7 +32,14 @@ from pathlib import Path
 from ..config_file import config_record
 from ..io.output_dir import OutputDir
 from .config import TrainConfig, TrainConfigError
-from .data import FeatureFolderError, clip_dataset, inspect_features, list_clips, split_ids
+from .data import (
+    FeatureFolderError,
+    check_windows,
+    clip_dataset,
+    inspect_features,
+    list_clips,
+    split_ids,
+)
 from .runlog import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -115,7 +122,7 @@ def _split(config: TrainConfig, info, run_dir: Path) -> dict:
         log.warning(
             "%d clip(s) have no audio track and are left out of training", len(listing.silent)
         )
-    train, val = split_ids(listing.usable, config.val_fraction)
+    train, val = split_ids(listing.usable, config.val_fraction, listing.groups)
     if len(train) < config.batch_size:
         raise FeatureFolderError(
             f"{info.path}: {len(train)} training clips with audio (of {len(listing.usable)}, "
@@ -145,6 +152,7 @@ def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
     t0 = time.perf_counter()
     config.check()
     info = inspect_features(config.features, config.variant)
+    check_windows(info, config.window, config.overlap)
     config = replace(config, variant=info.variant)
     run_dir = Path(config.output).absolute()
     config = replace(config, output=str(run_dir))
