@@ -144,6 +144,7 @@ def _config(manifest: Path, output: Path, **kw) -> ExtractConfig:
         shard_size=8,
         batch_size=4,
         progress=False,
+        window=0.0,  # one row per video: the 3 s clips are longer than MAX_DURATION
         **kw,
     )
 
