@@ -323,7 +323,7 @@ def test_broken_feature_parquet_is_named_in_one_line(job, tmp_path, capsys):
             run_extract(_config(manifest, copy))
         code = cli_main(
             ["extract", "--input", str(manifest), "--output", str(copy), "--variant", "tiny"]
-            + ["--max-duration", str(MAX_DURATION), "--no-progress"]
+            + ["--max-duration", str(MAX_DURATION), "--window", "0", "--no-progress"]
         )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and victim.name in err[0], (case, err)
