@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 JOIN_MODES = ("continue", "crossfade")
 # plan columns of a window row besides the ordinary clip's
 WINDOW_PLAN_COLUMNS = (*WINDOW_SCALARS, "pad_to", "mask")
-# per-video columns of the results table (also in generate's RESULT_SCHEMA)
+# per-video columns of the results table (selva_ray.io.results_schema)
 LONG_RESULT_COLUMNS = ("windows", "join", "window_timings", "seam_worst", "seam_inner_max")
 
 
