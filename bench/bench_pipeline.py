@@ -207,6 +207,7 @@ def run_generate_job(size: str, source: Path, out: Path, steps: int, batch: int,
             actor_memory_gb=1.0 if size == "tiny" else 6.0,
             progress=False,
             components_factory=common.components_factory(size),
+            desync=False,  # the generation pipeline's own speed (DeSync has its own actors)
         )
     )
     t_end = time.time()

@@ -63,6 +63,7 @@ def run_one(job: str, catalog: Path, out: Path, args) -> float:
                 batch_size=args.batch_size,
                 actor_memory_gb=1.0,
                 progress=False,
+                desync=False,  # as before per-clip QA: the scale of generation itself
             )
         )
     assert summary.failed == 0, summary
