@@ -602,50 +602,7 @@ def _run_pipeline(
     )
     if layout is None:
         rows = [r for chunk in batches for r in chunk]
-        items = [{name: r.get(name) for name, _ in PLAN_FIELDS} for r in rows]
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
-        ds = ds.map_batches(
-            decode_stage,
-            fn_kwargs={
-                "variant": spec.name,
-                "max_duration": config.max_duration,
-                "frame_rule": config.frame_rule,
-                "audio_rate": None,
-                "mask_strength": config.mask_strength,
-                "mask_paths": tuple(config.mask_paths),
-            },
-            batch_size=1,
-            num_cpus=config.decode_cpus,
-            memory=plan["decode_memory"],
-        )
-        encode_layout = FeatureLayout.for_run(
-            spec,
-            max_duration=config.max_duration,
-            storage_dtype="float32",
-            frame_rule=config.frame_rule,
-        )
-        ds = ds.map_batches(
-            TimedFeatureEncoder,
-            fn_constructor_kwargs={
-                "layout": encode_layout,
-                "device": plan["device"],
-                "precision": plan["precision"],
-                "weights_dir": config.weights_dir,
-                "allow_download": allow_download,
-                "components_factory": config.components_factory,
-                "cpu_share": plan["cpu_share"],
-            },
-            batch_size=config.batch_size,
-            compute=ray.data.ActorPoolStrategy(
-                min_size=1,
-                max_size=plan["encoders"],
-                initial_size=plan["encoders"],
-                max_tasks_in_flight_per_actor=2,
-            ),
-            num_gpus=plan["encoder_gpus"],
-            num_cpus=plan["cpus_per_actor"],
-            memory=plan["memory"],
-        )
+        ds = decode_and_encode(rows, PLAN_FIELDS, config, spec, plan, allow_download)
     else:
         schema = pa.schema(
             [*PLAN_FIELDS, ("feature_file", pa.string()), ("feature_row", pa.int64())]
@@ -711,6 +668,60 @@ def _run_pipeline(
         ds, desync, output=config.output, settings_hash=settings_hash, batch_size=window
     )
     return _drive(ds, out, expected, config)
+
+
+def decode_and_encode(
+    rows: list[dict], fields, config: GenerateConfig, spec, plan: dict, allow_download
+):
+    """The catalog-input head of a generation pipeline (ordinary clips and long-video windows
+    alike): one decode task per row, then the feature-encoder actors."""
+    import ray
+
+    items = [{name: r.get(name) for name, _ in fields} for r in rows]
+    ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
+    ds = ds.map_batches(
+        decode_stage,
+        fn_kwargs={
+            "variant": spec.name,
+            "max_duration": config.max_duration,
+            "frame_rule": config.frame_rule,
+            "audio_rate": None,
+            "mask_strength": config.mask_strength,
+            "mask_paths": tuple(config.mask_paths),
+        },
+        batch_size=1,
+        num_cpus=config.decode_cpus,
+        memory=plan["decode_memory"],
+    )
+    encode_layout = FeatureLayout.for_run(
+        spec,
+        max_duration=config.max_duration,
+        storage_dtype="float32",
+        frame_rule=config.frame_rule,
+    )
+    ds = ds.map_batches(
+        TimedFeatureEncoder,
+        fn_constructor_kwargs={
+            "layout": encode_layout,
+            "device": plan["device"],
+            "precision": plan["precision"],
+            "weights_dir": config.weights_dir,
+            "allow_download": allow_download,
+            "components_factory": config.components_factory,
+            "cpu_share": plan["cpu_share"],
+        },
+        batch_size=config.batch_size,
+        compute=ray.data.ActorPoolStrategy(
+            min_size=1,
+            max_size=plan["encoders"],
+            initial_size=plan["encoders"],
+            max_tasks_in_flight_per_actor=2,
+        ),
+        num_gpus=plan["encoder_gpus"],
+        num_cpus=plan["cpus_per_actor"],
+        memory=plan["memory"],
+    )
+    return ds
 
 
 def _drive(ds, out: OutputDir, expected: Counter, config: GenerateConfig):

@@ -382,10 +382,9 @@ def run_long(config, spec, layout, out, rows: list[dict], run: str, plan: dict, 
     import pyarrow as pa
     import ray
 
-    from ..io.feature_schema import FeatureLayout
-    from .job import GROUP_WINDOW, PLAN_FIELDS, _drive, effective_peak
+    from .job import GROUP_WINDOW, PLAN_FIELDS, _drive, decode_and_encode, effective_peak
     from .qa_stage import add_qa_stages, desync_plan
-    from .stages import TimedFeatureEncoder, decode_stage, load_features, write_outputs
+    from .stages import load_features, write_outputs
 
     parents = sorted({r["parent_id"] for r in rows})
     shard_of = {p: f"{run}-long-{i // config.shard_size:05d}" for i, p in enumerate(parents)}
@@ -406,49 +405,7 @@ def run_long(config, spec, layout, out, rows: list[dict], run: str, plan: dict, 
     allow_download = False if config.offline else None
     fields = [*PLAN_FIELDS, *((c, None) for c in WINDOW_PLAN_COLUMNS), ("input_hash", None)]
     if layout is None:
-        items = [{name: r.get(name) for name, _ in fields} for r in rows]
-        ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
-        ds = ds.map_batches(
-            decode_stage,
-            fn_kwargs={
-                "variant": spec.name,
-                "max_duration": config.max_duration,
-                "frame_rule": config.frame_rule,
-                "audio_rate": None,
-                "mask_strength": config.mask_strength,
-                "mask_paths": tuple(config.mask_paths),
-            },
-            batch_size=1,
-            num_cpus=config.decode_cpus,
-            memory=plan["decode_memory"],
-        )
-        encode_layout = FeatureLayout.for_run(
-            spec,
-            max_duration=config.max_duration,
-            storage_dtype="float32",
-            frame_rule=config.frame_rule,
-        )
-        ds = ds.map_batches(
-            TimedFeatureEncoder,
-            fn_constructor_kwargs={
-                "layout": encode_layout,
-                "device": plan["device"],
-                "precision": plan["precision"],
-                "weights_dir": config.weights_dir,
-                "allow_download": allow_download,
-                "components_factory": config.components_factory,
-            },
-            batch_size=config.batch_size,
-            compute=ray.data.ActorPoolStrategy(
-                min_size=1,
-                max_size=plan["encoders"],
-                initial_size=plan["encoders"],
-                max_tasks_in_flight_per_actor=2,
-            ),
-            num_gpus=plan["encoder_gpus"],
-            num_cpus=plan["cpus_per_actor"],
-            memory=plan["memory"],
-        )
+        ds = decode_and_encode(rows, fields, config, spec, plan, allow_download)
         clip_f = spec.uses_clip_frames
     else:
         names = [n for n, _ in fields] + ["feature_file", "feature_row"]
