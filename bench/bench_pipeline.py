@@ -191,7 +191,11 @@ def run_extract_job(size: str, source: Path, out: Path, batch: int, duration: fl
     return {"job_s": summary.wall_s, "job_steady_s": _steady(summary.wall_s, t_end)}
 
 
-def run_generate_job(size: str, source: Path, out: Path, steps: int, batch: int, dur: float):
+def run_generate_job(
+    size: str, source: Path, out: Path, steps: int, batch: int, dur: float, job_batch: int
+):
+    """The job with its own defaults for actors and batch size (`job_batch` 0), or
+    `--batch-size job_batch`."""
     from selva_ray.generate import GenerateConfig, run_generate
 
     _clear_ready()
@@ -202,7 +206,7 @@ def run_generate_job(size: str, source: Path, out: Path, steps: int, batch: int,
             variant=size,
             max_duration=dur,
             steps=steps,
-            batch_size=batch,
+            batch_size=job_batch or None,
             shard_size=batch,
             actor_memory_gb=1.0 if size == "tiny" else 6.0,
             progress=False,
@@ -216,6 +220,7 @@ def run_generate_job(size: str, source: Path, out: Path, steps: int, batch: int,
         "job_s": summary.wall_s,
         "job_steady_s": _steady(summary.wall_s, t_end),
         "batch_fill": summary.batch_fill,
+        "job_batches": summary.batches,
     }
 
 
@@ -255,12 +260,24 @@ def bench(size: str, n: int, duration: float, args, jobs: list[str], inputs: lis
         if "generate" in jobs and "features" in inputs:
             common.write_features(size, feats, tmp / "features", max_duration=duration)
             got = run_generate_job(
-                size, tmp / "features", tmp / "job-f", args.steps, args.batch_size, duration
+                size,
+                tmp / "features",
+                tmp / "job-f",
+                args.steps,
+                args.batch_size,
+                duration,
+                args.job_batch_size,
             )
             runs.append(("generate", "features", got))
         if "generate" in jobs and "catalog" in inputs:
             got = run_generate_job(
-                size, tmp / "catalog", tmp / "job-c", args.steps, args.batch_size, duration
+                size,
+                tmp / "catalog",
+                tmp / "job-c",
+                args.steps,
+                args.batch_size,
+                duration,
+                args.job_batch_size,
             )
             runs.append(("generate", "catalog", got))
         for job, kind, got in runs:
@@ -314,6 +331,7 @@ COLUMNS = [
     ("alone_load_cps", "alone+load clips/s"),
     ("job_cps", "job clips/s"),
     ("job_steady_cps", "job steady clips/s"),
+    ("job_batches", "job batches"),
     ("job_vs_alone", "job / alone+load"),
     ("steady_vs_alone", "job steady / alone"),
     ("job_vs_loop", "job / loop"),
@@ -328,7 +346,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, default=8.0, help="seconds per clip (tiny)")
     p.add_argument("--small-duration", type=float, default=8.0, help="seconds per clip")
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="the loop's and stages' batch")
+    p.add_argument(
+        "--job-batch-size",
+        type=int,
+        default=0,
+        help="the generate job's --batch-size; 0: the job's default (on CPUs, batches cut so "
+        "that every generator actor gets two)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch threads here; 0: all cores")
     p.add_argument("--cpus", type=int, default=0, help="Ray logical CPUs; 0: Ray's default")
     p.add_argument(

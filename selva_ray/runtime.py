@@ -77,6 +77,29 @@ def node_cores() -> int:
     return max(1, cores)
 
 
+def cpu_model_slots(memory: int) -> int:
+    """How many one-thread model actors a CPU cluster runs side by side: every alive node's
+    cores (this node's `node_cores()`, another node's logical CPUs), each node capped by its
+    Ray `memory` resource over `memory` bytes per actor.
+
+    Why one thread per actor: on CPUs, model actors working on different batches use the
+    cores better than one actor's intra-op threads at the sizes these models run
+    (bench/bench_pipeline.py; on a 2-core box two one-thread generators do 1.5x the clips of
+    one two-thread generator at `tiny` and 1.2x at `small_16k`)."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    slots = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        res = node.get("Resources", {})
+        cores = node_cores() if node.get("NodeID") == here else int(res.get("CPU", 0))
+        fit = int(res.get("memory", 0) // max(1, memory)) if res.get("memory") else cores
+        slots += max(0, min(cores, fit))
+    return max(1, slots)
+
+
 def cpu_threads(share: int) -> int:
     """torch intra-op threads for a CPU model actor: the node's cores split between the
     `share` model actors that compute at the same time (a generator alone on a 2-core box

@@ -27,6 +27,7 @@ from video_factory import AudioSpec, write_text_file, write_video
 from selva_core.qa import QAThresholds, clip_metrics, qa_flags
 from selva_core.video.decode import decode_clip
 from selva_core.weights import MissingWeightsError
+from selva_ray import runtime
 from selva_ray.cli import main
 from selva_ray.extract import ExtractConfig, run_extract
 from selva_ray.generate import GenerateConfig, GenerateInputError, run_generate
@@ -118,7 +119,8 @@ def features(cluster, catalog, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def features_run(features, tmp_path_factory):
     output = tmp_path_factory.mktemp("gen-features")
-    summary = run_generate(config(features, output))
+    # the job's own batch size (on CPUs: cut so that every generator actor gets two batches)
+    summary = run_generate(config(features, output, batch_size=None))
     return output, summary
 
 
@@ -336,6 +338,12 @@ def test_features_folder_gives_the_catalog_run_audio(catalog_run, features_run):
     assert all(r["desync_s"] is None and "desync" not in r["qa_flags"] for r in rows.values())
     assert all(r["loudness_lufs"] is not None for r in rows.values())
     assert OutputDir(str(feat)).read_meta()["settings"]["desync"] is None
+    # the CPU defaults: one one-thread generator actor per core, batches cut to give each two
+    actors = runtime.cpu_model_slots(int(1.5 * 2**30))
+    assert 1 <= actors <= runtime.node_cores()  # one node: its cores, memory permitting
+    cut = min(8, math.ceil(len(GOOD) / (2 * actors)))
+    assert max(r["batch_clips"] for r in rows.values()) == cut
+    assert len({r["worker"] for r in rows.values()}) == min(actors, len(GOOD))
 
 
 def test_same_seed_same_waveform_alone_in_a_batch_and_on_two_actors(

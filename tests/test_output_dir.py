@@ -122,6 +122,35 @@ def test_remove_ids_rewrites_files_without_the_stale_rows(tmp_path):
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+def test_late_fragments_of_a_killed_run_never_duplicate_a_committed_clip(tmp_path):
+    """A killed driver's workers can stage fragments after the next run committed the same
+    clips (the rerun redid them): recovering those fragments keeps one row per id."""
+    out = OutputDir(str(tmp_path))
+    table = pa.table({"id": ["a", "b"], "input_hash": ["1", "2"], "x": [1, 2]})
+    out.stage("rerun-00000", "features", table)
+    assert out.commit("rerun-00000").ok == 2
+    # late writes into the dead run's shard: one clip committed since, one new; one all old
+    out.stage(
+        "dead-00000",
+        "features",
+        pa.table({"id": ["b", "c"], "input_hash": ["2", "3"], "x": [9, 3]}),
+    )
+    out.stage("dead-00001", "features", pa.table({"id": ["a"], "input_hash": ["1"], "x": [9]}))
+    rows = [{"id": "b", "source": "", "stage": "decode", "error_type": "E", "message": "m"}]
+    out.stage("dead-00001", "errors", error_table(rows, "h"))
+    commits = out.recover()
+    assert sorted((c.shard, c.ok, c.failed) for c in commits) == [
+        ("dead-00000", 1, 0),
+        ("dead-00001", 0, 0),
+    ]
+    ids = pq.read_table(tmp_path, columns=["id"])["id"].to_pylist()
+    assert sorted(ids) == ["a", "b", "c"]  # each clip once
+    kept = pq.read_table(tmp_path, columns=["id", "x"]).to_pylist()
+    assert {r["id"]: r["x"] for r in kept} == {"a": 1, "b": 2, "c": 3}  # the committed rows win
+    assert not (tmp_path / "errors").exists() and not (tmp_path / "_staging").exists()
+    assert not list(tmp_path.rglob("*.tmp")) and not list(tmp_path.rglob("*.frag"))
+
+
 def test_corrupt_files_are_named(tmp_path):
     (tmp_path / "_meta.json").write_text("{oops")
     with pytest.raises(CorruptOutputError, match="_meta.json is corrupt"):

@@ -30,3 +30,19 @@ def test_threads_are_set_on_cpu_only():
         assert torch.get_num_threads() == runtime.node_cores()
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_generator_batches_give_every_actor_two_unless_the_size_is_given():
+    from selva_ray.generate.job import DEFAULT_BATCH, GenerateConfig, _batch_size
+
+    cpu = {"num_gpus": 0, "device": "cpu", "actors": 2}
+    gpu = {"num_gpus": 1.0, "device": "cuda", "actors": 2}
+    auto = GenerateConfig(input="in", output="out")
+    assert auto.batch_size is None
+    assert _batch_size(auto, cpu, 16) == 4  # 4 batches: two per actor
+    assert _batch_size(auto, cpu, 11) == 3
+    assert _batch_size(auto, cpu, 1) == 1
+    assert _batch_size(auto, cpu, 1000) == DEFAULT_BATCH == 8  # never above the default
+    assert _batch_size(auto, gpu, 16) == DEFAULT_BATCH  # GPUs want full batches
+    given = GenerateConfig(input="in", output="out", batch_size=8)
+    assert _batch_size(given, cpu, 16) == 8  # an explicit --batch-size is kept

@@ -65,12 +65,19 @@ def add_model_args(p: argparse.ArgumentParser, *, default_variant: str) -> None:
     add_weights_args(p)
 
 
-def add_actor_args(p, *, role: str, gpus_default: float | None = 1.0, gpus_help: str = "") -> None:
+def add_actor_args(
+    p,
+    *,
+    role: str,
+    gpus_default: float | None = 1.0,
+    gpus_help: str = "",
+    actors_default: str = "one per GPU, else 1",
+) -> None:
     """The model actors of a Ray Data job: how many, and what each reserves."""
     p.add_argument(
         "--actors",
         type=validate.actor_count,
-        help=f"{role} actors (default: one per GPU, else 1)",
+        help=f"{role} actors (default: {actors_default})",
     )
     p.add_argument(
         "--gpus-per-actor",

@@ -132,14 +132,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size",
         type=validate.int_range(1, 4096),
-        default=8,
-        help="clips per generator batch",
+        default=None,
+        help="clips per generator batch (default: 8; on CPUs at most 8, fewer when that gives "
+        "every generator actor two batches)",
     )
     add_actor_args(
         p,
         role="generator",
         gpus_default=None,
         gpus_help="GPU share of a generator actor (default: 1, or 0.5 beside an encoder)",
+        actors_default="one per GPU; on CPUs one per core, each with one torch thread, as "
+        "many as the nodes' memory holds",
     )
     p.add_argument(
         "--encoder-actors",

@@ -414,7 +414,7 @@ def run_long(config, spec, layout, out, rows: list[dict], run: str, plan: dict, 
         ds = ds.map_batches(
             load_features,
             fn_kwargs={"layout": layout, "filesystem_uri": config.input},
-            batch_size=config.batch_size,
+            batch_size=plan["batch_size"],
             num_cpus=1,
             memory=plan["decode_memory"],
         )
@@ -434,20 +434,21 @@ def run_long(config, spec, layout, out, rows: list[dict], run: str, plan: dict, 
         fn_constructor_kwargs={
             "join": config.join,
             "variant": spec.name,
-            "batch_size": config.batch_size,
+            "batch_size": plan["batch_size"],
             "device": plan["device"],
             "precision": plan["precision"],
             "weights_dir": config.weights_dir,
             "allow_download": allow_download,
             "adapters": adapter_args,
             "components_factory": config.components_factory,
+            "cpu_share": plan["cpu_share"],
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(
             min_size=1,
             max_size=plan["actors"],
             initial_size=plan["actors"],
-            max_tasks_in_flight_per_actor=2,
+            max_tasks_in_flight_per_actor=plan["in_flight"],
         ),
         num_gpus=plan["num_gpus"],
         num_cpus=plan["cpus_per_actor"],
@@ -470,13 +471,13 @@ def run_long(config, spec, layout, out, rows: list[dict], run: str, plan: dict, 
             "thresholds": config.thresholds.describe(),
             "desync": desync is not None,
         },
-        batch_size=config.batch_size * GROUP_WINDOW,
+        batch_size=plan["batch_size"] * GROUP_WINDOW,
         num_cpus=1,
     )
     ds = add_qa_stages(
-        ds, desync, output=config.output, settings_hash=sh, batch_size=config.batch_size
+        ds, desync, output=config.output, settings_hash=sh, batch_size=plan["batch_size"]
     )
-    return _drive(ds, out, expected, config)
+    return _drive(ds, out, expected, config, plan["batch_size"])
 
 
 def long_result_fields(row: dict) -> dict:

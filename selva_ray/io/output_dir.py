@@ -324,8 +324,11 @@ class OutputDir:
         self.fs.move(tmp, final)
         return final
 
-    def commit(self, shard: str, *, recovered: bool = False) -> ShardCommit:
-        """Move a shard's fragments into place, then write its success marker."""
+    def commit(
+        self, shard: str, *, recovered: bool = False, skip_ids: set[str] | None = None
+    ) -> ShardCommit:
+        """Move a shard's fragments into place, then write its success marker. Rows of
+        `skip_ids` (clips committed already) are dropped from the fragments first."""
         folder = self.path(STAGING, shard)
         try:
             frags = sorted(
@@ -338,6 +341,17 @@ class OutputDir:
         result = ShardCommit(shard)
         for frag in frags:
             kind, digest = frag.rsplit("/", 1)[-1].removesuffix(".frag").split("-", 1)
+            if skip_ids:
+                dropped = self._rewrite_without(frag, skip_ids)
+                if dropped:
+                    log.warning(
+                        "%s: dropped %d row(s) of clips committed since (late writes of a "
+                        "killed run)",
+                        frag.rsplit("/", 1)[-1],
+                        dropped,
+                    )
+                if not self.fs.get_file_info(frag).is_file:
+                    continue  # every row was committed already: the fragment is gone
             rows = pq.read_metadata(frag, filesystem=self.fs).num_rows
             if kind in DATA_FOLDERS:
                 result.ok += rows
@@ -363,7 +377,11 @@ class OutputDir:
         return result
 
     def recover(self) -> list[ShardCommit]:
-        """Commit whole fragments left by an interrupted run; drop partial writes."""
+        """Commit whole fragments left by an interrupted run; drop partial writes.
+
+        A killed driver's workers can outlive it by a moment and stage fragments for clips
+        that the next run has committed since: those rows are dropped, so a reader never sees
+        two rows for an id."""
         try:
             shards = [
                 i.base_name
@@ -372,7 +390,10 @@ class OutputDir:
             ]
         except FileNotFoundError:
             return []
-        commits = [self.commit(shard, recovered=True) for shard in sorted(shards)]
+        committed = self.finished_ids() if shards else set()
+        commits = [
+            self.commit(shard, recovered=True, skip_ids=committed) for shard in sorted(shards)
+        ]
         self._delete_dir(self.path(STAGING))
         if commits:
             log.info("recovered %d shard(s) of an interrupted run", len(commits))
