@@ -12,6 +12,9 @@ weights or `small_16k` published sizes with random weights):
 - loop: one process doing the work clip after clip (decode, encoders, and for generate the
   sampler, vocoder and FLAC; for extract one Parquet file at the end), models loaded once
   beforehand. `loop` excludes that load, `loop+load` includes it.
+- generate-one loop (tiny only; the generate job): `selva-ray generate-one` run once per
+  clip, as a user without the job would: each call a new process that imports, builds the
+  models and does one clip. This is the issue's comparison; `loop` is the stricter one.
 - stage alone: each stage of the job on its own, in this process, on inputs held in memory
   (decode: `decode_clip`; encode: the encoders on decoded clips in batches; generate: the
   job's generator actor class on features in batches). The slowest one bounds the job.
@@ -88,6 +91,22 @@ def run_loop(size: str, clips: list[Path], steps: int, out: Path, duration: floa
     gc.collect()
     loop = {"extract": t_extract + t_parquet, "generate": t_extract + t_generate}
     return {**loop, "load": load_s}, feats
+
+
+def run_cli_loop(size: str, clips: list[Path], steps: int, out: Path, duration: float) -> float:
+    """What a user without the job runs: `selva-ray generate-one` once per clip, each call a
+    new process that imports, builds the models, decodes, encodes, samples and writes.
+    Seconds for all clips."""
+    import subprocess
+
+    t0 = time.perf_counter()
+    for path in clips:
+        cmd = [sys.executable, "-m", "selva_ray.cli", "generate-one", str(path)]
+        cmd += ["--prompt", path.parent.name.replace("_", " "), "--variant", size]
+        cmd += ["--steps", str(steps), "--duration", str(duration), "--offline"]
+        cmd += ["--output-dir", str(out)]
+        subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - t0
 
 
 def random_features(size: str, clips: list[Path], prompts: list[str], duration: float) -> list:
@@ -236,6 +255,9 @@ def bench(size: str, n: int, duration: float, args, jobs: list[str], inputs: lis
         clips = common.write_clips(tmp / "catalog", n, duration)
         prompts = [p.parent.name.replace("_", " ") for p in clips]
         (tmp / "loop").mkdir()
+        cli_loop_s = None
+        if "generate" in jobs and size == "tiny":  # only tiny runs offline from the command line
+            cli_loop_s = run_cli_loop(size, clips, args.steps, tmp / "cli-loop", duration)
         if size == "tiny" or not args.no_small_loop:
             gen = "generate" in jobs
             loop, feats = run_loop(size, clips, args.steps, tmp / "loop", duration, gen)
@@ -296,6 +318,7 @@ def bench(size: str, n: int, duration: float, args, jobs: list[str], inputs: lis
                 "steps": args.steps if job == "generate" else None,
                 "loop_s": loop[job],
                 "loop_load_s": loop[job] + loop["load"] if loop[job] else None,
+                "cli_loop_s": cli_loop_s if job == "generate" else None,
                 "slowest": slowest,
                 "alone_s": alone["alone_s"],
                 "alone_load_s": alone["alone_s"] + alone["build_s"],
@@ -305,6 +328,7 @@ def bench(size: str, n: int, duration: float, args, jobs: list[str], inputs: lis
             for key in (
                 "loop_s",
                 "loop_load_s",
+                "cli_loop_s",
                 "alone_s",
                 "alone_load_s",
                 "job_s",
@@ -316,6 +340,7 @@ def bench(size: str, n: int, duration: float, args, jobs: list[str], inputs: lis
             row["steady_vs_alone"] = common.ratio(row.get("job_steady_cps"), row["alone_cps"])
             row["job_vs_loop"] = common.ratio(row["job_cps"], row.get("loop_cps"))
             row["job_vs_loop_load"] = common.ratio(row["job_cps"], row.get("loop_load_cps"))
+            row["job_vs_cli_loop"] = common.ratio(row["job_cps"], row.get("cli_loop_cps"))
             rows.append(row)
     return rows
 
@@ -336,6 +361,8 @@ COLUMNS = [
     ("steady_vs_alone", "job steady / alone"),
     ("job_vs_loop", "job / loop"),
     ("job_vs_loop_load", "job / loop+load"),
+    ("cli_loop_cps", "generate-one loop clips/s"),
+    ("job_vs_cli_loop", "job / generate-one loop"),
 ]
 
 

@@ -53,6 +53,17 @@ def init_ray(
     ctx.execution_no_progress_timeout_s = 3600
 
 
+def model_pool(actors: int, in_flight: int = 2):
+    """The Ray Data actor pool of a model stage: exactly `actors` actors for the whole run.
+    A pool that may shrink (`min_size` 1) loses its idle actors to Ray Data's autoscaler while
+    they wait for upstream stages (the generators for the encoders' first batches, on a small
+    CPU cluster: it over-runs its share of the CPUs), and a model actor takes seconds to build
+    again; the job then ran on one generator (bench/bench_pipeline.py)."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=in_flight)
+
+
 def cluster_gpus() -> float:
     import ray
 

@@ -21,6 +21,7 @@ from ..config_file import config_record
 from ..io.catalog import CatalogProblem, check_not_empty, read_catalog
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
+from ..runtime import model_pool
 from ..summary import ClipCounts
 from .windows import WindowSettings, check_long_settings, plan_rows, stale_windows
 
@@ -310,12 +311,7 @@ def _run_pipeline(
             "components_factory": config.components_factory,
         },
         batch_size=config.batch_size,
-        compute=ray.data.ActorPoolStrategy(
-            min_size=1,
-            max_size=plan["actors"],
-            initial_size=plan["actors"],
-            max_tasks_in_flight_per_actor=2,
-        ),
+        compute=model_pool(plan["actors"]),
         num_gpus=plan["num_gpus"],
         num_cpus=config.cpus_per_actor,
         memory=plan["memory"],

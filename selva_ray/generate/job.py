@@ -41,6 +41,7 @@ from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..io.results_schema import COLUMN_NAMES
 from ..io.rows import local_copy
+from ..runtime import model_pool
 from ..summary import ClipCounts
 from .qa_stage import add_qa_stages, desync_plan, qa_settings
 from .stages import (
@@ -673,12 +674,7 @@ def _run_pipeline(
             "cpu_share": plan["cpu_share"],
         },
         batch_size=window,
-        compute=ray.data.ActorPoolStrategy(
-            min_size=1,
-            max_size=plan["actors"],
-            initial_size=plan["actors"],
-            max_tasks_in_flight_per_actor=plan["in_flight"],
-        ),
+        compute=model_pool(plan["actors"], plan["in_flight"]),
         num_gpus=plan["num_gpus"],
         num_cpus=plan["cpus_per_actor"],
         memory=plan["memory"],
@@ -750,12 +746,7 @@ def decode_and_encode(
             "cpu_share": plan["cpu_share"],
         },
         batch_size=plan["batch_size"],
-        compute=ray.data.ActorPoolStrategy(
-            min_size=1,
-            max_size=plan["encoders"],
-            initial_size=plan["encoders"],
-            max_tasks_in_flight_per_actor=2,
-        ),
+        compute=model_pool(plan["encoders"]),
         num_gpus=plan["encoder_gpus"],
         num_cpus=plan["cpus_per_actor"],
         memory=plan["encoder_memory"],

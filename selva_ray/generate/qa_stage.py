@@ -37,6 +37,7 @@ from ..qa.desync_stage import (
     prepare_desync_inputs,
 )
 from ..qa.stages import write_batch
+from ..runtime import model_pool
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -173,7 +174,6 @@ def add_desync_inputs(row: dict, values: dict, wav, sample_rate: int) -> None:
 def add_qa_stages(ds, desync: dict | None, *, output: str, settings_hash: str, batch_size: int):
     """The DeSync actors and the staging tasks after the writers (nothing without DeSync:
     the writers staged their rows)."""
-    import ray
 
     if desync is None:
         return ds
@@ -184,12 +184,7 @@ def add_qa_stages(ds, desync: dict | None, *, output: str, settings_hash: str, b
         ),
         batch_size=DESYNC_BATCH_SIZE,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(
-            min_size=1,
-            max_size=desync["actors"],
-            initial_size=desync["actors"],
-            max_tasks_in_flight_per_actor=2,
-        ),
+        compute=model_pool(desync["actors"]),
         num_gpus=desync["num_gpus"],
         num_cpus=desync["num_cpus"],
         memory=desync["memory"],

@@ -37,6 +37,7 @@ from ..io.catalog import CatalogProblem
 from ..io.feature_schema import WINDOW_SCALARS
 from ..io.output_dir import OutputDir
 from ..io.rows import OK_RESULT, batch_rows, error_result
+from ..runtime import model_pool
 from .stages import GEN_COLUMNS, NAN, STATUS_COLUMNS, AudioGenerator
 
 log = logging.getLogger(__name__)
@@ -444,12 +445,7 @@ def run_long(config, spec, layout, out, rows: list[dict], run: str, plan: dict, 
             "cpu_share": plan["cpu_share"],
         },
         batch_size=1,
-        compute=ray.data.ActorPoolStrategy(
-            min_size=1,
-            max_size=plan["actors"],
-            initial_size=plan["actors"],
-            max_tasks_in_flight_per_actor=plan["in_flight"],
-        ),
+        compute=model_pool(plan["actors"], plan["in_flight"]),
         num_gpus=plan["num_gpus"],
         num_cpus=plan["cpus_per_actor"],
         memory=plan["memory"],

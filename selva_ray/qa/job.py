@@ -23,6 +23,7 @@ from .. import validate
 from ..config_file import config_record
 from ..io.output_dir import OutputDir, ShardTracker
 from ..io.results_schema import RESULTS_VERSION
+from ..runtime import model_pool
 from ..summary import ClipCounts
 from ..validate import read_input_catalog
 from .desync_stage import DesyncActor, DesyncSettings, actor_kwargs
@@ -265,12 +266,7 @@ def _run_pipeline(
             ),
             batch_size=config.desync_batch_size,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(
-                min_size=1,
-                max_size=plan["actors"],
-                initial_size=plan["actors"],
-                max_tasks_in_flight_per_actor=2,
-            ),
+            compute=model_pool(plan["actors"]),
             num_gpus=plan["num_gpus"],
             num_cpus=config.cpus_per_actor,
             memory=plan["memory"],
