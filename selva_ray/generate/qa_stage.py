@@ -174,7 +174,6 @@ def add_desync_inputs(row: dict, values: dict, wav, sample_rate: int) -> None:
 def add_qa_stages(ds, desync: dict | None, *, output: str, settings_hash: str, batch_size: int):
     """The DeSync actors and the staging tasks after the writers (nothing without DeSync:
     the writers staged their rows)."""
-
     if desync is None:
         return ds
     ds = ds.map_batches(
