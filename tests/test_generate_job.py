@@ -119,8 +119,7 @@ def features(cluster, catalog, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def features_run(features, tmp_path_factory):
     output = tmp_path_factory.mktemp("gen-features")
-    # the job's own batch size (on CPUs: cut so that every generator actor gets two batches)
-    summary = run_generate(config(features, output, batch_size=None))
+    summary = run_generate(config(features, output))
     return output, summary
 
 
@@ -338,12 +337,25 @@ def test_features_folder_gives_the_catalog_run_audio(catalog_run, features_run):
     assert all(r["desync_s"] is None and "desync" not in r["qa_flags"] for r in rows.values())
     assert all(r["loudness_lufs"] is not None for r in rows.values())
     assert OutputDir(str(feat)).read_meta()["settings"]["desync"] is None
-    # the CPU defaults: one one-thread generator actor per core, batches cut to give each two
+
+
+def test_cpu_defaults_share_the_clips_between_one_thread_generators(
+    catalog_run, features, tmp_path
+):
+    """Without --actors and --batch-size, a CPU cluster runs one one-thread generator actor
+    per core and cuts the batches so that each gets two; the audio is the catalog run's."""
+    output = tmp_path / "defaults"
+    summary = run_generate(config(features, output, batch_size=None))
+    assert summary.ok == len(GOOD)
     actors = runtime.cpu_model_slots(int(1.5 * 2**30))
     assert 1 <= actors <= runtime.node_cores()  # one node: its cores, memory permitting
     cut = min(8, math.ceil(len(GOOD) / (2 * actors)))
+    rows = results(output)
     assert max(r["batch_clips"] for r in rows.values()) == cut
     assert len({r["worker"] for r in rows.values()}) == min(actors, len(GOOD))
+    batched, here = tracks(catalog_run[0]), tracks(output)
+    for clip_id in batched:
+        assert rel_l2(here[clip_id], batched[clip_id]) < 1e-5, clip_id
 
 
 def test_same_seed_same_waveform_alone_in_a_batch_and_on_two_actors(
