@@ -55,10 +55,10 @@ def init_ray(
 
 def model_pool(actors: int, in_flight: int = 2):
     """The Ray Data actor pool of a model stage: exactly `actors` actors for the whole run.
-    A pool that may shrink (`min_size` 1) loses its idle actors to Ray Data's autoscaler while
-    they wait for upstream stages (the generators for the encoders' first batches, on a small
-    CPU cluster: it over-runs its share of the CPUs), and a model actor takes seconds to build
-    again; the job then ran on one generator (bench/bench_pipeline.py)."""
+    Ray Data's autoscaler shrinks a pool that runs over its share of the cluster's CPUs down
+    to `min_size`, even while its actors only wait for an upstream stage: on 2 CPUs it retired
+    the second generator while both waited for the encoder's first batch, and the job ran on
+    one (docs/benchmarks.md). A model actor takes seconds to build, so none is given up."""
     import ray
 
     return ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=in_flight)
