@@ -8,6 +8,7 @@ read back by `report` and `inspect`; the other runs skip DeSync to save time.
 
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -340,19 +341,21 @@ def test_features_folder_gives_the_catalog_run_audio(catalog_run, features_run):
 
 
 def test_cpu_defaults_share_the_clips_between_one_thread_generators(
-    catalog_run, features, tmp_path
+    catalog_run, features, tmp_path, caplog
 ):
     """Without --actors and --batch-size, a CPU cluster runs one one-thread generator actor
-    per core and cuts the batches so that each gets two; the audio is the catalog run's."""
+    per core and cuts the batches so that each gets two; the audio is the catalog run's.
+    (Which actor makes which batch is up to Ray Data: one that is ready first may take both.)"""
     output = tmp_path / "defaults"
-    summary = run_generate(config(features, output, batch_size=None))
+    with caplog.at_level(logging.INFO, logger="selva_ray.generate.job"):
+        summary = run_generate(config(features, output, batch_size=None))
     assert summary.ok == len(GOOD)
     actors = runtime.cpu_model_slots(int(1.5 * 2**30))
     assert 1 <= actors <= runtime.node_cores()  # one node: its cores, memory permitting
     cut = min(8, math.ceil(len(GOOD) / (2 * actors)))
+    assert f"batch(es) of up to {cut}; {actors} generator actor(s) on cpu" in caplog.text
     rows = results(output)
     assert max(r["batch_clips"] for r in rows.values()) == cut
-    assert len({r["worker"] for r in rows.values()}) == min(actors, len(GOOD))
     batched, here = tracks(catalog_run[0]), tracks(output)
     for clip_id in batched:
         assert rel_l2(here[clip_id], batched[clip_id]) < 1e-5, clip_id
