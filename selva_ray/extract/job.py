@@ -265,7 +265,7 @@ def _run_pipeline(
     import ray
 
     from ..runtime import init_ray
-    from .stages import FeatureEncoder, decode_batch, write_batch
+    from .stages import FeatureEncoder, decode_args, decode_batch, write_batch
 
     init_ray(config.ray_address, progress=config.progress)
     spec = get_spec(config.variant)
@@ -287,15 +287,12 @@ def _run_pipeline(
     ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1000))
     ds = ds.map_batches(
         decode_batch,
-        fn_kwargs={
-            "variant": spec.name,
-            "max_duration": config.max_duration,
-            "frame_rule": config.frame_rule,
-            "ignore_rotation": config.ignore_rotation,
-            "audio_rate": spec.sampling_rate if config.with_audio_latents else None,
-            "mask_strength": config.mask_strength,
-            "mask_paths": tuple(config.mask_paths),
-        },
+        fn_kwargs=decode_args(
+            spec,
+            config,
+            audio_rate=spec.sampling_rate if config.with_audio_latents else None,
+            ignore_rotation=config.ignore_rotation,
+        ),
         batch_size=1,
         num_cpus=config.decode_cpus,
         memory=plan["decode_memory"],

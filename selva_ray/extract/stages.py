@@ -49,6 +49,20 @@ EMPTY_AUDIO = np.zeros((0,), dtype=np.float32)
 # ---- stage 1: decode ------------------------------------------------------------------------
 
 
+def decode_args(spec, config, *, audio_rate: int | None, ignore_rotation: bool = False) -> dict:
+    """`decode_batch`'s settings from a job's config (extract's or generate's), so that both
+    jobs decode a clip alike."""
+    return {
+        "variant": spec.name,
+        "max_duration": config.max_duration,
+        "frame_rule": config.frame_rule,
+        "ignore_rotation": ignore_rotation,
+        "audio_rate": audio_rate,
+        "mask_strength": config.mask_strength,
+        "mask_paths": tuple(config.mask_paths),
+    }
+
+
 def decode_batch(
     batch: dict[str, np.ndarray],
     *,

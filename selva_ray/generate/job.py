@@ -35,6 +35,7 @@ from selva_core.variants import get_spec
 
 from .. import validate
 from ..config_file import config_record
+from ..extract.stages import decode_args
 from ..extract.windows import check_long_settings, parent_of
 from ..io.catalog import CatalogProblem, ClipRecord, resolve
 from ..io.feature_schema import FeatureLayout
@@ -716,14 +717,7 @@ def decode_and_encode(
     ds = ray.data.from_items(items, override_num_blocks=min(len(items), 1000))
     ds = ds.map_batches(
         decode_stage,
-        fn_kwargs={
-            "variant": spec.name,
-            "max_duration": config.max_duration,
-            "frame_rule": config.frame_rule,
-            "audio_rate": None,
-            "mask_strength": config.mask_strength,
-            "mask_paths": tuple(config.mask_paths),
-        },
+        fn_kwargs=decode_args(spec, config, audio_rate=None),
         batch_size=1,
         num_cpus=config.decode_cpus,
         memory=plan["decode_memory"],
