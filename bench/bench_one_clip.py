@@ -1,13 +1,15 @@
 """Time each stage of one 8 s clip at real small_16k sizes (random weights), CPU fp32.
 
     python bench/bench_one_clip.py [--threads 2] [--chunks 1,4,0] [--official PATH]
+                                   [--rounds N] [--json PATH]
 
 Stages run through the same `Pipeline` code as real inference. With `--official PATH` (a
 checkout of jnwnlee/selva; it needs omegaconf and torchdiffeq importable) the official modules
 are timed in the same run on the same inputs and the ratio column is official / ours,
-measured here. Without it, the issue's reference figures for the official code on a 2-core
-CPU (TextSynch 57 s, sampling 12.4 s, BigVGAN 4.3 s, VAE 0.17 s; 74 s per clip) are shown,
-marked as taken from another run.
+measured here; the total covers the stages both sides time. The machine line names the CPU's
+ISA flags: the kernels behind both sides depend on them. Without `--official`, the issue's
+reference figures for the official code on a 2-core CPU (TextSynch 57 s, sampling 12.4 s,
+BigVGAN 4.3 s, VAE 0.17 s; 74 s per clip) are shown, marked as taken from another run.
 """
 
 from __future__ import annotations
@@ -117,80 +119,114 @@ def time_official(repo: str, frames, t5_f, t5_mask, text_f, latents) -> dict[str
     return out
 
 
-@torch.no_grad()
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--chunks", default="1,4,0", help="TextSynch window chunks to try; 0=all")
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--official", help="checkout of jnwnlee/selva to time in the same run")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-
-    from selva_core.pipeline import Pipeline, PipelineConfig
+def time_ours(pipe, video: Path, steps: int, chunks: list[int]) -> tuple[dict, dict, dict]:
+    """Our stages on one clip; returns (seconds per stage, TextSynch seconds per chunk, the
+    tensors the official run needs)."""
+    from selva_core.audio.vae import sequence_to_latent
+    from selva_core.pipeline import Features
     from selva_core.video.decode import normalize_sync_frames
 
-    t0 = time.perf_counter()
-    pipe = Pipeline(PipelineConfig("small_16k"), components=real_size_components())
-    print(f"built real-size random components in {time.perf_counter() - t0:.0f} s")
-
-    with tempfile.TemporaryDirectory() as tmp:
-        video = Path(tmp) / "clip.mp4"
-        write_long_video(video, duration=10.0, width=640, height=360, fps=25)
-        pipe.decode(video)  # warm-up
-        clip, t_decode = timed(lambda: pipe.decode(video), repeat=2)
-
+    pipe.decode(video)  # warm-up
+    clip, t_decode = timed(lambda: pipe.decode(video), repeat=2)
     rows = {"decode": t_decode}
     (t5_f, t5_mask), rows["t5"] = timed(lambda: pipe.t5.encode([PROMPT]), repeat=2)
     text_f, rows["clip_text"] = timed(lambda: pipe.clip.encode_text([PROMPT]), repeat=2)
     seq = pipe.sequence(clip.duration)
     frames = normalize_sync_frames(clip.sync_frames[: seq.num_sync_frames]).unsqueeze(0)
     chunk_times = {}
-    for chunk in (int(c) for c in args.chunks.split(",")):
+    for chunk in chunks:
         window_chunk = None if chunk == 0 else chunk
         sync_f, chunk_times[chunk] = timed(
             lambda wc=window_chunk: pipe.sync_encoder(frames, t5_f, t5_mask, window_chunk=wc)
         )
-    best_chunk = min(chunk_times, key=chunk_times.get)
-    rows["textsynch"] = chunk_times[best_chunk]
-
-    from selva_core.pipeline import Features
-
+    rows["textsynch"] = min(chunk_times.values())
     feats = Features("small_16k", PROMPT, clip.duration, sync_f[0], text_f[0])
-    latents, rows["sampling"] = timed(lambda: pipe.sample_latents([feats], steps=args.steps))
-    from selva_core.audio.vae import sequence_to_latent
-
+    latents, rows["sampling"] = timed(lambda: pipe.sample_latents([feats], steps=steps))
     mel, rows["vae_decode"] = timed(lambda: pipe.vae.decode(sequence_to_latent(latents)), 2)
     pipe.vocoder(mel)  # warm-up: the first call builds the conv kernels
     wav, rows["vocoder"] = timed(lambda: pipe.vocoder(mel))
+    inputs = {"frames": frames, "t5_f": t5_f, "t5_mask": t5_mask, "text_f": text_f}
+    inputs.update(latents=latents, wav=wav, duration=clip.duration)
+    return rows, chunk_times, inputs
 
-    official = (
-        time_official(args.official, frames, t5_f, t5_mask, text_f, latents)
-        if args.official
-        else {}
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--chunks", default="1", help="TextSynch window chunks to try; 0=all")
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--official", help="checkout of jnwnlee/selva to time in the same run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time ours then the official this many times; each stage keeps its best time "
+        "(a shared VM's speed drifts by 10 %% between minutes)",
     )
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    import common
+
+    from selva_core.pipeline import Pipeline, PipelineConfig
+
+    info = {"machine": common.machine_info(), "args": vars(args)}
+    print(f"machine: {common.machine_line(info['machine'])}")
+    t0 = time.perf_counter()
+    pipe = Pipeline(PipelineConfig("small_16k"), components=real_size_components())
+    print(f"built real-size random components in {time.perf_counter() - t0:.0f} s")
+    chunks = [int(c) for c in args.chunks.split(",")]
+
+    ours: dict[str, float] = {}
+    official: dict[str, float] = {}
+    chunk_times: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, common.LoadSampler() as load:
+        video = Path(tmp) / "clip.mp4"
+        write_long_video(video, duration=10.0, width=640, height=360, fps=25)
+        for _ in range(args.rounds):
+            rows, chunk_round, inputs = time_ours(pipe, video, args.steps, chunks)
+            ours = {k: min(v, ours.get(k, v)) for k, v in rows.items()}
+            chunk_times = {k: min(v, chunk_times.get(k, v)) for k, v in chunk_round.items()}
+            if args.official:
+                names = ("frames", "t5_f", "t5_mask", "text_f", "latents")
+                got = time_official(args.official, *(inputs[n] for n in names))
+                official = {k: min(v, official.get(k, v)) for k, v in got.items()}
     reference = official or REFERENCE_S
     label = "official, this run" if official else "reference, other run"
-    total = sum(rows.values())
-    print(f"\none {clip.duration:.2f} s clip, small_16k sizes, fp32, {args.threads} threads")
+    print(
+        f"\none {inputs['duration']:.2f} s clip, small_16k sizes, fp32, {args.threads} threads, "
+        f"best of {args.rounds} round(s); load average {load.summary()['mean']:.2f} mean"
+    )
     print(f"{'stage':12s} {'ours (s)':>9s} {label:>22s} {'ratio':>7s}")
-    for name, sec in rows.items():
+    for name, sec in ours.items():
         ref = reference.get(name)
         ratio = f"{ref / sec:6.2f}x" if ref else ""
         ref_s = f"{ref:.2f}" if ref else ""
         print(f"{name:12s} {sec:9.2f} {ref_s:>22s} {ratio:>7s}")
-    ref_total = sum(reference.values())
+    shared = [k for k in ours if k in reference]
+    ours_shared, ref_total = sum(ours[k] for k in shared), sum(reference[k] for k in shared)
     print(
-        f"{'total':12s} {total:9.2f} {ref_total:22.2f} {ref_total / total:6.2f}x"
-        "  (reference total covers the timed stages only)"
+        f"{'total':12s} {ours_shared:9.2f} {ref_total:22.2f} {ref_total / ours_shared:6.2f}x"
+        f"  (the stages both timed: {', '.join(shared)})"
     )
-    print(
-        "TextSynch by window chunk (0 = all windows at once), this run: "
-        + ", ".join(f"{c}: {s:.1f} s" for c, s in chunk_times.items())
-        + f"; chunk {best_chunk} is {max(chunk_times.values()) / rows['textsynch']:.2f}x "
-        "faster than the slowest"
+    print(f"all our stages, decode and text encoders included: {sum(ours.values()):.2f} s")
+    if len(chunk_times) > 1:
+        print(
+            "TextSynch by window chunk (0 = all windows at once), this run: "
+            + ", ".join(f"{c}: {s:.1f} s" for c, s in chunk_times.items())
+        )
+    print(f"audio out: {tuple(inputs['wav'].shape)}, latents {tuple(inputs['latents'].shape)}")
+    info.update(
+        ours_s=ours,
+        official_s=official or None,
+        reference_s=None if official else REFERENCE_S,
+        textsynch_by_chunk_s=chunk_times,
+        total_shared_stages=shared,
+        ratio_total=ref_total / ours_shared,
+        load_average=load.summary(),
     )
-    print(f"audio out: {tuple(wav.shape)}, latents {tuple(latents.shape)}")
+    common.write_json(args.json, info)
 
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def sample_latents(
         if not config.guided:
             return generator.predict_flow(x, t_b, cond).float()
         if both is not None:
-            v = generator.predict_flow(torch.cat([x, x]), torch.cat([t_b, t_b]), both).float()
+            v = generator.predict_flow(x, t_b, both, repeats=2).float()
             v_c, v_u = v[:b], v[b:]
         else:
             v_c = generator.predict_flow(x, t_b, cond).float()

@@ -278,19 +278,40 @@ class Generator(nn.Module):
     # ---- flow ---------------------------------------------------------------------------------
 
     def predict_flow(
-        self, latent: torch.Tensor, t: torch.Tensor, conditions: PreprocessedConditions
+        self,
+        latent: torch.Tensor,
+        t: torch.Tensor,
+        conditions: PreprocessedConditions,
+        *,
+        repeats: int = 1,
     ) -> torch.Tensor:
-        """Velocity for normalized latents (B, N, C) at times t (B,) in [0, 1]."""
+        """Velocity for normalized latents (B, N, C) at times t (B,) in [0, 1].
+
+        `repeats=R` evaluates the same latents under R stacked condition sets (`conditions`
+        has batch R*B, e.g. conditional and unconditional for CFG) and returns (R*B, N, C).
+        The latent projection and time embedding depend on neither condition, so they run once
+        for the B latents instead of R times: the same numbers as `predict_flow` on the
+        repeated latents, with less work per CFG step.
+        """
         if latent.dim() != 3 or latent.shape[1:] != (self._latent_seq_len, self.latent_dim):
             raise ValueError(
                 f"latent must have shape (B, {self._latent_seq_len}, {self.latent_dim}), "
                 f"got {tuple(latent.shape)}"
             )
+        if repeats != 1 and (repeats < 1 or conditions.batch_size != repeats * latent.shape[0]):
+            raise ValueError(
+                f"conditions have batch {conditions.batch_size}, expected {repeats} x the "
+                f"latent batch {latent.shape[0]}"
+            )
         clip_f, sync_f, text_f = conditions.clip_f, conditions.sync_f, conditions.text_f
 
         latent = self.audio_input_proj(latent.to(self.dtype))
+        t_emb = self.t_embed(t).unsqueeze(1)
+        if repeats > 1:
+            latent = latent.repeat(repeats, 1, 1)
+            t_emb = t_emb.repeat(repeats, 1, 1)
         global_c = self.global_cond_mlp(conditions.clip_f_c + conditions.text_f_c)
-        global_c = self.t_embed(t).unsqueeze(1) + global_c.unsqueeze(1)
+        global_c = t_emb + global_c.unsqueeze(1)
         extended_c = global_c + sync_f
 
         for block in self.joint_blocks:

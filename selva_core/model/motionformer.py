@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from selva_core.model.fused_cpu import linear_gelu
+
 
 @dataclass(frozen=True)
 class MotionFormerConfig:
@@ -140,7 +142,7 @@ class DividedAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """ViT feed-forward: fc1 -> GELU (erf) -> fc2."""
+    """ViT feed-forward: fc1 -> GELU (erf) -> fc2 (fc1 and GELU fused on CPUs, `fused_cpu`)."""
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -148,7 +150,7 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(linear_gelu(self.fc1, x))
 
 
 class DividedSpaceTimeBlock(nn.Module):

@@ -45,7 +45,9 @@ class SelfAttention(nn.Module):
         if rot is not None:
             q = apply_rope(q, rot)
             k = apply_rope(k, rot)
-        return q, k, v
+        # v is a stride-3 view of the interleaved qkv; SDPA's fused CPU kernel wants unit stride
+        # in the last dim and would otherwise fall back to its slower math path.
+        return q, k, v.contiguous()
 
 
 class MMDitSingleBlock(nn.Module):
