@@ -1,15 +1,15 @@
 """Time each stage of one 8 s clip at real small_16k sizes (random weights), CPU fp32.
 
-    python bench/bench_one_clip.py [--threads 2] [--chunks 1,4,0] [--official PATH]
-                                   [--rounds N] [--json PATH]
+    python bench/bench_one_clip.py [--threads 2] [--chunk 1] [--official PATH]
+                                   [--rounds 2] [--json PATH]
 
 Stages run through the same `Pipeline` code as real inference. With `--official PATH` (a
 checkout of jnwnlee/selva; it needs omegaconf and torchdiffeq importable) the official modules
-are timed in the same run on the same inputs and the ratio column is official / ours,
-measured here; the total covers the stages both sides time. The machine line names the CPU's
-ISA flags: the kernels behind both sides depend on them. Without `--official`, the issue's
-reference figures for the official code on a 2-core CPU (TextSynch 57 s, sampling 12.4 s,
-BigVGAN 4.3 s, VAE 0.17 s; 74 s per clip) are shown, marked as taken from another run.
+are timed in the same run on the same inputs, each stage right after ours, and the ratio
+column is official / ours; the total covers the stages both sides time. The machine line
+names the CPU's ISA flags: the kernels behind both sides depend on them. Without `--official`,
+the issue's reference figures for the official code on a 2-core CPU (TextSynch 57 s, sampling
+12.4 s, BigVGAN 4.3 s, VAE 0.17 s; 74 s per clip) are shown, marked as from another run.
 """
 
 from __future__ import annotations
@@ -65,18 +65,9 @@ def real_size_components():
     )
 
 
-def timed(fn, repeat: int = 1):
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
-@torch.inference_mode()
-def time_official(repo: str, frames, t5_f, t5_mask, text_f, latents) -> dict[str, float]:
-    """The official modules at the same sizes, same inputs, random weights, in this process."""
+def official_stages(repo: str, inputs: dict) -> dict:
+    """The official modules at the same sizes and inputs (random weights), built in this
+    process: stage name -> a call that runs it once."""
     sys.path.insert(0, repo)
     import transformers.pytorch_utils as pu
 
@@ -90,79 +81,87 @@ def time_official(repo: str, frames, t5_f, t5_mask, text_f, latents) -> dict[str
     from selva.model.networks_generator import get_my_mmaudio
     from selva.model.networks_video_enc import get_my_textsynch
 
-    out = {}
     ts = get_my_textsynch("depth1", num_sup_text_tokens=5).eval()
-    text5, mask5 = ts.prepend_sup_text_tokens(t5_f, t5_mask)
-    _, out["textsynch"] = timed(lambda: ts.encode_video_with_sync(frames, text5, mask5))
+    text5, mask5 = ts.prepend_sup_text_tokens(inputs["t5_f"], inputs["t5_mask"])
     net = get_my_mmaudio("small_16k").eval()
-    fm = FlowMatching(min_sigma=0, inference_mode="euler", num_steps=25)
+    fm = FlowMatching(min_sigma=0, inference_mode="euler", num_steps=inputs["steps"])
     clip = net.get_empty_clip_sequence(1)
     sync = torch.randn(1, 192, 768)
-    x0 = torch.randn_like(latents)
+    x0 = torch.randn_like(inputs["latents"])
+    text_f = inputs["text_f"]
 
     def sample():
         c = net.preprocess_conditions(clip, sync, text_f)
         e = net.get_empty_conditions(1, negative_text_features=text_f)
         return fm.to_data(lambda t, x: net.ode_wrapper(t, x, c, e, 4.5), x0)
 
-    _, out["sampling"] = timed(sample)
     vae = VAE_16k().eval()
     vae.remove_weight_norm()
-    z = latents.transpose(1, 2)
-    vae.decode(z)
-    mel, out["vae_decode"] = timed(lambda: vae.decode(z), 2)
-    cfg = OmegaConf.load(f"{repo}/selva/ext/bigvgan/bigvgan_vocoder.yml")
-    voc = BigVGANVocoder(cfg).eval()
+    z = inputs["latents"].transpose(1, 2)
+    mel = vae.decode(z)
+    voc = BigVGANVocoder(OmegaConf.load(f"{repo}/selva/ext/bigvgan/bigvgan_vocoder.yml")).eval()
     voc.remove_weight_norm()
-    voc(mel)
-    _, out["vocoder"] = timed(lambda: voc(mel))
-    return out
+    voc(mel)  # warm-up, as ours
+    return {
+        "textsynch": lambda: ts.encode_video_with_sync(inputs["frames"], text5, mask5),
+        "sampling": sample,
+        "vae_decode": lambda: vae.decode(z),
+        "vocoder": lambda: voc(mel),
+    }
 
 
-def time_ours(pipe, video: Path, steps: int, chunks: list[int]) -> tuple[dict, dict, dict]:
-    """Our stages on one clip; returns (seconds per stage, TextSynch seconds per chunk, the
-    tensors the official run needs)."""
+def our_stages(pipe, video: Path, steps: int, chunk: int) -> tuple[dict, dict]:
+    """Run our chain once (warm-up, and the inputs of every stage), then return stage name ->
+    a call that runs it once on those inputs, and the inputs."""
     from selva_core.audio.vae import sequence_to_latent
     from selva_core.pipeline import Features
     from selva_core.video.decode import normalize_sync_frames
 
-    pipe.decode(video)  # warm-up
-    clip, t_decode = timed(lambda: pipe.decode(video), repeat=2)
-    rows = {"decode": t_decode}
-    (t5_f, t5_mask), rows["t5"] = timed(lambda: pipe.t5.encode([PROMPT]), repeat=2)
-    text_f, rows["clip_text"] = timed(lambda: pipe.clip.encode_text([PROMPT]), repeat=2)
+    window_chunk = None if chunk == 0 else chunk
+    clip = pipe.decode(video)
+    t5_f, t5_mask = pipe.t5.encode([PROMPT])
+    text_f = pipe.clip.encode_text([PROMPT])
     seq = pipe.sequence(clip.duration)
     frames = normalize_sync_frames(clip.sync_frames[: seq.num_sync_frames]).unsqueeze(0)
-    chunk_times = {}
-    for chunk in chunks:
-        window_chunk = None if chunk == 0 else chunk
-        sync_f, chunk_times[chunk] = timed(
-            lambda wc=window_chunk: pipe.sync_encoder(frames, t5_f, t5_mask, window_chunk=wc)
-        )
-    rows["textsynch"] = min(chunk_times.values())
+    sync_f = pipe.sync_encoder(frames, t5_f, t5_mask, window_chunk=window_chunk)
     feats = Features("small_16k", PROMPT, clip.duration, sync_f[0], text_f[0])
-    latents, rows["sampling"] = timed(lambda: pipe.sample_latents([feats], steps=steps))
-    mel, rows["vae_decode"] = timed(lambda: pipe.vae.decode(sequence_to_latent(latents)), 2)
-    pipe.vocoder(mel)  # warm-up: the first call builds the conv kernels
-    wav, rows["vocoder"] = timed(lambda: pipe.vocoder(mel))
+    latents = pipe.sample_latents([feats], steps=steps)
+    z = sequence_to_latent(latents)
+    mel = pipe.vae.decode(z)
+    wav = pipe.vocoder(mel)  # the first call builds the conv kernels
+    stages = {
+        "decode": lambda: pipe.decode(video),
+        "t5": lambda: pipe.t5.encode([PROMPT]),
+        "clip_text": lambda: pipe.clip.encode_text([PROMPT]),
+        "textsynch": lambda: pipe.sync_encoder(frames, t5_f, t5_mask, window_chunk=window_chunk),
+        "sampling": lambda: pipe.sample_latents([feats], steps=steps),
+        "vae_decode": lambda: pipe.vae.decode(z),
+        "vocoder": lambda: pipe.vocoder(mel),
+    }
     inputs = {"frames": frames, "t5_f": t5_f, "t5_mask": t5_mask, "text_f": text_f}
-    inputs.update(latents=latents, wav=wav, duration=clip.duration)
-    return rows, chunk_times, inputs
+    inputs.update(latents=latents, wav=wav, duration=clip.duration, steps=steps)
+    return stages, inputs
 
 
-@torch.no_grad()
+def seconds(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()  # as the pipeline runs (weights built outside inference_mode)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--chunks", default="1", help="TextSynch window chunks to try; 0=all")
+    parser.add_argument("--chunk", type=int, default=1, help="TextSynch windows per pass; 0=all")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--official", help="checkout of jnwnlee/selva to time in the same run")
     parser.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="time ours then the official this many times; each stage keeps its best time "
-        "(a shared VM's speed drifts by 10 %% between minutes)",
+        default=2,
+        help="each round times every stage, ours then the official's right after it; each "
+        "keeps its best round (a shared VM's speed drifts by 10 %% between minutes)",
     )
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
@@ -176,52 +175,45 @@ def main() -> None:
     t0 = time.perf_counter()
     pipe = Pipeline(PipelineConfig("small_16k"), components=real_size_components())
     print(f"built real-size random components in {time.perf_counter() - t0:.0f} s")
-    chunks = [int(c) for c in args.chunks.split(",")]
 
-    ours: dict[str, float] = {}
-    official: dict[str, float] = {}
-    chunk_times: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as tmp, common.LoadSampler() as load:
         video = Path(tmp) / "clip.mp4"
         write_long_video(video, duration=10.0, width=640, height=360, fps=25)
-        for _ in range(args.rounds):
-            rows, chunk_round, inputs = time_ours(pipe, video, args.steps, chunks)
-            ours = {k: min(v, ours.get(k, v)) for k, v in rows.items()}
-            chunk_times = {k: min(v, chunk_times.get(k, v)) for k, v in chunk_round.items()}
-            if args.official:
-                names = ("frames", "t5_f", "t5_mask", "text_f", "latents")
-                got = time_official(args.official, *(inputs[n] for n in names))
-                official = {k: min(v, official.get(k, v)) for k, v in got.items()}
-    reference = official or REFERENCE_S
-    label = "official, this run" if official else "reference, other run"
+        ours, inputs = our_stages(pipe, video, args.steps, args.chunk)
+        official = official_stages(args.official, inputs) if args.official else {}
+        best: dict[str, dict[str, float]] = {"ours": {}, "official": {}}
+        for r in range(args.rounds):
+            for name, run in ours.items():
+                for side, fn in (("ours", run), ("official", official.get(name))):
+                    if fn is not None:
+                        sec = seconds(fn)
+                        best[side][name] = min(sec, best[side].get(name, sec))
+            print(f"round {r + 1}/{args.rounds} done", flush=True)
+    mine, theirs = best["ours"], best["official"]
+    reference = theirs or REFERENCE_S
+    label = "official, this run" if theirs else "reference, other run"
     print(
         f"\none {inputs['duration']:.2f} s clip, small_16k sizes, fp32, {args.threads} threads, "
         f"best of {args.rounds} round(s); load average {load.summary()['mean']:.2f} mean"
     )
     print(f"{'stage':12s} {'ours (s)':>9s} {label:>22s} {'ratio':>7s}")
-    for name, sec in ours.items():
+    for name, sec in mine.items():
         ref = reference.get(name)
         ratio = f"{ref / sec:6.2f}x" if ref else ""
         ref_s = f"{ref:.2f}" if ref else ""
         print(f"{name:12s} {sec:9.2f} {ref_s:>22s} {ratio:>7s}")
-    shared = [k for k in ours if k in reference]
-    ours_shared, ref_total = sum(ours[k] for k in shared), sum(reference[k] for k in shared)
+    shared = [k for k in mine if k in reference]
+    ours_shared, ref_total = sum(mine[k] for k in shared), sum(reference[k] for k in shared)
     print(
         f"{'total':12s} {ours_shared:9.2f} {ref_total:22.2f} {ref_total / ours_shared:6.2f}x"
         f"  (the stages both timed: {', '.join(shared)})"
     )
-    print(f"all our stages, decode and text encoders included: {sum(ours.values()):.2f} s")
-    if len(chunk_times) > 1:
-        print(
-            "TextSynch by window chunk (0 = all windows at once), this run: "
-            + ", ".join(f"{c}: {s:.1f} s" for c, s in chunk_times.items())
-        )
+    print(f"all our stages, decode and text encoders included: {sum(mine.values()):.2f} s")
     print(f"audio out: {tuple(inputs['wav'].shape)}, latents {tuple(inputs['latents'].shape)}")
     info.update(
-        ours_s=ours,
-        official_s=official or None,
-        reference_s=None if official else REFERENCE_S,
-        textsynch_by_chunk_s=chunk_times,
+        ours_s=mine,
+        official_s=theirs or None,
+        reference_s=None if theirs else REFERENCE_S,
         total_shared_stages=shared,
         ratio_total=ref_total / ours_shared,
         load_average=load.summary(),

@@ -438,7 +438,13 @@ class Pipeline:
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, duration: float) -> torch.Tensor:
         """Un-normalized latents (B, N, C) -> waveforms (B, samples) trimmed to `duration`."""
-        mel = self.vae.decode(sequence_to_latent(latents.to(self.config.dtype)))
-        wav = self.vocoder(mel).float()[:, 0]
+        z = sequence_to_latent(latents.to(self.config.dtype))
+        if z.device.type == "cpu":
+            # One clip at a time: at small_16k BigVGAN's activations outgrow the CPU caches as
+            # the batch grows (measured 14.3 s per clip at batch 4 against 7.3 s alone).
+            wav = torch.cat([self.vocoder(self.vae.decode(one)) for one in z.split(1)])
+        else:
+            wav = self.vocoder(self.vae.decode(z))
+        wav = wav.float()[:, 0]
         keep = min(wav.shape[-1], math.ceil(duration * self.sampling_rate))
         return wav[:, :keep].cpu()

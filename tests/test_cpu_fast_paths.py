@@ -48,6 +48,16 @@ def test_linear_gelu_matches_eager_and_follows_weight_changes():
     assert x.grad is not None and fc.weight.grad is not None
 
 
+def test_linear_gelu_on_a_layer_built_under_inference_mode():
+    with torch.inference_mode():  # such weights have no version counter to key a cache on
+        torch.manual_seed(0)
+        fc = nn.Linear(64, 128)
+        x = torch.randn(7, 64)
+        assert _rel(linear_gelu(fc, x), F.gelu(fc(x))) < 1e-6
+        fc.weight.mul_(3.0)
+        assert _rel(linear_gelu(fc, x), F.gelu(fc(x))) < 1e-6
+
+
 def test_linear_gelu_keeps_a_lora_wrapped_layer_on_its_own_forward():
     torch.manual_seed(0)
     model = nn.Sequential()

@@ -8,7 +8,8 @@ numbers agree with `F.gelu(linear(x))` to fp32 rounding (about 3e-7 relative on 
 
 Anything else (GPU, other dtypes, autograd, a LoRA-wrapped layer, a build without oneDNN) takes
 the plain path. The reordered weight costs one extra copy of the layer's weight in memory; it
-is cached per layer and rebuilt when the weight changes (in-place updates bump its version).
+is cached per layer and rebuilt when the weight changes (in-place updates bump its version);
+a weight made under `torch.inference_mode` has no version, so it is used as it is.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ def _fusable(linear: nn.Module, x: torch.Tensor) -> bool:
 
 def _reordered_weight(linear: nn.Linear, rows: int) -> torch.Tensor:
     weight = linear.weight
+    if weight.is_inference():
+        # Built under inference_mode: no version counter to notice an in-place update, so no
+        # cache; oneDNN takes the plain layout too (the fusion stays, the reorder is per call).
+        return weight
     key = (weight.data_ptr(), weight._version)
     hit = _REORDERED.get(linear)
     if hit is None or hit[0] != key:
