@@ -2,9 +2,10 @@
 
 The ViT MLPs of the video towers spend a separate memory pass on GELU over a (tokens, 3072)
 activation that no longer fits in cache. oneDNN applies the (erf) GELU inside the GEMM's
-epilogue instead, with the weight reordered once into its blocked layout: measured about 5 %
-off a real-size TextSynch window on a 2-core AVX-512 CPU (`bench/bench_one_clip.py`). The
-numbers agree with `F.gelu(linear(x))` to fp32 rounding (about 3e-7 relative on `sync_f`).
+epilogue instead, with the weight reordered once into its blocked layout: 6 % off three
+real-size TextSynch windows on a 2-core AVX-512 CPU (4.57 -> 4.31 s; docs/benchmarks.md,
+issue #16). The numbers agree with `F.gelu(linear(x))` to fp32 rounding (3e-7 relative on
+`sync_f`).
 
 Anything else (GPU, other dtypes, autograd, a LoRA-wrapped layer, a build without oneDNN) takes
 the plain path. The reordered weight costs one extra copy of the layer's weight in memory; it

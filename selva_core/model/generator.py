@@ -290,8 +290,8 @@ class Generator(nn.Module):
         `repeats=R` evaluates the same latents under R stacked condition sets (`conditions`
         has batch R*B, e.g. conditional and unconditional for CFG) and returns (R*B, N, C).
         The latent projection and time embedding depend on neither condition, so they run once
-        for the B latents instead of R times: the same numbers as `predict_flow` on the
-        repeated latents, with less work per CFG step.
+        for the B latents instead of R times: `predict_flow` on the repeated latents up to fp32
+        rounding, with less work per CFG step.
         """
         if latent.dim() != 3 or latent.shape[1:] != (self._latent_seq_len, self.latent_dim):
             raise ValueError(

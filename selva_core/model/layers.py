@@ -18,8 +18,8 @@ class ChannelLastConv1d(nn.Conv1d):
 
     CPU float32 inference runs it as one GEMM over the unfolded windows (im2col): on
     channel-last data that skips both layout transposes, and at the generator's sizes it
-    measured 5-25 % faster than the convolution kernel (`bench/bench_one_clip.py`). The sums
-    are the same, taken in another order (fp32 rounding, about 1e-7 relative).
+    measured 5-25 % faster than the convolution kernel (docs/benchmarks.md, issue #16). The
+    sums are the same, taken in another order (fp32 rounding, below 1e-6 relative).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
