@@ -26,13 +26,21 @@ _REORDERED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple[int, int], torch.Te
 )
 
 
+def cpu_fp32_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True where the CPU fast paths apply: float32 input and weight on the CPU, no autograd
+    (training and every other device/dtype keep the plain kernels)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not torch.is_grad_enabled()
+    )
+
+
 def _fusable(linear: nn.Module, x: torch.Tensor) -> bool:
     return (
         type(linear) is nn.Linear
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and linear.weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
+        and cpu_fp32_inference(x, linear.weight)
         and torch.backends.mkldnn.is_available()
     )
 

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused_cpu import cpu_fp32_inference
+
 
 def swiglu_hidden(hidden_dim: int, multiple_of: int = 256) -> int:
     """SwiGLU width: two thirds of the nominal hidden size, rounded up to `multiple_of`."""
@@ -29,10 +31,7 @@ class ChannelLastConv1d(nn.Conv1d):
 
     def _as_gemm(self, x: torch.Tensor) -> bool:
         return (
-            x.device.type == "cpu"
-            and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32
-            and not torch.is_grad_enabled()
+            cpu_fp32_inference(x, self.weight)
             and self.stride == (1,)
             and self.dilation == (1,)
             and self.groups == 1
