@@ -68,7 +68,7 @@ def write_demo_catalog(root: str | Path) -> Path:
 # `run_<job>`), so the demo exercises exactly the CLI's code path and records the same
 # `_meta.json` settings. Ray is started once for the whole chain: a local cluster costs several
 # seconds to start on a small machine, and worker processes that already imported torch are
-# reused by the next stage. The jobs only connect (`init_ray` does nothing when Ray is up) and
+# reused by the next stage. The jobs only connect (`runner.connect` attaches when Ray is up) and
 # never shut Ray down.
 
 
@@ -90,7 +90,7 @@ class DemoConfig:
     workers: int = 2  # Ray Train workers of the LoRA stage
     train_steps: int = 4
     generate_steps: int = 25
-    num_cpus: int = 4  # logical CPUs of the demo's own local cluster (Train + Data need 4)
+    num_cpus: int | None = None  # logical CPUs of the demo's own cluster (None: the cores)
 
 
 @dataclass
@@ -136,7 +136,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
     """extract (+ audio latents) -> LoRA training on `workers` Ray Train workers -> generate the
     catalog with and without the adapter, muxed -> report pages. Each stage resumes: a second
     run finds its work done and skips it."""
-    from .runtime import init_ray
+    from .runner.connect import connect
 
     out = config.output
     model = ["--variant", config.variant, "--offline"]
@@ -161,7 +161,7 @@ def run_demo(config: DemoConfig, echo=print) -> DemoResult:
     stage("catalog", out / "catalog", catalog)
 
     def ray_up():
-        init_ray(config.ray_address, progress=False, num_cpus=config.num_cpus)
+        connect(config.ray_address, progress=False, num_cpus=config.num_cpus)
         import ray
 
         cpus = int(ray.cluster_resources().get("CPU", 0))
@@ -253,9 +253,9 @@ def _status(done: int) -> str:
 
 
 def _gpus() -> float:
-    from .runtime import cluster_gpus
+    import ray
 
-    return cluster_gpus()
+    return float(ray.cluster_resources().get("GPU", 0.0))
 
 
 def _run(stage: str, job, arg, echo):

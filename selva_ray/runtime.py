@@ -1,4 +1,5 @@
-"""Process-level setup shared by jobs: device and precision choice, Ray connection."""
+"""Process-level setup shared by jobs: device and precision choice, CPU cores and threads,
+and the actor pools of model stages (the Ray connection is `runner.connect`)."""
 
 from __future__ import annotations
 
@@ -29,30 +30,6 @@ def resolve_dtype(precision: str | None, device: str):
     return getattr(torch, DTYPES[precision])
 
 
-def init_ray(
-    address: str | None = None, *, progress: bool = True, num_cpus: int | None = None
-) -> None:
-    """Connect to `address` (or $RAY_ADDRESS, or a new local cluster of `num_cpus` logical
-    CPUs) unless already connected, and set the Ray Data options every job wants."""
-    import ray
-
-    from .logs import quiet_ray_logs
-
-    if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
-        local = address in (None, "", "local")
-        quiet_ray_logs(local_cluster=local)
-        extra = {}
-        if local and num_cpus:  # a new cluster of our own, never one found on the machine
-            address, extra = "local", {"num_cpus": num_cpus, "include_dashboard": False}
-        ray.init(address=address, log_to_driver=True, **extra)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    ctx.print_on_execution_start = progress
-    # Fail a stuck job instead of hanging a cluster forever (the default is 30 min).
-    ctx.execution_no_progress_timeout_s = 3600
-
-
 def model_pool(actors: int, in_flight: int = 2):
     """The Ray Data actor pool of a model stage: exactly `actors` actors for the whole run.
     Ray Data's autoscaler shrinks a pool that runs over its share of the cluster's CPUs down
@@ -62,12 +39,6 @@ def model_pool(actors: int, in_flight: int = 2):
     import ray
 
     return ray.data.ActorPoolStrategy(size=actors, max_tasks_in_flight_per_actor=in_flight)
-
-
-def cluster_gpus() -> float:
-    import ray
-
-    return float(ray.cluster_resources().get("GPU", 0.0))
 
 
 def node_cores() -> int:
@@ -91,24 +62,15 @@ def node_cores() -> int:
 def cpu_model_slots(memory: int) -> int:
     """How many one-thread model actors a CPU cluster runs side by side: every alive node's
     cores (this node's `node_cores()`, another node's logical CPUs), each node capped by its
-    Ray `memory` resource over `memory` bytes per actor.
+    Ray `memory` resource over `memory` bytes per actor (`runner.plan.ClusterView`).
 
     Why one thread per actor: on CPUs, model actors working on different batches use the
     cores better than one actor's intra-op threads at the sizes these models run
     (bench/bench_pipeline.py; on a 2-core box two one-thread generators do 1.5x the clips of
     one two-thread generator at `tiny` and 1.2x at `small_16k`)."""
-    import ray
+    from .runner.plan import ClusterView
 
-    here = ray.get_runtime_context().get_node_id()
-    slots = 0
-    for node in ray.nodes():
-        if not node.get("Alive"):
-            continue
-        res = node.get("Resources", {})
-        cores = node_cores() if node.get("NodeID") == here else int(res.get("CPU", 0))
-        fit = int(res.get("memory", 0) // max(1, memory)) if res.get("memory") else cores
-        slots += max(0, min(cores, fit))
-    return max(1, slots)
+    return ClusterView.current().model_slots(memory)
 
 
 def cpu_threads(share: int) -> int:

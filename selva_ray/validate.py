@@ -18,21 +18,15 @@ import math
 import os
 import re
 
-# Longest clip a job accepts. The models were trained on 8 s clips; sequence lengths grow
-# linearly with duration, so an unbounded value would try to allocate absurd buffers.
-MAX_CLIP_SECONDS = 60.0
-MAX_SEED = 2**63 - 1  # stored as Parquet int64
-MAX_STEPS = 1000
-MAX_CFG = 100.0
-MAX_ID_BYTES = 128  # clip ids become file names in generation jobs
-# QA measures whole tracks (default 600 s); an hour of 48 kHz audio is ~0.7 GB of float32.
-MAX_QA_SECONDS = 3600.0
-MIN_LEVEL_DB = -70.0  # BS.1770's absolute gate: a loudness or peak target below it is silence
-
-
-class UsageError(ValueError):
-    """Unusable input or settings: the message is one line naming the flag, file or column."""
-
+from .errors import (  # noqa: F401 - the bounds and the error live in errors.py
+    MAX_CFG,
+    MAX_CLIP_SECONDS,
+    MAX_QA_SECONDS,
+    MAX_SEED,
+    MAX_STEPS,
+    MIN_LEVEL_DB,
+    UsageError,
+)
 
 # ---- argparse types ----------------------------------------------------------------------------
 
@@ -188,7 +182,13 @@ def check_gpu(flag: str, *, local: bool = True) -> None:
 
 
 def local_cluster(ray_address: str | None) -> bool:
-    """Whether the job will start its own Ray on this machine (so its devices are ours)."""
+    """Whether the job will start its own Ray on this machine (so its devices are ours): no
+    address, and no Ray already connected in this process (`runner.connect`)."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return False
     return (ray_address or os.environ.get("RAY_ADDRESS") or "local") == "local"
 
 
@@ -216,33 +216,6 @@ def check_output_writable(uri: str, *, flag: str = "--output") -> None:
         os.unlink(name)
     except OSError as exc:
         raise UsageError(f"{flag} {uri} is not writable ({exc.strerror} in {probe_dir})") from None
-
-
-# ---- clip ids as file names --------------------------------------------------------------------
-
-_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
-
-
-def id_problem(clip_id: str) -> str | None:
-    """Why a clip id cannot be used as a file name under an output folder (None: it can)."""
-    if not clip_id.strip():
-        return "id is empty"
-    if _UNSAFE_ID.search(clip_id):
-        return f"id {clip_id!r} contains '/', '\\' or a control character"
-    if clip_id in (".", "..") or clip_id.startswith("."):
-        return f"id {clip_id!r} starts with '.'"
-    if len(clip_id.encode()) > MAX_ID_BYTES:
-        return f"id is longer than {MAX_ID_BYTES} bytes ({clip_id[:24]}...)"
-    return None
-
-
-def safe_file_stem(clip_id: str) -> str:
-    """The file-name stem for a clip id; refuses ids that `id_problem` rejects (the catalog
-    refuses them earlier, so a job only sees this for ids it built itself)."""
-    problem = id_problem(clip_id)
-    if problem:
-        raise UsageError(problem)
-    return clip_id
 
 
 # ---- inputs and outputs, read before the cluster starts -----------------------------------------

@@ -20,6 +20,7 @@ class ThreeNodes:
     """A head and two worker nodes; this process is a driver connected to them."""
 
     def __init__(self) -> None:
+        ray.shutdown()  # the suite's shared cluster, if a module before started it
         self.cluster = Cluster(
             initialize_head=True,
             head_node_args={"num_cpus": HEAD_CPUS, "object_store_memory": STORE},

@@ -13,3 +13,42 @@ torch.backends.cudnn.allow_tf32 = False
 # The models under test are small: one intra-op thread avoids oversubscribing the 2-core CI
 # machine while Ray workers (separate processes) run beside the test process.
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+# One local Ray cluster shared by the modules that need no cluster of their own: starting one
+# costs 5-20 s on this machine. A module that needs its own (several nodes, declared GPUs, a
+# job-submission head) shuts the shared one down first; the next module that asks for it
+# starts it again. The jobs' plans on the machine's real cores are tested by running the
+# commands themselves (tests/test_runner.py), not on this cluster.
+SHARED_RAY_CPUS = 4  # Ray Data tasks and Ray Train workers of the in-process tests side by side
+
+
+def ensure_shared_ray() -> str:
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(
+            address="local",  # never a cluster another process started on this machine
+            num_cpus=SHARED_RAY_CPUS,
+            object_store_memory=400 * 1024 * 1024,
+            include_dashboard=False,
+        )
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return ray.get_runtime_context().gcs_address
+
+
+@pytest.fixture(scope="module")
+def shared_ray() -> str:
+    """The shared cluster's address (started now if this module is the first to need it)."""
+    return ensure_shared_ray()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()

@@ -20,7 +20,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from video_factory import (
     AudioSpec,
@@ -119,10 +118,8 @@ UNSAFE_IDS = {
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+def cluster(shared_ray):
+    return shared_ray
 
 
 @pytest.fixture(scope="module")
@@ -263,7 +260,7 @@ def test_rotated_clip_features_match_the_upright_clip(job):
 
 
 def test_ignore_rotation_reaches_the_decoder_and_the_folder_settings(job, corpus, capsys):
-    from selva_ray.extract.stages import decode_batch
+    from selva_ray.stages.decode import decode_batch
 
     output, _, _ = job
     batch = {
@@ -596,7 +593,7 @@ def test_generate_and_qa_writers_never_fail_a_block_for_one_row(tmp_path):
     block is staged and reported ok. The writer stages called as Ray Data calls them."""
     from selva_ray.generate.stages import clip_samples, write_outputs
     from selva_ray.io.output_dir import OutputDir
-    from selva_ray.qa.stages import write_batch as qa_write_batch
+    from selva_ray.stages.results import write_batch as qa_write_batch
 
     rate, duration = 16000, 0.5
     rows = [

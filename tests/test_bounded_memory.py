@@ -48,7 +48,12 @@ def long_video(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False)
+    """A cluster of its own: the peak memory of every worker process is measured, and the
+    shared cluster's workers carry the peaks of earlier modules' tasks."""
+    ray.shutdown()
+    ray.init(
+        address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 from video_factory import AudioSpec, write_text_file, write_video
 
 from selva_core.pipeline import Pipeline, PipelineConfig
@@ -56,10 +55,8 @@ def make_catalog(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False)
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+def cluster(shared_ray):
+    return shared_ray
 
 
 @pytest.fixture(scope="module")

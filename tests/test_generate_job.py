@@ -21,7 +21,6 @@ import av
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from video_factory import AudioSpec, write_text_file, write_video
 
@@ -32,8 +31,8 @@ from selva_ray import runtime
 from selva_ray.cli import main
 from selva_ray.extract import ExtractConfig, run_extract
 from selva_ray.generate import GenerateConfig, GenerateInputError, run_generate
+from selva_ray.generate.adapters import parse_adapter
 from selva_ray.generate.audio import loudness, measure, normalise, true_peak
-from selva_ray.generate.job import parse_adapter
 from selva_ray.generate.qa_stage import qa_settings
 from selva_ray.io.output_dir import OutputDir, SettingsMismatchError
 from selva_ray.io.results_schema import RESULTS_SCHEMA, read_results
@@ -57,12 +56,8 @@ TIGHT = {"qa": {"max_abs_desync_s": 0.05}}
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(
-        address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False
-    )
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+def cluster(shared_ray):
+    return shared_ray
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from PIL import Image
 from video_factory import AudioSpec, square_position, write_video
@@ -31,15 +30,8 @@ STEPS = 2
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(
-        address="local",
-        num_cpus=4,
-        object_store_memory=400 * 1024 * 1024,
-        include_dashboard=False,
-    )
-    yield
-    ray.shutdown()
+def cluster(shared_ray):
+    return shared_ray
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +128,9 @@ def _objects(values: list) -> np.ndarray:
 def test_masks_change_sync_features_and_a_full_mask_does_not(files):
     """Through the extract job's own stages (decode with the mask column, the encoder actor
     class) on 1.28 s of the video: no Ray needed for that."""
-    from selva_ray.extract.stages import FeatureEncoder, decode_batch
     from selva_ray.io.feature_schema import FeatureLayout
+    from selva_ray.stages.decode import decode_batch
+    from selva_ray.stages.encode import FeatureEncoder
 
     base = {"source": str(files["video"]), "prompt": "a whistle", "start": 0.0}
     base.update(duration=1.28, shard="s", row=0, seed=None, negative_prompt=None)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from video_factory import AudioSpec, write_video
 
@@ -20,7 +19,8 @@ from selva_ray.cli import main
 from selva_ray.io.output_dir import OutputDir, SettingsMismatchError
 from selva_ray.io.results_schema import read_results
 from selva_ray.qa import QAConfig, run_qa
-from selva_ray.qa.desync_stage import (
+from selva_ray.stages.decode import read_source_audio
+from selva_ray.stages.desync import (
     DESYNC_INPUT_FIELDS,
     NO_INPUTS,
     DesyncActor,
@@ -30,18 +30,14 @@ from selva_ray.qa.desync_stage import (
     encode_inputs,
     prepare_desync_inputs,
 )
-from selva_ray.qa.stages import STAGE_SCHEMA, read_source_audio
+from selva_ray.stages.results import STAGE_SCHEMA
 
 LOW = 0.05  # under the 0.2 s class grid step: every nonzero score crosses it
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(
-        address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False
-    )
-    yield
-    ray.shutdown()
+def cluster(shared_ray):
+    return shared_ray
 
 
 @pytest.fixture(scope="module")

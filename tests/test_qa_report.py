@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from video_factory import AudioSpec, write_text_file, write_video
 
@@ -29,12 +28,8 @@ REF_AMPLITUDE = 10 ** (-23 / 20) * math.sqrt(2)  # mono 997 Hz sine at -23 LUFS
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(
-        address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False
-    )
-    yield
-    ray.shutdown()
+def cluster(shared_ray):
+    return shared_ray
 
 
 @pytest.fixture(scope="module")

@@ -33,10 +33,12 @@ def test_threads_are_set_on_cpu_only():
 
 
 def test_cpu_generator_batches_give_every_actor_two_unless_the_size_is_given():
-    from selva_ray.generate.job import DEFAULT_BATCH, GenerateConfig, _batch_size
+    from selva_ray.generate.batching import batch_size_for as _batch_size
+    from selva_ray.generate.config import DEFAULT_BATCH, GenerateConfig
+    from selva_ray.runner.plan import ActorPlan
 
-    cpu = {"num_gpus": 0, "device": "cpu", "actors": 2}
-    gpu = {"num_gpus": 1.0, "device": "cuda", "actors": 2}
+    cpu = ActorPlan("generator", 2, 0.0, 1.0, 1 << 30, "cpu", 1, 2)
+    gpu = ActorPlan("generator", 2, 1.0, 1.0, 1 << 30, "cuda", 2, None)
     auto = GenerateConfig(input="in", output="out")
     assert auto.batch_size is None
     assert _batch_size(auto, cpu, 16) == 4  # 4 batches: two per actor

@@ -11,7 +11,6 @@ import warnings
 from pathlib import Path
 
 import pytest
-import ray
 import torch
 from video_factory import AudioSpec, write_video
 
@@ -44,18 +43,8 @@ SHORT = dict(steps=8, save_every=3, eval_every=4, preview_clips=0, surgery=False
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    ray.init(
-        address="local",  # a fresh cluster even if another one was started on this machine
-        num_cpus=4,
-        object_store_memory=400 * 1024 * 1024,
-        include_dashboard=False,
-    )
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.print_on_execution_start = False
-    yield
-    ray.shutdown()
+def cluster(shared_ray):
+    return shared_ray
 
 
 @pytest.fixture(scope="module")

@@ -37,20 +37,30 @@ def atomic_path(path: str | Path):
         tmp.unlink(missing_ok=True)
 
 
-def _pcm16(wav: torch.Tensor) -> np.ndarray:
+BIT_DEPTHS = (16, 24)
+
+
+def pcm(wav: torch.Tensor, bits: int = 16) -> np.ndarray:
+    """Full-scale clipped, rounded integer samples of a mono waveform: int16 for 16 bits; for
+    24 bits int32 holding the 24-bit value in its top three bytes (how FFmpeg takes it)."""
+    if bits not in BIT_DEPTHS:
+        raise ValueError(f"bits must be one of {BIT_DEPTHS}, got {bits}")
     if wav.dim() != 1:
         raise ValueError(f"expected a mono waveform (N,), got shape {tuple(wav.shape)}")
-    x = wav.detach().float().clamp(-1.0, 1.0).cpu().numpy()
-    return np.round(x * 32767.0).astype(np.int16)
+    x = wav.detach().double().clamp(-1.0, 1.0).cpu().numpy()
+    q = np.round(x * ((1 << (bits - 1)) - 1))
+    return q.astype(np.int16) if bits == 16 else (q.astype(np.int32) << 8)
 
 
-def write_flac(path: str | Path, wav: torch.Tensor, sample_rate: int) -> Path:
-    """Mono float waveform in [-1, 1] -> 16-bit FLAC at `sample_rate`."""
-    samples = _pcm16(wav)
+def write_flac(path: str | Path, wav: torch.Tensor, sample_rate: int, bits: int = 16) -> Path:
+    """Mono float waveform in [-1, 1] -> FLAC of `bits` (16 or 24) at `sample_rate`, written
+    under a hidden name and renamed when whole: the one FLAC writer of the project."""
+    samples = pcm(wav, bits)
+    layout = "s16" if bits == 16 else "s32"
     with atomic_path(path) as tmp, av.open(str(tmp), "w", format="flac") as out:
         stream = out.add_stream("flac", rate=sample_rate, layout="mono")
-        stream.format = "s16"
-        frame = av.AudioFrame.from_ndarray(samples[None, :], format="s16", layout="mono")
+        stream.format = layout
+        frame = av.AudioFrame.from_ndarray(samples[None, :], format=layout, layout="mono")
         frame.sample_rate = sample_rate
         for packet in stream.encode(frame):
             out.mux(packet)

@@ -106,13 +106,23 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="exit 1 if any clip failed (default: only if every clip failed)",
     )
-    p.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    add_ray_address_arg(p)
     p.add_argument(
         "--skip-weights-check",
         action="store_true",
         help="do not look for the weight files in the driver (when only the workers see them)",
     )
     p.add_argument("--no-progress", action="store_true", help="no Ray Data progress output")
+
+
+RAY_ADDRESS_HELP = (
+    "an existing Ray cluster: auto or HOST:PORT (default: $RAY_ADDRESS as `ray job submit` "
+    "sets it, else a private local cluster of this machine's cores)"
+)
+
+
+def add_ray_address_arg(p) -> None:
+    p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
 
 
 def check_model_args(args: argparse.Namespace, *, local_device: bool = True) -> None:

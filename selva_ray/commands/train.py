@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .. import validate
-from .common import add_weights_args, variant_name
+from .common import add_ray_address_arg, add_weights_args, variant_name
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,8 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--cpus-per-worker",
         type=validate.float_range(0.0, 1024.0, low_open=True),
-        default=1.0,
-        help="CPUs reserved per worker (default 1)",
+        default=None,
+        help="CPUs reserved per worker (default: an even share of the cluster's CPUs, at most "
+        "1, after the data reader's; a size that does not fit is refused)",
     )
     g.add_argument(
         "--precision",
@@ -56,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=2,
         help="worker-group restarts (default 2)",
     )
-    g.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    add_ray_address_arg(g)
     add_weights_args(g)
     g.add_argument(
         "--skip-weights-check",

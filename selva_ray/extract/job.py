@@ -7,23 +7,24 @@ catalog -> skip finished ids -> shards -> decode (CPU tasks) -> encode (model ac
 from __future__ import annotations
 
 import logging
-import os
-import time
-import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from selva_core.variants import get_spec
 
 from .. import validate
-from ..config_file import config_record
 from ..io.catalog import CatalogProblem, check_not_empty, read_catalog
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
-from ..runtime import model_pool
+from ..io.windows import WindowSettings, check_long_settings, plan_rows, stale_windows
+from ..runner.plan import ModelRole, Plan, plan_models
+from ..runner.skeleton import Pipeline, Selection, ShardedJob
+from ..runner.stages import Stage, apply
+from ..stages.decode import decode_args, decode_batch
+from ..stages.encode import FeatureEncoder
 from ..summary import ClipCounts
-from .windows import WindowSettings, check_long_settings, plan_rows, stale_windows
+from .stages import write_batch
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -114,62 +115,115 @@ def check_config(config: ExtractConfig) -> None:
         raise validate.UsageError("--actors must be >= 1")
     validate.check_variant(config.variant)
     check_long_settings(config)
-    local = not (config.ray_address or os.environ.get("RAY_ADDRESS"))
-    validate.check_device(config.device, local=local)
+    validate.check_device(config.device, local=validate.local_cluster(config.ray_address))
     validate.check_output_writable(config.output)
     if config.check_weights:
         validate.check_weights(config.variant, config.weights_dir, offline=config.offline)
 
 
+class ExtractJob(ShardedJob):
+    """decode (CPU tasks) -> encode (model actors) -> write (CPU tasks)."""
+
+    label = "extract"
+    kind = "features"
+
+    def check(self) -> None:
+        config = self.config
+        check_config(config)
+        self.records, self.problems = read_catalog(
+            config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
+        )
+        check_not_empty(config.input, self.records, self.problems)
+        self.spec = get_spec(config.variant)
+        self.windows = WindowSettings.for_run(config.window, config.overlap, config.max_duration)
+        self.features = FeatureLayout.for_run(
+            self.spec,
+            max_duration=config.max_duration,
+            storage_dtype=config.storage_dtype,
+            with_audio_latents=config.with_audio_latents,
+            frame_rule=config.frame_rule,
+            ignore_rotation=config.ignore_rotation,
+            window=self.windows.window,
+            overlap=self.windows.overlap,
+        )
+
+    def layout(self, plan: Plan | None) -> dict:
+        return self.features.describe()
+
+    def plan(self) -> Plan:
+        config = self.config
+        memory = config.actor_memory_gb or (1.5 if self.spec.is_tiny else 10.0)
+        role = ModelRole(
+            "encoder",
+            memory_gb=memory,
+            actors=config.actors,
+            gpus_per_actor=config.gpus_per_actor,
+            cpus=config.cpus_per_actor,
+        )
+        return plan_models(
+            [role],
+            device=config.device,
+            precision=config.precision,
+            task_memory_gb=config.decode_memory_gb,
+            task_cpus=config.decode_cpus,
+        )
+
+    def new_summary(self) -> ExtractSummary:
+        return ExtractSummary(output=self.config.output)
+
+    def select(self, out: OutputDir, summary: ExtractSummary) -> Selection:
+        items = plan_rows(self.records, self.config, self.windows, self.spec)
+        todo, new_problems = _plan(out, items, self.problems, summary)
+        return Selection(todo, new_problems)
+
+    def pipelines(self, selection: Selection, plan: Plan | None, run: str) -> list[Pipeline]:
+        import ray
+
+        config, spec = self.config, self.spec
+        rows = _shards(selection.todo, config.shard_size, run)
+        expected = Counter(r["shard"] for r in rows)
+        log.info("%d clips in %d shard(s)", len(rows), len(expected))
+        audio_rate = spec.sampling_rate if config.with_audio_latents else None
+        stages = [
+            Stage(
+                "decode",
+                decode_batch,
+                batch_size=1,
+                kwargs=decode_args(
+                    spec, config, audio_rate=audio_rate, ignore_rotation=config.ignore_rotation
+                ),
+                num_cpus=plan.task_cpus,
+                memory=plan.task_memory,
+            ),
+            Stage(
+                "encode",
+                FeatureEncoder,
+                batch_size=config.batch_size,
+                kwargs={
+                    "layout": self.features,
+                    "device": plan["encoder"].device,
+                    "precision": plan.precision,
+                    "weights_dir": config.weights_dir,
+                    "allow_download": False if config.offline else None,
+                    "components_factory": config.components_factory,
+                },
+                actors=plan["encoder"],
+            ),
+            Stage(
+                "write",
+                write_batch,
+                batch_size=config.shard_size,
+                kwargs={"output": config.output, "layout": self.features},
+            ),
+        ]
+        ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1000))
+        return [Pipeline(apply(ds, stages), expected)]
+
+
 def run_extract(config: ExtractConfig) -> ExtractSummary:
     """Run the job. Unusable input or settings raise `validate.UsageError` (a one-line
     message) before anything is written or any cluster or model starts."""
-    t0 = time.perf_counter()
-    check_config(config)
-    records, problems = read_catalog(
-        config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
-    )
-    check_not_empty(config.input, records, problems)
-    spec = get_spec(config.variant)
-    windows = WindowSettings.for_run(config.window, config.overlap, config.max_duration)
-    layout = FeatureLayout.for_run(
-        spec,
-        max_duration=config.max_duration,
-        storage_dtype=config.storage_dtype,
-        with_audio_latents=config.with_audio_latents,
-        frame_rule=config.frame_rule,
-        ignore_rotation=config.ignore_rotation,
-        window=windows.window,
-        overlap=windows.overlap,
-    )
-    out = OutputDir(config.output)
-    out.check_settings(layout.describe())
-    out.finished()  # a corrupt part file is named now, before the folder is claimed
-
-    with out.acquire_lease():
-        out.claim(layout.describe())
-        out.recover()
-        if config.retry_errors:
-            log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
-        summary = ExtractSummary(output=config.output)
-        run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
-        items = plan_rows(records, config, windows, spec)
-        todo, new_problems = _plan(out, items, problems, summary)
-        if new_problems:
-            out.record_catalog_problems(f"{run}-catalog", new_problems, layout.settings_hash)
-            summary.failed += len(new_problems)
-            summary.errors_by_stage["catalog"] = len(new_problems)
-        if todo:
-            ok, failed = _run_pipeline(config, layout, out, todo, run)
-            summary.ok += ok
-            summary.failed += sum(failed.values())
-            for stage, n in failed.items():
-                summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
-        summary.wall_s = time.perf_counter() - t0
-        summary.has_errors_folder = bool(out.part_files(errors=True))
-        record = {"run": run, "finished_at": time.time(), "config": config_record(config)}
-        out.record_run({**record, **asdict(summary)})
-    return summary
+    return ExtractJob(config).run()
 
 
 def _plan(
@@ -216,7 +270,7 @@ def _plan(
     return todo, new_problems
 
 
-def _shards(todo: list[dict], size: int, run: str, max_duration: float) -> list[dict]:
+def _shards(todo: list[dict], size: int, run: str) -> list[dict]:
     rows = []
     for i, item in enumerate(todo):
         row = dict(item)
@@ -224,128 +278,3 @@ def _shards(todo: list[dict], size: int, run: str, max_duration: float) -> list[
         row["shard"] = f"{run}-{i // size:05d}"
         rows.append(row)
     return rows
-
-
-def _actor_plan(config: ExtractConfig, spec_is_tiny: bool) -> dict:
-    from ..runtime import cluster_gpus
-
-    gpus = cluster_gpus() if config.device in ("auto", "cuda") else 0.0
-    use_gpu = gpus > 0
-    if config.actors is not None:
-        actors = config.actors
-    elif use_gpu:
-        actors = max(1, int(gpus // config.gpus_per_actor))
-    else:
-        actors = 1
-    memory = config.actor_memory_gb
-    if memory is None:
-        memory = 1.5 if spec_is_tiny else 10.0
-    actor_memory = int(memory * GiB)
-    decode_memory = int(config.decode_memory_gb * GiB)
-    if decode_memory == actor_memory and not use_gpu:
-        # Identical remote args let Ray fuse the decode tasks into the encoder actors; decode
-        # must stay on its own CPU tasks so it can scale apart from the models.
-        decode_memory -= 1 << 20
-    return {
-        "actors": actors,
-        "num_gpus": config.gpus_per_actor if use_gpu else 0,
-        "device": "cuda" if use_gpu else "cpu",
-        "memory": actor_memory,
-        "decode_memory": decode_memory,
-    }
-
-
-def _run_pipeline(
-    config: ExtractConfig,
-    layout: FeatureLayout,
-    out: OutputDir,
-    todo: list[dict],
-    run: str,
-) -> tuple[int, Counter]:
-    import ray
-
-    from ..runtime import init_ray
-    from .stages import FeatureEncoder, decode_args, decode_batch, write_batch
-
-    init_ray(config.ray_address, progress=config.progress)
-    spec = get_spec(config.variant)
-    plan = _actor_plan(config, spec.is_tiny)
-    if config.device.startswith("cuda") and plan["num_gpus"] == 0:
-        raise validate.UsageError(
-            f"--device {config.device}: the Ray cluster has no GPUs; use --device cpu or auto"
-        )
-    rows = _shards(todo, config.shard_size, run, config.max_duration)
-    expected = Counter(r["shard"] for r in rows)
-    log.info(
-        "%d clips in %d shard(s); %d encoder actor(s) on %s",
-        len(rows),
-        len(expected),
-        plan["actors"],
-        plan["device"],
-    )
-
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1000))
-    ds = ds.map_batches(
-        decode_batch,
-        fn_kwargs=decode_args(
-            spec,
-            config,
-            audio_rate=spec.sampling_rate if config.with_audio_latents else None,
-            ignore_rotation=config.ignore_rotation,
-        ),
-        batch_size=1,
-        num_cpus=config.decode_cpus,
-        memory=plan["decode_memory"],
-    )
-    ds = ds.map_batches(
-        FeatureEncoder,
-        fn_constructor_kwargs={
-            "layout": layout,
-            "device": plan["device"] if config.device == "auto" else config.device,
-            "precision": config.precision,
-            "weights_dir": config.weights_dir,
-            "allow_download": False if config.offline else None,
-            "components_factory": config.components_factory,
-        },
-        batch_size=config.batch_size,
-        compute=model_pool(plan["actors"]),
-        num_gpus=plan["num_gpus"],
-        num_cpus=config.cpus_per_actor,
-        memory=plan["memory"],
-    )
-    ds = ds.map_batches(
-        write_batch,
-        fn_kwargs={"output": config.output, "layout": layout},
-        batch_size=config.shard_size,
-        num_cpus=1,
-    )
-
-    seen: Counter = Counter()
-    ok, failed = 0, Counter()
-    committed = set()
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for shard, status, stage in zip(
-            batch["shard"].to_pylist(),
-            batch["status"].to_pylist(),
-            batch["stage"].to_pylist(),
-            strict=True,
-        ):
-            seen[shard] += 1
-            if status == "ok":
-                ok += 1
-            else:
-                failed[stage] += 1
-            if seen[shard] == expected[shard] and shard not in committed:
-                commit = out.commit(shard)
-                committed.add(shard)
-                log.info("committed shard %s: %d ok, %d failed", shard, commit.ok, commit.failed)
-    for shard in set(expected) - committed:  # rows lost upstream would leave a shard open
-        log.warning(
-            "shard %s saw %d/%d clips; committing what was written",
-            shard,
-            seen[shard],
-            expected[shard],
-        )
-        out.commit(shard)
-    out.recover()  # nothing should be left; also removes the empty staging folder
-    return ok, failed

@@ -1,5 +1,6 @@
 """The batch generation job: catalog or features -> audio tracks, dubbed videos, results."""
 
-from .job import GenerateConfig, GenerateInputError, GenerateSummary, run_generate
+from .config import GenerateConfig, GenerateInputError, GenerateSummary
+from .job import run_generate
 
 __all__ = ["GenerateConfig", "GenerateInputError", "GenerateSummary", "run_generate"]

@@ -17,7 +17,6 @@ import torch
 from selva_core.qa import metrics
 
 SILENCE_DB = -120.0  # what "no signal" reads as, instead of -inf
-BIT_DEPTHS = (16, 24)
 
 
 @dataclass(frozen=True)
@@ -81,46 +80,22 @@ def normalise(
     return wav * (10.0 ** (gain / 20.0)), gain
 
 
-def pcm(wav: torch.Tensor, bits: int) -> np.ndarray:
-    """Full-scale clipped, rounded integer samples: int16 for 16 bits; for 24 bits int32
-    holding the 24-bit value in its top three bytes (how FFmpeg takes 24-bit audio)."""
-    if bits not in BIT_DEPTHS:
-        raise ValueError(f"bits must be one of {BIT_DEPTHS}, got {bits}")
-    x = wav.detach().double().clamp(-1.0, 1.0).cpu().numpy()
-    full = (1 << (bits - 1)) - 1
-    q = np.round(x * full)
-    return q.astype(np.int16) if bits == 16 else (q.astype(np.int32) << 8)
-
-
 def write_audio(path: str | Path, wav: torch.Tensor, sample_rate: int, fmt: str, bits: int):
     """Mono FLAC or WAV (PCM, 16 or 24 bits), written to a hidden name and renamed when
     whole. 24 bits keep sample-level differences far below the model's own precision."""
-    from selva_core.video.write import atomic_path
+    from selva_core.video.write import atomic_path, pcm, write_flac
 
+    if fmt == "flac":
+        return write_flac(path, wav, sample_rate, bits)
+    if fmt != "wav":
+        raise ValueError(f"unknown audio format {fmt!r}")
     samples = pcm(wav, bits)
-    with atomic_path(path) as tmp:
-        if fmt == "wav":
-            with wave.open(str(tmp), "wb") as f:
-                f.setnchannels(1)
-                f.setsampwidth(bits // 8)
-                f.setframerate(sample_rate)
-                data = samples if bits == 16 else samples.view(np.uint8).reshape(-1, 4)[:, 1:]
-                f.writeframes(np.ascontiguousarray(data).tobytes())
-        elif fmt == "flac":
-            import av
-
-            layout = "s16" if bits == 16 else "s32"
-            with av.open(str(tmp), "w", format="flac") as out:
-                stream = out.add_stream("flac", rate=sample_rate, layout="mono")
-                stream.format = layout
-                frame = av.AudioFrame.from_ndarray(samples[None, :], format=layout, layout="mono")
-                frame.sample_rate = sample_rate
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-                for packet in stream.encode(None):
-                    out.mux(packet)
-        else:
-            raise ValueError(f"unknown audio format {fmt!r}")
+    with atomic_path(path) as tmp, wave.open(str(tmp), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(bits // 8)
+        f.setframerate(sample_rate)
+        data = samples if bits == 16 else samples.view(np.uint8).reshape(-1, 4)[:, 1:]
+        f.writeframes(np.ascontiguousarray(data).tobytes())
     return Path(path)
 
 

@@ -2,7 +2,7 @@
 
     generator actors -> writers (write the files; measure the written track: levels, clipping,
                         silence, flatness, flags; decode the clip's DeSync inputs)
-                     -> DeSync actors (`selva_ray.qa.desync_stage.DesyncActor`, the qa job's)
+                     -> DeSync actors (`selva_ray.stages.desync.DesyncActor`, shared with qa)
                      -> staging tasks (`selva_ray.qa.stages.write_batch`, the qa job's)
 
 The level metrics need only the waveform the writer already holds, so they are computed
@@ -20,7 +20,6 @@ DeSync model: `tiny` (seeded random weights) for tiny variants, the published
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 from selva_core.model.desync import DesyncConfig
@@ -28,16 +27,12 @@ from selva_core.qa import QAThresholds, clip_metrics, qa_flags
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
 from ..io.rows import error_result, local_copy
-from ..qa.desync_stage import (
+from ..stages.desync import (
     DESYNC_AUDIO_RATE,
-    DesyncActor,
     DesyncSettings,
-    actor_kwargs,
     encode_inputs,
     prepare_desync_inputs,
 )
-from ..qa.stages import write_batch
-from ..runtime import model_pool
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -89,51 +84,6 @@ def qa_settings(config) -> dict:
     }
 
 
-def desync_plan(
-    config, plan: dict, todo: list[dict], *, catalog_input: bool
-) -> tuple[dict, dict | None]:
-    """(the model actors' plan, adjusted to make room for DeSync actors; the DeSync stage's
-    plan, or None when it does not run: `--no-desync`, or every clip planned shorter than the
-    4.8 s the Synchformer needs, so its `desync_s` is null anyway)."""
-    import ray
-
-    settings = desync_settings(config)
-    if settings is None:
-        return plan, None
-    shortest = min_desync_seconds()
-    if not any((r.get("planned") or 0.0) >= shortest for r in todo):
-        log.info("no clip reaches %.1f s: DeSync is not run (desync_s null)", shortest)
-        return plan, None
-    from ..runtime import cluster_gpus
-
-    plan = dict(plan)
-    use_gpu = plan["num_gpus"] > 0
-    actors = config.desync_actors or (max(1, int(cluster_gpus())) if use_gpu else 1)
-    if use_gpu:
-        plan["num_gpus"] *= 1.0 - DESYNC_GPU_SHARE
-        plan["encoder_gpus"] *= 1.0 - DESYNC_GPU_SHARE
-    # model actors hold their CPUs for the whole run: leave one CPU to the tasks
-    cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    pool = plan["actors"] + (plan["encoders"] if catalog_input else 0) + actors
-    if cpus and pool * plan["cpus_per_actor"] > cpus - 1:
-        plan["cpus_per_actor"] = max(0.1, (cpus - 1) / pool)
-        log.info(
-            "%g CPUs: %.2f CPU per model actor (DeSync included)", cpus, plan["cpus_per_actor"]
-        )
-    memory = config.actor_memory_gb or (1.5 if settings.variant == "tiny" else 4.0)
-    log.info("DeSync (%s): %d actor(s) on %s", settings.variant, actors, plan["device"])
-    return plan, {
-        "settings": settings,
-        "actors": actors,
-        # Ray counts GPU shares in 1e-4 units: round down so that the shares sum to <= 0.1
-        "num_gpus": math.floor(DESYNC_GPU_SHARE / actors * 1e4) / 1e4 if use_gpu else 0,
-        "num_cpus": plan["cpus_per_actor"],
-        "memory": int(memory * GiB),
-        "device": plan["device"],
-        "thresholds": config.thresholds.describe(),
-    }
-
-
 def track_qa(wav, sample_rate: int, thresholds: QAThresholds) -> dict:
     """QA columns of one written track: levels, clipped and silent shares, spectral flatness,
     flags (DeSync, if any, is added by its actor) and the seconds it took."""
@@ -169,29 +119,3 @@ def add_desync_inputs(row: dict, values: dict, wav, sample_rate: int) -> None:
     except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
         values.update(error_result(row, "desync", exc))
     values["t_qa"] = (values.get("t_qa") or 0.0) + time.perf_counter() - t0
-
-
-def add_qa_stages(ds, desync: dict | None, *, output: str, settings_hash: str, batch_size: int):
-    """The DeSync actors and the staging tasks after the writers (nothing without DeSync:
-    the writers staged their rows)."""
-    if desync is None:
-        return ds
-    ds = ds.map_batches(
-        DesyncActor,
-        fn_constructor_kwargs=actor_kwargs(
-            desync["settings"], device=desync["device"], thresholds=desync["thresholds"]
-        ),
-        batch_size=DESYNC_BATCH_SIZE,
-        batch_format="pyarrow",
-        compute=model_pool(desync["actors"]),
-        num_gpus=desync["num_gpus"],
-        num_cpus=desync["num_cpus"],
-        memory=desync["memory"],
-    )
-    return ds.map_batches(
-        write_batch,
-        fn_kwargs={"output": output, "settings_hash": settings_hash, "report": REPORT_COLUMNS},
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        num_cpus=1,
-    )

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import math
 import os
-import re
 import socket
 import tempfile
 import time
@@ -30,8 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from ..extract.stages import CLIP_COLUMNS, FeatureEncoder, decode_batch
 from ..io.feature_schema import FeatureLayout, from_storage
+from ..io.names import file_stem
 from ..io.output_dir import OutputDir
 from ..io.results_schema import adapters_json
 from ..io.rows import (
@@ -42,6 +40,8 @@ from ..io.rows import (
     plain,
     table_or_error_rows,
 )
+from ..stages.decode import CLIP_COLUMNS, decode_batch
+from ..stages.encode import FeatureEncoder
 
 log = logging.getLogger(__name__)
 
@@ -371,14 +371,6 @@ def merge_adapters(generator: torch.nn.Module, adapters: list[dict]) -> None:
 # ---- writing ----------------------------------------------------------------------------------
 
 
-def safe_name(clip_id: str) -> str:
-    """A file name from a clip id: itself when it is plain, else a cleaned form plus a digest."""
-    clean = re.sub(r"[^A-Za-z0-9._-]", "_", clip_id).lstrip(".") or "clip"
-    if clean == clip_id and len(clip_id) <= 120:
-        return clip_id
-    return f"{clean[:100]}-{hashlib.sha1(clip_id.encode()).hexdigest()[:10]}"
-
-
 def mux_container(source: str) -> tuple[str, str]:
     """(PyAV format, extension) of the dubbed video: the source's own container when it holds
     the copied video and an AAC track (.mp4 .mov .mkv), else MP4, or Matroska for codecs
@@ -421,7 +413,7 @@ def write_outputs(
     on to the DeSync actors, which stage them after scoring (`qa_stage.add_qa_stages`)."""
     from selva_core.qa import QAThresholds
 
-    from ..qa.stages import DESYNC_STAGE_SCHEMA, STAGE_SCHEMA, write_batch
+    from ..stages.results import DESYNC_STAGE_SCHEMA, STAGE_SCHEMA, write_batch
     from .qa_stage import REPORT_COLUMNS, add_desync_inputs, track_qa
 
     limits = QAThresholds(**(thresholds or {}))
@@ -512,7 +504,7 @@ def _write_clip(
         )
     wav, gain = normalise(wav, sample_rate, target_lufs=loudness, ceiling_dbtp=peak)
     wav = wav.clamp(-1.0, 1.0)
-    name = safe_name(row["id"])
+    name = file_stem(row["id"])
     audio_rel = f"audio/{name}.{audio_format}"
     video_rel = None
     local = out_dir.fs.type_name == "local"
@@ -552,10 +544,30 @@ def _write_clip(
     }
 
 
-def long_result_fields(row: dict) -> dict:
-    from .windows import long_result_fields as fields
+# per-video columns of the results table (selva_ray.io.results_schema), long videos only
+LONG_RESULT_COLUMNS = ("windows", "join", "window_timings", "seam_worst", "seam_inner_max")
 
-    return fields(row)
+
+def finite_or_none(value) -> float | None:
+    """A float, or None for a missing or NaN value."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if value != value else value
+
+
+def long_result_fields(row: dict) -> dict:
+    """The per-video columns of a results row (null for an ordinary clip)."""
+    windows = row.get("windows")
+    if windows is None or (isinstance(windows, float) and windows != windows):
+        return dict.fromkeys(LONG_RESULT_COLUMNS)
+    return {
+        "windows": int(windows),
+        "join": row.get("join"),
+        "window_timings": row.get("window_timings"),
+        "seam_worst": finite_or_none(row.get("seam_worst")),
+        "seam_inner_max": finite_or_none(row.get("seam_inner_max")),
+    }
 
 
 def _time(value) -> float | None:

@@ -18,7 +18,8 @@ window k+1 can be sampled, so the windows of one video are sampled in order insi
 generator call (different videos run on different actors at once). A window's audio depends
 only on its features, its seed `window_seed(clip seed, k)` and, in `continue` mode, the
 previous window's latent; so the joined track is the same whichever actors and batches ran
-the windows. Long videos run as a second Ray Data pipeline after the ordinary clips'.
+the windows. Long videos run as a second Ray Data pipeline after the ordinary clips'
+(`job.GenerateJob`).
 """
 
 from __future__ import annotations
@@ -26,27 +27,24 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from ..extract.windows import DEFAULT_OVERLAP, DEFAULT_WINDOW, WindowSettings, expand
 from ..io.catalog import CatalogProblem
 from ..io.feature_schema import WINDOW_SCALARS
 from ..io.output_dir import OutputDir
 from ..io.rows import OK_RESULT, batch_rows, error_result
-from ..runtime import model_pool
-from .stages import GEN_COLUMNS, NAN, STATUS_COLUMNS, AudioGenerator
+from ..io.windows import DEFAULT_OVERLAP, DEFAULT_WINDOW, WindowSettings, expand
+from .config import JOIN_MODES, GenerateInputError
+from .stages import GEN_COLUMNS, NAN, STATUS_COLUMNS, AudioGenerator, finite_or_none
 
 log = logging.getLogger(__name__)
 
-JOIN_MODES = ("continue", "crossfade")
 # plan columns of a window row besides the ordinary clip's
 WINDOW_PLAN_COLUMNS = (*WINDOW_SCALARS, "pad_to", "mask")
-# per-video columns of the results table (selva_ray.io.results_schema)
-LONG_RESULT_COLUMNS = ("windows", "join", "window_timings", "seam_worst", "seam_inner_max")
 
 
 def window_settings(config, layout) -> WindowSettings:
@@ -60,8 +58,6 @@ def window_settings(config, layout) -> WindowSettings:
     if (config.window is not None and abs(config.window - have.window) > 1e-6) or (
         config.overlap is not None and have.enabled and abs(config.overlap - have.overlap) > 1e-6
     ):
-        from .job import GenerateInputError
-
         raise GenerateInputError(
             f"features in {config.input} were cut into windows of {have.window:g} s with "
             f"{have.overlap:g} s overlap (0: none); --window/--overlap {asked} differ: drop "
@@ -185,8 +181,8 @@ class WindowAssembler:
                         "start": float(w["window_start"]),
                         "end": float(w["window_end"]),
                         "seed": window_seed(int(w["seed"]), int(w["window_index"])),
-                        "t_decode": _num(w.get("decode_s")),
-                        "t_features": _num(w.get("features_s")),
+                        "t_decode": finite_or_none(w.get("decode_s")),
+                        "t_features": finite_or_none(w.get("features_s")),
                     }
                     for w in wins
                 ]
@@ -201,15 +197,8 @@ class WindowAssembler:
             out[name].append(np.asarray([int(w[name] or 0) for w in wins], np.int64))
 
 
-def _num(value) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return None if value != value else value
-
-
 def _sum(values) -> float:
-    nums = [v for v in (_num(x) for x in values) if v is not None]
+    nums = [v for v in (finite_or_none(x) for x in values) if v is not None]
     return float(sum(nums)) if nums else NAN
 
 
@@ -375,130 +364,12 @@ class LongAudioGenerator(AudioGenerator):
         }
 
 
-# ---- the pipeline -----------------------------------------------------------------------------
-
-
-def run_long(config, spec, layout, out, rows: list[dict], run: str, plan: dict, adapters, sh):
-    """The long videos' pipeline (module doc); returns (ok, failed by stage, batch fill)."""
-    import pyarrow as pa
-    import ray
-
-    from .job import GROUP_WINDOW, PLAN_FIELDS, _drive, decode_and_encode, effective_peak
-    from .qa_stage import add_qa_stages, desync_plan
-    from .stages import load_features, write_outputs
-
-    parents = sorted({r["parent_id"] for r in rows})
-    shard_of = {p: f"{run}-long-{i // config.shard_size:05d}" for i, p in enumerate(parents)}
-    rows = sorted(rows, key=lambda r: (r["parent_id"], int(r["window_index"])))
-    for r in rows:
-        r["shard"] = shard_of[r["parent_id"]]
-    expected = Counter(shard_of.values())
-    log.info(
-        "%d long video(s): %d windows, join %s, on %d generator actor(s)",
-        len(parents),
-        len(rows),
-        config.join,
-        plan["actors"],
-    )
-    # DeSync scores each joined track (its first and last 4.8 s), as for any clip
-    videos = [{"planned": r.get("parent_duration")} for r in rows if int(r["window_index"]) == 0]
-    plan, desync = desync_plan(config, plan, videos, catalog_input=layout is None)
-    allow_download = False if config.offline else None
-    fields = [*PLAN_FIELDS, *((c, None) for c in WINDOW_PLAN_COLUMNS), ("input_hash", None)]
-    if layout is None:
-        ds = decode_and_encode(rows, fields, config, spec, plan, allow_download)
-        clip_f = spec.uses_clip_frames
-    else:
-        names = [n for n, _ in fields] + ["feature_file", "feature_row"]
-        table = pa.Table.from_pylist([{n: r.get(n) for n in names} for r in rows])
-        ds = ray.data.from_arrow(table).repartition(max(1, min(len(rows), 200)))
-        ds = ds.map_batches(
-            load_features,
-            fn_kwargs={"layout": layout, "filesystem_uri": config.input},
-            batch_size=plan["batch_size"],
-            num_cpus=1,
-            memory=plan["decode_memory"],
-        )
-        clip_f = bool(layout.clip_len)
-    tensors = ("sync_f", "text_f", *(["clip_f"] if clip_f else []))
-    lengths = ("sync_len", *(["clip_len"] if clip_f else []))
-    ds = ds.map_batches(
-        WindowAssembler,
-        fn_constructor_kwargs={"tensors": tensors, "lengths": lengths},
-        batch_size=None,
-        compute=ray.data.ActorPoolStrategy(size=1),
-        num_cpus=0,  # light; must not take the CPU the model actors leave to the tasks
-    )
-    adapter_args = [{"path": a.path, **a.describe()} for a in adapters]
-    ds = ds.map_batches(
-        LongAudioGenerator,
-        fn_constructor_kwargs={
-            "join": config.join,
-            "variant": spec.name,
-            "batch_size": plan["batch_size"],
-            "device": plan["device"],
-            "precision": plan["precision"],
-            "weights_dir": config.weights_dir,
-            "allow_download": allow_download,
-            "adapters": adapter_args,
-            "components_factory": config.components_factory,
-            "cpu_share": plan["cpu_share"],
-        },
-        batch_size=1,
-        compute=model_pool(plan["actors"], plan["in_flight"]),
-        num_gpus=plan["num_gpus"],
-        num_cpus=plan["cpus_per_actor"],
-        memory=plan["memory"],
-    )
-    ds = ds.map_batches(
-        write_outputs,
-        fn_kwargs={
-            "output": config.output,
-            "settings_hash": sh,
-            "variant": spec.name,
-            "sample_rate": spec.sampling_rate,
-            "audio_format": config.audio_format,
-            "bits": config.bits,
-            "loudness": config.loudness,
-            "peak": effective_peak(config),
-            "mux": config.mux,
-            "mix_original": config.mix_original,
-            "adapters": adapter_args,
-            "thresholds": config.thresholds.describe(),
-            "desync": desync is not None,
-        },
-        batch_size=plan["batch_size"] * GROUP_WINDOW,
-        num_cpus=1,
-    )
-    ds = add_qa_stages(
-        ds, desync, output=config.output, settings_hash=sh, batch_size=plan["batch_size"]
-    )
-    return _drive(ds, out, expected, config, plan["batch_size"])
-
-
-def long_result_fields(row: dict) -> dict:
-    """The per-video columns of a results row (null for an ordinary clip)."""
-    windows = row.get("windows")
-    if windows is None or (isinstance(windows, float) and windows != windows):
-        return dict.fromkeys(LONG_RESULT_COLUMNS)
-    return {
-        "windows": int(windows),
-        "join": row.get("join"),
-        "window_timings": row.get("window_timings"),
-        "seam_worst": _num(row.get("seam_worst")),
-        "seam_inner_max": _num(row.get("seam_inner_max")),
-    }
-
-
 __all__ = [
     "DEFAULT_OVERLAP",
     "DEFAULT_WINDOW",
     "JOIN_MODES",
-    "LONG_RESULT_COLUMNS",
     "LongAudioGenerator",
     "WindowAssembler",
-    "long_result_fields",
     "plan_long",
-    "run_long",
     "window_settings",
 ]

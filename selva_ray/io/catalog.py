@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from ..validate import MAX_CFG, MAX_SEED, MAX_STEPS, UsageError, id_problem
+from ..errors import MAX_CFG, MAX_SEED, MAX_STEPS, UsageError
+from .names import id_problem
 
 log = logging.getLogger(__name__)
 

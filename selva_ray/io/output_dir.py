@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ..validate import UsageError
+from ..errors import UsageError
 from .catalog import resolve
 
 log = logging.getLogger(__name__)

@@ -11,23 +11,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import time
-import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from selva_core.qa import QAThresholds
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
 from .. import validate
-from ..config_file import config_record
-from ..io.output_dir import OutputDir, ShardTracker
+from ..io.output_dir import OutputDir
 from ..io.results_schema import RESULTS_VERSION
-from ..runtime import model_pool
+from ..runner.plan import ModelRole, Plan, plan_models
+from ..runner.skeleton import Pipeline, Selection, ShardedJob
+from ..runner.stages import Stage, apply
+from ..stages.desync import DesyncActor, DesyncSettings, actor_kwargs
+from ..stages.results import write_batch
 from ..summary import ClipCounts
 from ..validate import read_input_catalog
-from .desync_stage import DesyncActor, DesyncSettings, actor_kwargs
-from .stages import measure_batch, write_batch
+from .stages import measure_batch
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -121,191 +121,133 @@ class QASummary(ClipCounts):
         ]
 
 
+class QAJob(ShardedJob):
+    """measure (CPU tasks) -> DeSync (model actors; not with --no-desync) -> write."""
+
+    label = "qa"
+    kind = "results"
+
+    def __init__(self, config: QAConfig, catalog: tuple | None = None):
+        super().__init__(config)
+        self.catalog = catalog
+
+    def check(self) -> None:
+        config = self.config
+        # The catalog is read before the weights are resolved and the folder is claimed.
+        self.records, self.problems = self.catalog or read_input_catalog(
+            config.input,
+            max_duration=config.max_duration,
+            allow_roots=config.allow_roots,
+            default_prompt="",  # QA measures tracks: a manifest needs no prompt column
+        )
+        self.settings = config.settings()
+        validate.check_output_writable(config.output)
+
+    def layout(self, plan: Plan | None) -> dict:
+        return {
+            "kind": "qa",
+            "settings": self.settings,
+            "settings_hash": settings_hash(self.settings),
+        }
+
+    def plan(self) -> Plan | None:
+        config = self.config
+        desync = config.desync_settings()
+        if desync is None:
+            return None
+        memory = config.actor_memory_gb or (1.5 if desync.variant == "tiny" else 4.0)
+        role = ModelRole(
+            "desync",
+            memory_gb=memory,
+            actors=config.actors,
+            gpus_per_actor=config.gpus_per_actor,
+            cpus=config.cpus_per_actor,
+        )
+        return plan_models(
+            [role],
+            device=config.device,
+            precision=config.desync_precision,
+            task_memory_gb=config.decode_memory_gb,
+            task_cpus=config.decode_cpus,
+        )
+
+    def new_summary(self) -> QASummary:
+        return QASummary(output=self.config.output)
+
+    def select(self, out: OutputDir, summary: QASummary) -> Selection:
+        finished = out.finished()
+        ids = [r.id for r in self.records] + [p.id for p in self.problems]
+        summary.catalog = len(ids)
+        summary.skipped = sum(i in finished and finished[i].kind != "errors" for i in ids)
+        summary.failed_before = sum(i in finished and finished[i].kind == "errors" for i in ids)
+        todo = [r for r in self.records if r.id not in finished]
+        log.info(
+            "%d clips in catalog, %d to do, %d already done", len(ids), len(todo), summary.skipped
+        )
+        return Selection(todo, [p for p in self.problems if p.id not in finished])
+
+    def pipelines(self, selection: Selection, plan: Plan | None, run: str) -> list[Pipeline]:
+        import ray
+
+        config = self.config
+        digest = settings_hash(self.settings)
+        rows = []
+        for i, record in enumerate(selection.todo):
+            row = record.to_row()
+            row["shard"] = f"{run}-{i // config.shard_size:05d}"
+            rows.append(row)
+        expected = Counter(r["shard"] for r in rows)
+        log.info("%d clips in %d shard(s)", len(rows), len(expected))
+        desync = config.desync_settings()
+        stages = [
+            Stage(
+                "measure",
+                measure_batch,
+                batch_size=1,
+                kwargs={
+                    "max_duration": config.max_duration,
+                    "thresholds": config.thresholds.describe(),
+                    "settings_hash": digest,
+                    "desync": desync is not None,
+                },
+                num_cpus=config.decode_cpus,
+                memory=plan.task_memory if plan else int(config.decode_memory_gb * GiB),
+            )
+        ]
+        if desync is not None:
+            stages.append(
+                Stage(
+                    "desync",
+                    DesyncActor,
+                    batch_size=config.desync_batch_size,
+                    kwargs=actor_kwargs(
+                        desync,
+                        device=plan["desync"].device,
+                        thresholds=config.thresholds.describe(),
+                    ),
+                    actors=plan["desync"],
+                    batch_format="pyarrow",
+                )
+            )
+        stages.append(
+            Stage(
+                "write",
+                write_batch,
+                batch_size=config.shard_size,
+                kwargs={"output": config.output, "settings_hash": digest},
+                batch_format="pyarrow",
+            )
+        )
+        ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1000))
+        return [Pipeline(apply(ds, stages), expected)]
+
+    def finish(self, summary: QASummary, tally, pipelines) -> None:
+        flags = Counter(tally.flags)
+        summary.flagged = flags.pop("", 0)
+        summary.flags = dict(flags)
+
+
 def run_qa(config: QAConfig, *, catalog: tuple | None = None) -> QASummary:
     """Run the job. `catalog`: (records, problems) the caller already read from
     `config.input` (the command does, before importing this module)."""
-    t0 = time.perf_counter()
-    # The catalog is read before the weights are resolved and the output folder is claimed.
-    records, problems = catalog or read_input_catalog(
-        config.input,
-        max_duration=config.max_duration,
-        allow_roots=config.allow_roots,
-        default_prompt="",  # QA measures tracks: a manifest needs no prompt column
-    )
-    settings = config.settings()
-    validate.check_output_writable(config.output)
-    out = OutputDir(config.output, kind="results")
-    with out.acquire_lease():
-        return _run_qa(config, out, settings, t0, records, problems)
-
-
-def _run_qa(
-    config: QAConfig, out: OutputDir, settings: dict, t0: float, records: list, problems: list
-) -> QASummary:
-    digest = settings_hash(settings)
-    out.claim({"kind": "qa", "settings": settings, "settings_hash": digest})
-    out.recover()
-    if config.retry_errors:
-        log.info("retrying failed clips: removed %d error file(s)", out.clear_errors())
-
-    finished = out.finished()
-    todo = [r for r in records if r.id not in finished]
-    new_problems = [p for p in problems if p.id not in finished]
-    ids = [r.id for r in records] + [p.id for p in problems]
-    summary = QASummary(
-        output=config.output,
-        catalog=len(records) + len(problems),
-        skipped=sum(i in finished and finished[i].kind != "errors" for i in ids),
-        failed_before=sum(i in finished and finished[i].kind == "errors" for i in ids),
-    )
-    run = time.strftime("%Y%m%d%H%M%S") + uuid.uuid4().hex[:6]
-    log.info(
-        "%d clips in catalog, %d to do, %d already done",
-        summary.catalog,
-        len(todo),
-        summary.skipped,
-    )
-    if new_problems:
-        out.record_catalog_problems(f"{run}-catalog", new_problems, digest)
-        summary.failed += len(new_problems)
-        summary.errors_by_stage["catalog"] = len(new_problems)
-    if todo:
-        tracker, flags = _run_pipeline(config, out, todo, run, digest)
-        summary.ok += tracker.ok
-        summary.failed += sum(tracker.failed.values())
-        for stage, n in tracker.failed.items():
-            summary.errors_by_stage[stage] = summary.errors_by_stage.get(stage, 0) + n
-        summary.flagged = flags.pop("", 0)
-        summary.flags = dict(flags)
-    summary.wall_s = time.perf_counter() - t0
-    summary.has_errors_folder = bool(out.part_files(errors=True))
-    out.record_run(
-        {
-            "run": run,
-            "finished_at": time.time(),
-            "config": config_record(config),
-            **asdict(summary),
-            "clips_per_s": summary.clips_per_s,
-        }
-    )
-    return summary
-
-
-def _actor_plan(config: QAConfig) -> dict:
-    """DeSync actors: one per GPU when the cluster has GPUs (and the device allows), else
-    `actors` (default 1) on CPUs."""
-    from ..runtime import cluster_gpus
-
-    gpus = cluster_gpus() if config.device in ("auto", "cuda") else 0.0
-    use_gpu = gpus > 0 and not config.device.startswith("cpu")
-    if config.actors is not None:
-        actors = config.actors
-    elif use_gpu:
-        actors = max(1, int(gpus // config.gpus_per_actor))
-    else:
-        actors = 1
-    memory = config.actor_memory_gb
-    if memory is None:
-        memory = 1.5 if config.desync_settings().variant == "tiny" else 4.0
-    actor_memory = int(memory * GiB)
-    decode_memory = int(config.decode_memory_gb * GiB)
-    if decode_memory == actor_memory and not use_gpu:
-        # identical remote args would let Ray fuse the measure tasks into the actors; decoding
-        # must stay on its own CPU tasks so it scales apart from the model
-        decode_memory -= 1 << 20
-    return {
-        "actors": actors,
-        "num_gpus": config.gpus_per_actor if use_gpu else 0,
-        "device": "cuda" if use_gpu else "cpu",
-        "memory": actor_memory,
-        "decode_memory": decode_memory,
-    }
-
-
-def _run_pipeline(
-    config: QAConfig, out: OutputDir, todo: list, run: str, digest: str
-) -> tuple[ShardTracker, Counter]:
-    import ray
-
-    from ..runtime import init_ray
-
-    init_ray(config.ray_address, progress=config.progress)
-    rows = []
-    for i, record in enumerate(todo):
-        row = record.to_row()
-        row["shard"] = f"{run}-{i // config.shard_size:05d}"
-        rows.append(row)
-    expected = Counter(r["shard"] for r in rows)
-    log.info("%d clips in %d shard(s)", len(rows), len(expected))
-
-    desync = config.desync_settings()
-    plan = _actor_plan(config) if desync is not None else None
-    if plan is not None:
-        log.info("DeSync (%s): %d actor(s) on %s", desync.variant, plan["actors"], plan["device"])
-
-    ds = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1000))
-    ds = ds.map_batches(
-        measure_batch,
-        fn_kwargs={
-            "max_duration": config.max_duration,
-            "thresholds": config.thresholds.describe(),
-            "settings_hash": digest,
-            "desync": desync is not None,
-        },
-        batch_size=1,
-        num_cpus=config.decode_cpus,
-        memory=plan["decode_memory"] if plan else int(config.decode_memory_gb * GiB),
-    )
-    if desync is not None:
-        ds = ds.map_batches(
-            DesyncActor,
-            fn_constructor_kwargs=actor_kwargs(
-                desync,
-                device=plan["device"] if config.device == "auto" else config.device,
-                thresholds=config.thresholds.describe(),
-            ),
-            batch_size=config.desync_batch_size,
-            batch_format="pyarrow",
-            compute=model_pool(plan["actors"]),
-            num_gpus=plan["num_gpus"],
-            num_cpus=config.cpus_per_actor,
-            memory=plan["memory"],
-        )
-    ds = ds.map_batches(
-        write_batch,
-        fn_kwargs={"output": config.output, "settings_hash": digest},
-        batch_size=config.shard_size,
-        batch_format="pyarrow",
-        num_cpus=1,
-    )
-
-    tracker = ShardTracker(out, expected)
-    flags: Counter = Counter()
-    t_start = last = time.perf_counter()
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for shard, status, stage, clip_flags in zip(
-            batch["shard"].to_pylist(),
-            batch["status"].to_pylist(),
-            batch["stage"].to_pylist(),
-            batch["flags"].to_pylist(),
-            strict=True,
-        ):
-            tracker.add(shard, status, stage)
-            if status == "ok" and clip_flags:
-                flags[""] += 1
-                flags.update(clip_flags.split(","))
-        now = time.perf_counter()
-        if now - last >= PROGRESS_EVERY_S:
-            last = now
-            rate = tracker.done / (now - t_start)
-            left = len(rows) - tracker.done
-            log.info(
-                "qa: %d done, %d failed, %d left, %.2f clips/s, ETA %.0f s",
-                tracker.ok,
-                sum(tracker.failed.values()),
-                left,
-                rate,
-                left / rate if rate > 0 else float("nan"),
-            )
-    tracker.finish()
-    return tracker, flags
+    return QAJob(config, catalog).run()

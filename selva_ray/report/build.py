@@ -333,7 +333,7 @@ def _histograms(run: RunFolder, thresholds, work: Path) -> tuple[str, int]:
 def _clips_table(
     run: RunFolder, rows: list[dict], total: int, work: Path, final: Path
 ) -> tuple[str, int]:
-    from ..qa.stages import read_source_audio
+    from ..stages.decode import read_source_audio
 
     if not rows:
         return "<h2>Clips</h2><p>No results rows.</p>", 0

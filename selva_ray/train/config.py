@@ -51,7 +51,7 @@ class TrainConfig:
     # cluster
     workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float | None = None  # None: the planner's even share (runner.plan)
     precision: str | None = None  # base weights; None: bf16 (autocast) on GPU, fp32 on CPU
     max_failures: int = 2
     ray_address: str | None = None

@@ -190,12 +190,13 @@ def _read_parts(
     return out
 
 
-def clip_dataset(info: FeatureInfo, ids: Iterable[str]):
+def clip_dataset(info: FeatureInfo, ids: Iterable[str], num_cpus: float = 1.0):
     """A Ray Dataset of the given clips with float32 tensors (storage dtypes decoded).
 
     One read task per part file, on pyarrow directly: Ray Data's Parquet reader would also
     work, but its footer-indexing actor pool (32 actors by default) costs more than it saves
-    for the few hundred MB a LoRA data set is, and stalls small CI machines."""
+    for the few hundred MB a LoRA data set is, and stalls small CI machines. `num_cpus`: what
+    each read task reserves (the planner keeps that much free of the training workers)."""
     import ray
 
     files = feature_files(info.path)
@@ -211,6 +212,7 @@ def clip_dataset(info: FeatureInfo, ids: Iterable[str]):
             "tensors": info.tensor_columns(),
         },
         batch_size=1,
+        num_cpus=num_cpus,
     )
 
 

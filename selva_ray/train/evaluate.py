@@ -22,6 +22,7 @@ import torch
 
 from selva_core.flow_loss import flow_matching_loss
 
+from ..io.names import file_stem
 from .data import ClipSet, derived_seed, normalized_targets
 
 N_FFT = 2048
@@ -266,7 +267,7 @@ class Previewer:
                 )[0]
                 own = clips.latent[i][: int(clips.lengths[i])][None]
                 ref = self.pipe.decode_latents(own.to(self.pipe.config.device), duration)[0]
-                stem = _safe_name(clips.ids[i])
+                stem = file_stem(clips.ids[i])
                 write_flac(out_dir / f"{stem}.flac", _loudness(wav), sr)
                 write_flac(out_dir / f"{stem}.reference.flac", _loudness(ref), sr)
                 spectrogram_png(
@@ -296,8 +297,3 @@ def _loudness(wav: torch.Tensor, target_dbfs: float = -27.0) -> torch.Tensor:
         wav = wav * (10 ** (target_dbfs / 20) / rms)
     peak = wav.abs().max()
     return wav / peak if peak > 1 else wav
-
-
-def _safe_name(clip_id: str) -> str:
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in clip_id)
-    return keep[:80] or "clip"

@@ -31,6 +31,8 @@ from pathlib import Path
 
 from ..config_file import config_record
 from ..io.output_dir import OutputDir
+from ..runner.connect import connect
+from ..runner.plan import TrainPlan, plan_training
 from .config import TrainConfig, TrainConfigError
 from .data import (
     FeatureFolderError,
@@ -162,6 +164,9 @@ def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
             _prepare_run_dir(config, run_dir)
             return _summary(config, run_dir, t0, status="already complete")
     _prepare_run_dir(config, run_dir)
+    connection = connect(config.ray_address, progress=False)
+    plan = plan_training(config.workers, config.cpus_per_worker, use_gpu=config.use_gpu)
+    log.info("train %s", plan.summary())
     lease.enter_context(OutputDir(str(run_dir)).acquire_lease())
     _prepare_run_dir(config, run_dir)  # again: a run that held the folder may have just ended
     split = _split(config, info, run_dir)  # reads the features; writes nothing if they fail
@@ -173,7 +178,12 @@ def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
     meta = {"job": "train", "settings": config.to_dict()}
     if config.resume:
         meta = read_json(run_dir / CONFIG_FILE)  # the first start's settings stay
-    write_json(run_dir / CONFIG_FILE, {**meta, "config": config_record(config)})
+    record = {
+        "config": config_record(config),
+        "plan": plan.describe(),
+        "ray": connection.describe(),
+    }
+    write_json(run_dir / CONFIG_FILE, {**meta, **record})
     log.info(
         "training %s LoRA r%d (%s) on %d clips (%d validation), %d worker(s), %d steps",
         config.variant,
@@ -184,23 +194,21 @@ def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
         config.workers,
         config.steps,
     )
-    _fit(config, info, split, run_dir)
+    _fit(config, info, split, run_dir, plan)
     return _summary(config, run_dir, t0)
 
 
-def _fit(config: TrainConfig, info, split: dict, run_dir: Path) -> None:
+def _fit(config: TrainConfig, info, split: dict, run_dir: Path, plan: TrainPlan) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from ..runtime import init_ray
     from .loop import train_loop_per_worker
 
-    init_ray(config.ray_address, progress=False)
     datasets = {
-        "train": clip_dataset(info, split["train"]),
-        "val": clip_dataset(info, split["val"]),
+        "train": clip_dataset(info, split["train"], plan.reader_cpus),
+        "val": clip_dataset(info, split["val"], plan.reader_cpus),
     }
-    resources = {"CPU": config.cpus_per_worker}
+    resources = {"CPU": plan.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
@@ -221,7 +229,12 @@ def _fit(config: TrainConfig, info, split: dict, run_dir: Path) -> None:
         run_config=ray.train.RunConfig(
             name=STORAGE_NAME,
             storage_path=str(run_dir),
-            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            # max_failures bounds worker-group restarts; controller_failure_limit bounds the
+            # retries of a worker group that cannot start (Ray's default: for ever)
+            failure_config=ray.train.FailureConfig(
+                max_failures=config.max_failures,
+                controller_failure_limit=config.max_failures,
+            ),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
         datasets=datasets,

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .. import validate
+from .. import errors as validate
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def mask_digest(source: str, strength: float, paths: Iterable[str]) -> str:
     """`MaskSettings.digest` of a mask path or URI (file content + strength + paths)."""
     from selva_core.video.mask import MaskSettings
 
-    from ..io.rows import local_copy
+    from .rows import local_copy
 
     with local_copy(source) as path:
         return MaskSettings(path, float(strength), tuple(paths)).digest()
@@ -97,7 +97,7 @@ def probe_span(source: str, start: float) -> float | None:
     """Seconds of `source`'s video stream after `start`; None if the file cannot be probed."""
     from selva_core.long import video_duration
 
-    from ..io.rows import local_copy
+    from .rows import local_copy
 
     try:
         with local_copy(source) as path:
