@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import build
+from . import build, defaults
 from .audio.vae import DiagonalGaussian, latent_to_sequence, sequence_to_latent
 from .conditioning import load_clip, load_t5, validate_prompts
 from .sampling import SamplerConfig, generate_latents
@@ -36,7 +36,7 @@ from .weights import WeightStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SEED = 42
+DEFAULT_SEED = defaults.DEFAULT_SEED
 DEFAULT_NEGATIVE_PROMPT = ""  # the official demo's default: CLIP("") as the negative
 
 
@@ -346,8 +346,8 @@ class Pipeline:
         *,
         negative_prompt: str | None | Sequence[str | None] = DEFAULT_NEGATIVE_PROMPT,
         seed: int | Sequence[int] = DEFAULT_SEED,
-        steps: int = 25,
-        cfg: float = 4.5,
+        steps: int = defaults.DEFAULT_STEPS,
+        cfg: float = defaults.DEFAULT_CFG,
         progress: Callable[[int, int], None] | None = None,
         known_latents: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
@@ -376,8 +376,8 @@ class Pipeline:
         *,
         negative_prompt: str | None | Sequence[str | None] = DEFAULT_NEGATIVE_PROMPT,
         seed: int | Sequence[int] = DEFAULT_SEED,
-        steps: int = 25,
-        cfg: float = 4.5,
+        steps: int = defaults.DEFAULT_STEPS,
+        cfg: float = defaults.DEFAULT_CFG,
         progress: Callable[[int, int], None] | None = None,
         known_latents: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:

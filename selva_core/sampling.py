@@ -12,13 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .defaults import DEFAULT_CFG, DEFAULT_STEPS
 from .model.generator import Generator, PreprocessedConditions
 
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    num_steps: int = 25
-    cfg_strength: float = 4.5
+    num_steps: int = DEFAULT_STEPS
+    cfg_strength: float = DEFAULT_CFG
     # Run the conditional and unconditional passes as one batch of 2B (same result within fp
     # rounding, fewer kernel launches). False reproduces the official two separate passes.
     batch_cfg: bool = True

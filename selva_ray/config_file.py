@@ -79,6 +79,51 @@ def flag_key(action: argparse.Action) -> str:
     return longs[0][2:] if longs else action.dest.replace("_", "-")
 
 
+def _switch(action: argparse.Action) -> bool:
+    """A flag without a value (`--mux`, `--no-desync`, `--rslora/--no-rslora`)."""
+    return action.nargs == 0
+
+
+def file_value(action: argparse.Action, key: str, value, path: str):
+    """A config file's value for one setting, parsed by the same rule as its flag: a switch
+    takes a boolean (or yes/no, on/off, 1/0; for a `--no-x` flag keyed by the flag, true
+    means the flag is given), any other setting its flag's type and range."""
+    from .settings import parse_switch
+
+    where = f"config file {path}: {key}"
+    if _switch(action):
+        try:
+            on = parse_switch(value)
+        except ValueError as exc:
+            raise ConfigFileError(f"{where}: {exc}") from None
+        negated = isinstance(action, argparse._StoreFalseAction)
+        return not on if negated and key.replace("_", "-") == flag_key(action) else on
+    if value is None:
+        return None
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        return [file_value_one(action, key, v, path) for v in items]
+    return file_value_one(action, key, value, path)
+
+
+def file_value_one(action: argparse.Action, key: str, value, path: str):
+    where = f"config file {path}: {key}"
+    if isinstance(value, list) and action.type is not None:
+        value = ",".join(map(str, value))  # a list for a comma-separated flag (--mask-paths)
+    if isinstance(value, bool | dict):
+        raise ConfigFileError(f"{where}: expected a value, got {value!r}")
+    if action.type is not None:
+        try:
+            value = action.type(str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            raise ConfigFileError(f"{where}: {exc}") from None
+    if action.choices is not None and value not in action.choices:
+        raise ConfigFileError(
+            f"{where} must be one of {sorted(action.choices, key=str)}, got {value!r}"
+        )
+    return value
+
+
 def apply_config(p: argparse.ArgumentParser, path: str) -> None:
     """Make the file's values the parser's defaults (so flags still win), and stop requiring
     flags the file provides."""
@@ -90,16 +135,7 @@ def apply_config(p: argparse.ArgumentParser, path: str) -> None:
         if action is None:
             known = ", ".join(sorted({flag_key(a) for a in actions.values()}))
             raise ConfigFileError(f"config file {path}: unknown key {key!r} (known: {known})")
-        if value is not None and action.choices is not None and value not in action.choices:
-            raise ConfigFileError(
-                f"config file {path}: {key} must be one of {sorted(action.choices)}, got {value!r}"
-            )
-        if action.type is not None and isinstance(value, str):
-            try:
-                value = action.type(value)
-            except (TypeError, ValueError) as exc:
-                raise ConfigFileError(f"config file {path}: {key}: {exc}") from exc
-        defaults[action.dest] = value
+        defaults[action.dest] = file_value(action, str(key).lstrip("-"), value, path)
         action.required = False
     p.set_defaults(**defaults)
 
@@ -108,15 +144,22 @@ def effective_settings(
     args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
 ) -> dict:
     """The settings of a parsed command line, keyed as flags, ready to be a config file. With
-    the job's parser, a setting whose dest differs from its flag is keyed by the flag."""
-    names = {}
+    the job's parser, a setting whose dest differs from its flag is keyed by the flag (and a
+    `--no-x` flag's value is whether it was given)."""
+    actions = {}
     if parser is not None:
-        names = {a.dest: flag_key(a) for a in parser._actions if a.dest not in NOT_SETTINGS}
-    settings = {
-        names.get(k, k.replace("_", "-")): (str(v) if isinstance(v, Path) else v)
-        for k, v in vars(args).items()
-        if k not in NOT_SETTINGS and not callable(v)
-    }
+        actions = {a.dest: a for a in parser._actions if a.dest not in NOT_SETTINGS}
+    settings = {}
+    for k, v in vars(args).items():
+        if k in NOT_SETTINGS or callable(v):
+            continue
+        action = actions.get(k)
+        if action is None:
+            settings[k.replace("_", "-")] = str(v) if isinstance(v, Path) else v
+            continue
+        if isinstance(action, argparse._StoreFalseAction):
+            v = not v
+        settings[flag_key(action)] = str(v) if isinstance(v, Path) else v
     return dict(sorted(settings.items()))
 
 

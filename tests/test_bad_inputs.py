@@ -591,7 +591,7 @@ def test_generate_and_qa_writers_never_fail_a_block_for_one_row(tmp_path):
     """A row whose value does not fit the results table (a seed beyond int64) becomes an error
     row at stage "write" (its track deleted: no file without a row); the other row of the
     block is staged and reported ok. The writer stages called as Ray Data calls them."""
-    from selva_ray.generate.stages import clip_samples, write_outputs
+    from selva_ray.generate.stages import TrackSettings, clip_samples, write_outputs
     from selva_ray.io.output_dir import OutputDir
     from selva_ray.stages.results import write_batch as qa_write_batch
 
@@ -629,13 +629,7 @@ def test_generate_and_qa_writers_never_fail_a_block_for_one_row(tmp_path):
         output=str(gen),
         settings_hash="h",
         variant="tiny",
-        sample_rate=rate,
-        audio_format="wav",
-        bits=16,
-        loudness=None,
-        peak=None,
-        mux=False,
-        mix_original=None,
+        track=TrackSettings(sample_rate=rate, audio_format="wav", bits=16),
         adapters=[],
     )
     assert report["status"].to_pylist() == ["ok", "error"]

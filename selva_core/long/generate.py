@@ -43,6 +43,8 @@ from selva_core.long.windows import (
     window_seed,
 )
 
+from ..defaults import DEFAULT_CFG, DEFAULT_SEED, DEFAULT_STEPS
+
 
 def pipe_quantum(pipe) -> float:
     """The pipeline's latent frame period in seconds (plan windows on it)."""
@@ -90,8 +92,8 @@ def sample_windows(
     *,
     seed: int,
     mode: JoinMode = "continue",
-    steps: int = 25,
-    cfg: float = 4.5,
+    steps: int = DEFAULT_STEPS,
+    cfg: float = DEFAULT_CFG,
     negative_prompt: str | None = "",
     timings: list[dict] | None = None,
 ) -> list[torch.Tensor]:
@@ -146,12 +148,12 @@ def generate_long(
     video: str | os.PathLike[str],
     prompt: str,
     *,
-    seed: int = 42,
+    seed: int = DEFAULT_SEED,
     window: float = DEFAULT_WINDOW,
     overlap: float = DEFAULT_OVERLAP,
     mode: JoinMode = "continue",
-    steps: int = 25,
-    cfg: float = 4.5,
+    steps: int = DEFAULT_STEPS,
+    cfg: float = DEFAULT_CFG,
     negative_prompt: str | None = "",
     seam_fade: float = DEFAULT_SEAM_FADE,
     mask=None,

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from selva_core.seqconfig import SequenceConfig
 from selva_core.video.decode import DecodeConfig, DecodedClip, VideoReader
 
-DEFAULT_WINDOW = 8.0
-DEFAULT_OVERLAP = 1.0
+from ..defaults import DEFAULT_OVERLAP, DEFAULT_WINDOW
+
 _EPS = 1e-9
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import validate
-from .common import add_ray_address_arg, variant_name
+from ..shared_settings import RAY_ADDRESS_HELP, variant_name
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--steps", type=validate.int_range(1, 10_000), default=4, help="LoRA training steps"
     )
-    add_ray_address_arg(p)
+    p.add_argument("--ray-address", help=RAY_ADDRESS_HELP)
     p.set_defaults(run=run)
 
 

@@ -6,12 +6,50 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+from .. import shared_settings as s
 from .. import validate
-from .common import add_model_args, check_model_args, pipeline_config, resolve_store
+from ..settings import SWITCH, add_options, opt
+from .common import check_model_args, pipeline_config, resolve_store
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class OneClipSettings:
+    """generate-one's settings (the video is its positional argument)."""
+
+    prompt: str = opt(help="the sound to generate, e.g. 'dog barking'", required=True)
+    negative_prompt: str = opt(
+        "", help="sounds to steer away from (default: '' as the official demo)"
+    )
+    seed: int = s.seed_opt(f"noise seed, 0..{validate.MAX_SEED}")
+    steps: int = s.steps_opt()
+    cfg: float = s.cfg_opt()
+    duration: float = opt(
+        8.0, type=validate.seconds, help=f"max seconds, at most {validate.MAX_CLIP_SECONDS:g}"
+    )
+    start: float = opt(
+        0.0,
+        type=validate.non_negative_float,
+        help="start offset in seconds (with --mux the copied video begins at the keyframe at "
+        "or before it)",
+    )
+    output_dir: Path = opt(Path("."), type=Path, help="where the files go")
+    mux: bool = opt(
+        False,
+        kind=SWITCH,
+        help="also write <stem>.dubbed.mp4. Its video packets are copied, not re-encoded, so "
+        "with --start it begins at the keyframe at or before the start: on a long-GOP video "
+        "up to one GOP early, silent until the start, with the track aligned to the picture",
+    )
+    variant: str = s.variant_opt()
+    device: str = s.device_opt()
+    precision: str | None = s.precision_opt()
+    weights_dir: str | None = s.weights_dir_opt()
+    offline: bool = s.offline_opt()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,43 +63,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("video", type=Path, help="input video file")
-    p.add_argument("--prompt", required=True, help="the sound to generate, e.g. 'dog barking'")
-    p.add_argument(
-        "--negative-prompt",
-        default="",
-        help="sounds to steer away from (default: '' as the official demo)",
-    )
-    p.add_argument(
-        "--seed", type=validate.seed, default=42, help=f"noise seed, 0..{validate.MAX_SEED}"
-    )
-    p.add_argument(
-        "--steps", type=validate.steps, default=25, help=f"Euler steps, 1..{validate.MAX_STEPS}"
-    )
-    p.add_argument(
-        "--cfg", type=validate.cfg, default=4.5, help=f"guidance strength, 0..{validate.MAX_CFG:g}"
-    )
-    p.add_argument(
-        "--duration",
-        type=validate.seconds,
-        default=8.0,
-        help=f"max seconds, at most {validate.MAX_CLIP_SECONDS:g}",
-    )
-    p.add_argument(
-        "--start",
-        type=validate.non_negative_float,
-        default=0.0,
-        help="start offset in seconds (with --mux the copied video begins at the keyframe at "
-        "or before it)",
-    )
-    p.add_argument("--output-dir", type=Path, default=Path("."), help="where the files go")
-    p.add_argument(
-        "--mux",
-        action="store_true",
-        help="also write <stem>.dubbed.mp4. Its video packets are copied, not re-encoded, so "
-        "with --start it begins at the keyframe at or before the start: on a long-GOP video "
-        "up to one GOP early, silent until the start, with the track aligned to the picture",
-    )
-    add_model_args(p, default_variant="small_16k")
+    add_options(p, OneClipSettings)
     p.set_defaults(run=run)
 
 

@@ -18,8 +18,8 @@ from selva_core.weights import (
     offline,
 )
 
+from ..shared_settings import variant_name
 from ..validate import UsageError
-from .common import variant_name
 
 HUB_PROBE_TIMEOUT_S = 3.0
 

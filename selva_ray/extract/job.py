@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from selva_core.variants import get_spec
@@ -18,54 +17,17 @@ from ..io.catalog import CatalogProblem, check_not_empty, read_catalog
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..io.windows import WindowSettings, check_long_settings, plan_rows, stale_windows
-from ..runner.plan import ModelRole, Plan, plan_models
+from ..runner.plan import Plan, plan_one_model
 from ..runner.skeleton import Pipeline, Selection, ShardedJob
 from ..runner.stages import Stage, apply
 from ..stages.decode import decode_args, decode_batch
 from ..stages.encode import FeatureEncoder
 from ..summary import ClipCounts
+from .config import ExtractConfig
 from .stages import write_batch
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
-
-
-@dataclass
-class ExtractConfig:
-    input: str
-    output: str
-    variant: str = "small_16k"
-    with_audio_latents: bool = False
-    max_duration: float = 8.0
-    storage_dtype: str = "float16"
-    precision: str | None = None  # model precision; None: bf16 on GPU, fp32 on CPU
-    device: str = "auto"
-    batch_size: int = 8  # clips per encoder call
-    actors: int | None = None  # encoder actors; None: one per GPU (per gpus_per_actor), else 1
-    gpus_per_actor: float = 1.0
-    cpus_per_actor: float = 1.0
-    actor_memory_gb: float | None = None  # heap reserved per actor; None: by model size
-    decode_cpus: float = 1.0
-    decode_memory_gb: float = 1.0
-    shard_size: int = 64
-    fail_on_error: bool = False
-    retry_errors: bool = False
-    weights_dir: str | None = None
-    offline: bool = False
-    ray_address: str | None = None
-    frame_rule: str = "official"
-    progress: bool = True
-    allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
-    # Benchmarks only: build the encoders by hand (real sizes, random weights),
-    # `factory(device, dtype, "encoder") -> Components`.
-    components_factory: Callable | None = None
-    check_weights: bool = True  # look for every weight file in the driver before starting
-    ignore_rotation: bool = False  # decode frames as stored (the official reader's behaviour)
-    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
-    window: float = 8.0  # videos longer than this become overlapping windows (0: cut at max)
-    overlap: float = 1.0  # seconds shared by consecutive windows
-    mask_strength: float = 1.0  # how far a `mask` column greys the background (0: not at all)
-    mask_paths: tuple[str, ...] = ("clip", "sync")  # streams the mask applies to
 
 
 @dataclass
@@ -151,21 +113,9 @@ class ExtractJob(ShardedJob):
         return self.features.describe()
 
     def plan(self) -> Plan:
-        config = self.config
-        memory = config.actor_memory_gb or (1.5 if self.spec.is_tiny else 10.0)
-        role = ModelRole(
-            "encoder",
-            memory_gb=memory,
-            actors=config.actors,
-            gpus_per_actor=config.gpus_per_actor,
-            cpus=config.cpus_per_actor,
-        )
-        return plan_models(
-            [role],
-            device=config.device,
-            precision=config.precision,
-            task_memory_gb=config.decode_memory_gb,
-            task_cpus=config.decode_cpus,
+        memory = 1.5 if self.spec.is_tiny else 10.0
+        return plan_one_model(
+            self.config, "encoder", memory_gb=memory, precision=self.config.precision
         )
 
     def new_summary(self) -> ExtractSummary:

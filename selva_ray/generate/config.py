@@ -7,12 +7,12 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from selva_core.qa import QAThresholds
-from selva_core.sampling import SamplerConfig
-
+from .. import shared_settings as s
+from .. import validate
 from ..io.windows import check_long_settings
+from ..settings import APPEND, NEGATED, SWITCH, opt
 from ..summary import ClipCounts
 
 if TYPE_CHECKING:
@@ -28,61 +28,151 @@ class GenerateInputError(ValueError):
     """Unusable settings or inputs (bad flag values, adapter files, features folder)."""
 
 
+ENCODER = "encoder"
+DESYNC = "DeSync of the generated tracks (full Synchformer)"
+
+
 @dataclass
 class GenerateConfig:
-    input: str  # catalog (folder or manifest) or a features folder written by `extract`
-    output: str
-    variant: str = "small_16k"
-    max_duration: float = 8.0  # catalog input; a features folder has its own
-    prompt: str | None = None  # for clips whose catalog row has no prompt
-    negative_prompt: str | None = None  # None: the model's stored empty-prompt features
-    seed: int = 42
-    cfg: float = 4.5
-    steps: int = 25
-    audio_format: str = "flac"
-    bits: int = 24  # sample depth of the written tracks: 16 or 24
-    loudness: float | None = None  # LUFS target; None: the model's level
-    peak: float | None = None  # dBTP ceiling; None: -1 when normalising loudness, else none
-    mux: bool = False
-    mix_original: float | None = None  # dB gain of the source's own track in the video
-    adapters: list[str] = field(default_factory=list)  # FILE[@STRENGTH], stacked in order
-    precision: str | None = None  # None: bf16 on GPU, fp32 on CPU
-    device: str = "auto"
-    batch_size: int | None = None  # clips per generator batch; None: _batch_size
-    actors: int | None = None  # generator actors; None: one per GPU, else one per core
-    gpus_per_actor: float | None = None  # None: 1 (features input) or 0.5 (encoders share)
-    encoder_actors: int | None = None  # catalog input; None: one per GPU, else 1
-    encoder_gpus: float = 0.5
-    cpus_per_actor: float = 1.0
-    actor_memory_gb: float | None = None  # None: by model size
-    decode_cpus: float = 1.0
-    decode_memory_gb: float = 1.0
-    shard_size: int = 64
-    fail_on_error: bool = False
-    retry_errors: bool = False
-    weights_dir: str | None = None
-    offline: bool = False
-    ray_address: str | None = None
-    allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
-    frame_rule: str = "official"
-    progress: bool = True  # Ray Data's own progress output
-    progress_interval_s: float = 10.0
-    # per-clip QA of the written tracks (qa_stage): flag thresholds; DeSync on its own actors
-    thresholds: QAThresholds = field(default_factory=QAThresholds)
-    desync: bool = True  # False: desync_s null, no model (no synchformer_state_dict.pth needed)
-    desync_actors: int | None = None  # None: one per GPU, else 1
+    # a catalog (folder or manifest) or a features folder written by `extract`
+    input: str = s.input_opt("catalog or features folder (path or URI)")
+    output: str = s.output_opt()
+    variant: str | None = s.variant_opt(
+        None,
+        "model variant (default: a features folder's own, else small_16k; `tiny` runs offline "
+        "on random weights; list them with `selva-ray weights list`)",
+    )
+    device: str = s.device_opt()
+    precision: str | None = s.precision_opt()
+    weights_dir: str | None = s.weights_dir_opt()
+    offline: bool = s.offline_opt()
+    allow_roots: list[str] | None = s.allow_roots_opt()
     # Long videos (selva_ray.generate.windows): catalog videos longer than `window` seconds
     # (None: 8; 0: never, cut at max_duration) are generated window by window and joined;
     # features input uses the folder's own windows.
-    window: float | None = None
-    overlap: float | None = None  # None: 1 s (catalog input) or the folder's
-    join: str = "continue"  # continue | crossfade
-    mask_strength: float = 1.0  # how far a catalog `mask` greys the background
-    mask_paths: tuple[str, ...] = ("clip", "sync")  # streams the mask applies to
+    window: float | None = s.window_opt(None)
+    overlap: float | None = s.overlap_opt(None)  # None: 1 s (catalog input) or the folder's
+    join: str = opt(
+        "continue",
+        choices=JOIN_MODES,
+        help="how the windows of a long video become one track: continue (each window's "
+        "overlap continues the previous window's latent, then a short crossfade) or crossfade "
+        "(independent windows, equal-power crossfade over the overlap)",
+    )
+    mask_strength: float = s.mask_strength_opt()
+    mask_paths: tuple[str, ...] = s.mask_paths_opt()
+    prompt: str | None = opt(
+        None,
+        help="prompt for clips whose catalog row has none (with it a manifest needs no "
+        "prompt column)",
+    )
+    negative_prompt: str | None = opt(
+        None,
+        help="sounds to steer away from (default: the model's stored empty-prompt features)",
+    )
+    seed: int = s.seed_opt()
+    cfg: float = s.cfg_opt()
+    steps: int = s.steps_opt()
+    max_duration: float = s.max_duration_opt()  # catalog input; a features folder has its own
+    audio_format: str = opt(
+        "flac", flag="--format", choices=AUDIO_FORMATS, help="audio file format"
+    )
+    bits: int = opt(24, type=int, choices=(16, 24), help="sample depth")
+    loudness: float | None = opt(
+        None,
+        type=validate.level_db,
+        help=f"normalise each track to this integrated loudness in LUFS, "
+        f"{validate.MIN_LEVEL_DB:g}..0 (e.g. -23; default: the model's level)",
+    )
+    peak: float | None = opt(
+        None,
+        type=validate.level_db,
+        help=f"true-peak ceiling in dBTP, {validate.MIN_LEVEL_DB:g}..0 (default -1 with "
+        "--loudness, else none)",
+    )
+    mux: bool = opt(
+        False,
+        kind=SWITCH,
+        help="also write the dubbed video. Its video packets are copied, not re-encoded, so a "
+        "clip with a start (the catalog's `start` column) begins at the keyframe at or before "
+        "that start: on a long-GOP source the video opens up to one GOP early, silent until "
+        "the start, with the track aligned to the picture",
+    )
+    mix_original: float | None = opt(
+        None,
+        type=validate.gain_db,
+        metavar="DB",
+        help="keep the source's own track in the dubbed video at this gain, -120..0 dB "
+        "(needs --mux; default: replaced)",
+    )
+    adapters: list[str] = opt(
+        flag="--adapter",
+        factory=list,
+        kind=APPEND,
+        metavar="FILE[@STRENGTH]",
+        help="LoRA adapter file, repeatable (stacked); strength default 1",
+    )
+    # per-clip QA of the written tracks (qa_stage): flag thresholds (the thresholds file and
+    # flags, shared_settings.add_threshold_args); DeSync on its own actors
+    thresholds: Any = None
+    desync: bool = opt(
+        True,
+        kind=NEGATED,
+        group=DESYNC,
+        help="skip DeSync (desync_s null, no flag; synchformer_state_dict.pth not needed)",
+    )
+    desync_actors: int | None = opt(
+        None,
+        type=validate.actor_count,
+        metavar="N",
+        group=DESYNC,
+        help="DeSync actors (default: one per GPU, else 1)",
+    )
+    batch_size: int | None = opt(
+        None,
+        type=validate.int_range(1, 4096),
+        help="clips per generator batch (default: 8; on CPUs at most 8, fewer when that gives "
+        "every generator actor two batches)",
+    )
+    actors: int | None = s.actors_opt(
+        "generator",
+        "one per GPU; on CPUs one per core, each with one torch thread, as many as the nodes' "
+        "memory holds",
+    )
+    gpus_per_actor: float | None = s.gpus_per_actor_opt(
+        "generator",
+        None,
+        "GPU share of a generator actor (default: 1, or 0.5 beside an encoder)",
+    )
+    actor_memory_gb: float | None = s.actor_memory_opt("generator")
+    encoder_actors: int | None = opt(
+        None,
+        type=validate.actor_count,
+        help="feature encoder actors (catalog input; default: one per GPU, else 1)",
+    )
+    shard_size: int = s.shard_size_opt()
+    retry_errors: bool = s.retry_errors_opt()
+    fail_on_error: bool = s.fail_on_error_opt()
+    ray_address: str | None = s.ray_address_opt()
+    check_weights: bool = s.check_weights_opt()
+    progress: bool = s.progress_opt()  # Ray Data's own progress output
+    # not flags
+    encoder_gpus: float = 0.5
+    cpus_per_actor: float = 1.0
+    decode_cpus: float = 1.0
+    decode_memory_gb: float = 1.0
+    frame_rule: str = "official"
+    progress_interval_s: float = 10.0
     # Benchmarks only: build the models by hand (e.g. random weights at real sizes),
     # `factory(device, dtype, role) -> Components`, role "encoder" or "generator".
     components_factory: Callable | None = None
     flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
+
+    def __post_init__(self) -> None:
+        if self.thresholds is None:
+            from selva_core.qa import QAThresholds  # torch: only when a config is made
+
+            self.thresholds = QAThresholds()
 
 
 @dataclass
@@ -129,6 +219,8 @@ def check_config(config: GenerateConfig) -> None:
         value = getattr(config, name)
         if value is not None and not (math.isfinite(value) and value <= 0):
             raise GenerateInputError(f"--{name.replace('_', '-')} must be a level <= 0 dB")
+    from selva_core.sampling import SamplerConfig
+
     try:
         SamplerConfig(num_steps=config.steps, cfg_strength=config.cfg)
     except ValueError as exc:

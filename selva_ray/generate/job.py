@@ -19,9 +19,11 @@ import logging
 import math
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pyarrow as pa
 
+from selva_core.defaults import DEFAULT_VARIANT
 from selva_core.variants import get_spec
 
 from .. import validate
@@ -66,7 +68,14 @@ from .qa_stage import (
     min_desync_seconds,
     qa_settings,
 )
-from .stages import AudioGenerator, TimedFeatureEncoder, decode_stage, load_features, write_outputs
+from .stages import (
+    AudioGenerator,
+    TimedFeatureEncoder,
+    TrackSettings,
+    decode_stage,
+    load_features,
+    write_outputs,
+)
 from .windows import WINDOW_PLAN_COLUMNS, LongAudioGenerator, WindowAssembler, plan_long
 
 log = logging.getLogger(__name__)
@@ -88,9 +97,12 @@ class GenerateJob(ShardedJob):
     def check(self) -> None:
         config = self.config
         check_config(config)
+        self.features = features_layout(config.input)
+        if config.variant is None:  # a features folder supplies its variant
+            made_for = self.features.variant if self.features is not None else None
+            self.config = config = replace(config, variant=made_for or DEFAULT_VARIANT)
         self.spec = get_spec(config.variant)
         self.adapters = resolve_adapters(config.adapters)
-        self.features = features_layout(config.input)
         if self.features is not None and self.features.variant != self.spec.name:
             raise GenerateInputError(
                 f"features in {config.input} were made for variant {self.features.variant!r}, "
@@ -341,13 +353,15 @@ class GenerateJob(ShardedJob):
                     "output": config.output,
                     "settings_hash": digest,
                     "variant": spec.name,
-                    "sample_rate": spec.sampling_rate,
-                    "audio_format": config.audio_format,
-                    "bits": config.bits,
-                    "loudness": config.loudness,
-                    "peak": effective_peak(config),
-                    "mux": config.mux,
-                    "mix_original": config.mix_original,
+                    "track": TrackSettings(
+                        spec.sampling_rate,
+                        config.audio_format,
+                        config.bits,
+                        config.loudness,
+                        effective_peak(config),
+                        config.mux,
+                        config.mix_original,
+                    ),
                     "adapters": [{"path": a.path, **a.describe()} for a in self.adapters],
                     "thresholds": config.thresholds.describe(),
                     "desync": desync,

@@ -389,19 +389,27 @@ def mux_container(source: str) -> tuple[str, str]:
     return ("mp4", "mp4") if codec in MP4_VIDEO_CODECS else ("matroska", "mkv")
 
 
+@dataclasses.dataclass(frozen=True)
+class TrackSettings:
+    """How the writers write a generated track: its rate, file format and sample depth, its
+    level (LUFS target, dBTP ceiling), and whether (and how) it is muxed into a dubbed video."""
+
+    sample_rate: int
+    audio_format: str = "flac"
+    bits: int = 24
+    loudness: float | None = None
+    peak: float | None = None
+    mux: bool = False
+    mix_original: float | None = None
+
+
 def write_outputs(
     batch: dict[str, np.ndarray],
     *,
     output: str,
     settings_hash: str,
     variant: str,
-    sample_rate: int,
-    audio_format: str,
-    bits: int,
-    loudness: float | None,
-    peak: float | None,
-    mux: bool,
-    mix_original: float | None,
+    track: TrackSettings,
     adapters: list[dict],
     thresholds: dict | None = None,
     desync: bool = False,
@@ -442,18 +450,15 @@ def write_outputs(
         wav = None
         if row["status"] == "ok":
             try:
-                written = _write_clip(
-                    out_dir, row, sample_rate, audio_format, bits, loudness, peak, mux,
-                    mix_original,
-                )  # fmt: skip
+                written = _write_clip(out_dir, row, track)
                 wav = written.pop("wav")
-                values.update(written, sample_rate=sample_rate, bits=bits)
-                values.update(track_qa(wav, sample_rate, limits))
+                values.update(written, sample_rate=track.sample_rate, bits=track.bits)
+                values.update(track_qa(wav, track.sample_rate, limits))
             except Exception as exc:  # noqa: BLE001
                 row.update(error_result(row, "write", exc))
         values.update({k: row[k] for k in STATUS_COLUMNS})
         if desync:
-            add_desync_inputs(row, values, wav, sample_rate)
+            add_desync_inputs(row, values, wav, track.sample_rate)
         records.append(values)
 
     def build(chosen: list[int]) -> pa.Table:
@@ -480,21 +485,12 @@ def write_outputs(
     return write_batch(table, output=output, settings_hash=settings_hash, report=REPORT_COLUMNS)
 
 
-def _write_clip(
-    out_dir: OutputDir,
-    row: dict,
-    sample_rate: int,
-    audio_format: str,
-    bits: int,
-    loudness: float | None,
-    peak: float | None,
-    mux: bool,
-    mix_original: float | None,
-) -> dict:
+def _write_clip(out_dir: OutputDir, row: dict, track: TrackSettings) -> dict:
     from selva_core.video.write import mux_audio
 
     from .audio import mix_under, normalise, source_track, write_audio
 
+    sample_rate, audio_format = track.sample_rate, track.audio_format
     t0 = time.perf_counter()
     wav = torch.from_numpy(np.array(row["audio"], dtype=np.float32))
     if wav.numel() != clip_samples(row["duration"], sample_rate):
@@ -502,7 +498,7 @@ def _write_clip(
             f"track has {wav.numel()} samples, expected "
             f"{clip_samples(row['duration'], sample_rate)} for {row['duration']:.3f} s"
         )
-    wav, gain = normalise(wav, sample_rate, target_lufs=loudness, ceiling_dbtp=peak)
+    wav, gain = normalise(wav, sample_rate, target_lufs=track.loudness, ceiling_dbtp=track.peak)
     wav = wav.clamp(-1.0, 1.0)
     name = file_stem(row["id"])
     audio_rel = f"audio/{name}.{audio_format}"
@@ -510,22 +506,22 @@ def _write_clip(
     local = out_dir.fs.type_name == "local"
     with tempfile.TemporaryDirectory(prefix="selva-gen-") as tmp:
         audio_path = out_dir.path(audio_rel) if local else f"{tmp}/a.{audio_format}"
-        write_audio(audio_path, wav, sample_rate, audio_format, bits)
+        write_audio(audio_path, wav, sample_rate, audio_format, track.bits)
         if not local:
             out_dir.put_file(audio_path, audio_rel)
-        if mux:
+        if track.mux:
             container, ext = mux_container(row["source"])
             video_rel = f"video/{name}.{ext}"
             video_path = out_dir.path(video_rel) if local else f"{tmp}/v.{ext}"
             start = row["start"] or 0.0
             with local_copy(row["source"]) as source:
-                track = wav
-                if mix_original is not None:
+                dub = wav
+                if track.mix_original is not None:
                     original = source_track(source, start, sample_rate, wav.numel())
-                    track = mix_under(wav, original, mix_original)
+                    dub = mix_under(wav, original, track.mix_original)
                 mux_audio(
                     source,
-                    track,
+                    dub,
                     sample_rate,
                     video_path,
                     start=start,

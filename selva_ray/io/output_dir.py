@@ -168,18 +168,7 @@ class OutputDir:
 
     def part_files(self, errors: bool = False, *, kind: str | None = None) -> list[str]:
         """Committed part files of the folder's main table (or `kind`), or of its errors."""
-        folder = self.folder(ERRORS if errors else kind or self.kind)
-        try:
-            infos = self.fs.get_file_info(pafs.FileSelector(folder, recursive=False))
-        except FileNotFoundError:
-            return []
-        return sorted(
-            i.path
-            for i in infos
-            if i.type == pafs.FileType.File
-            and i.base_name.startswith("part-")
-            and i.base_name.endswith(".parquet")
-        )
+        return part_files_in(self.fs, self.folder(ERRORS if errors else kind or self.kind))
 
     def finished_ids(self, include_errors: bool = True) -> set[str]:
         """Ids present in committed files of the main table (and error files)."""
@@ -618,6 +607,22 @@ def _process_gone(holder: dict) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # killed, not yet reaped
     except (OSError, IndexError):
         return False
+
+
+def part_files_in(fs: pafs.FileSystem, folder: str) -> list[str]:
+    """The committed part files (`part-*.parquet`) directly in `folder`, sorted; none if the
+    folder does not exist."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(folder, recursive=False))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        i.path
+        for i in infos
+        if i.type == pafs.FileType.File
+        and i.base_name.startswith("part-")
+        and i.base_name.endswith(".parquet")
+    )
 
 
 def row_group_rows(table: pa.Table) -> int:

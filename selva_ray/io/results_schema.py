@@ -21,10 +21,10 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .catalog import resolve
+from .output_dir import part_files_in
 
 RESULTS_VERSION = 1
 RESULTS_DIR = "results"
@@ -120,17 +120,7 @@ def results_table(rows: list[dict]) -> pa.Table:
 def result_files(run_dir: str) -> list[str]:
     """Committed results files of a run folder (path or URI), sorted."""
     fs, root = resolve(run_dir)
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(f"{root.rstrip('/')}/{RESULTS_DIR}"))
-    except FileNotFoundError:
-        return []
-    return sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.File
-        and i.base_name.startswith("part-")
-        and i.base_name.endswith(".parquet")
-    )
+    return part_files_in(fs, f"{root.rstrip('/')}/{RESULTS_DIR}")
 
 
 # generation runs written before this schema: timings under other names, adapters as structs

@@ -24,12 +24,12 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from selva_core.defaults import DEFAULT_OVERLAP, DEFAULT_WINDOW
+
 from .. import errors as validate
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW = 8.0
-DEFAULT_OVERLAP = 1.0
 WINDOW_SEP = "#w"
 _EPS = 1e-6
 

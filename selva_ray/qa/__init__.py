@@ -1,5 +1,15 @@
-"""`selva-ray qa`: QA metrics of the audio tracks of a catalog, into the shared results table."""
+"""`selva-ray qa`: QA metrics of the audio tracks of a catalog, into the shared results table.
 
-from .job import QAConfig, QASummary, run_qa
+The settings (`QAConfig`) import nothing heavy; the job itself loads on first use."""
+
+from .config import QAConfig
 
 __all__ = ["QAConfig", "QASummary", "run_qa"]
+
+
+def __getattr__(name: str):
+    if name in ("QASummary", "run_qa"):
+        from . import job
+
+        return getattr(job, name)
+    raise AttributeError(name)

@@ -14,19 +14,19 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from selva_core.qa import QAThresholds
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
 from .. import validate
 from ..io.output_dir import OutputDir
 from ..io.results_schema import RESULTS_VERSION
-from ..runner.plan import ModelRole, Plan, plan_models
+from ..runner.plan import Plan, plan_one_model
 from ..runner.skeleton import Pipeline, Selection, ShardedJob
 from ..runner.stages import Stage, apply
-from ..stages.desync import DesyncActor, DesyncSettings, actor_kwargs
+from ..stages.desync import DesyncActor, actor_kwargs
 from ..stages.results import write_batch
 from ..summary import ClipCounts
 from ..validate import read_input_catalog
+from .config import QAConfig
 from .stages import measure_batch
 
 log = logging.getLogger(__name__)
@@ -34,57 +34,20 @@ GiB = 1 << 30
 PROGRESS_EVERY_S = 10.0
 
 
-@dataclass
-class QAConfig:
-    input: str
-    output: str
-    thresholds: QAThresholds = field(default_factory=QAThresholds)
-    max_duration: float = 600.0  # seconds measured per clip from its start (catalog wins)
-    shard_size: int = 64
-    decode_cpus: float = 1.0
-    decode_memory_gb: float = 1.0
-    # DeSync: None skips it (desync_s stays null); "synchformer" (published weights) or "tiny"
-    desync_variant: str | None = "synchformer"
-    desync_precision: str = "fp32"
-    device: str = "auto"  # DeSync actors: auto (cuda when the cluster has GPUs), cpu, cuda
-    actors: int | None = None  # DeSync actors; None: one per GPU (per gpus_per_actor), else 1
-    gpus_per_actor: float = 1.0
-    cpus_per_actor: float = 1.0
-    actor_memory_gb: float | None = None  # heap reserved per actor; None: by model size
-    desync_batch_size: int = 4  # clips per actor call
-    weights_dir: str | None = None
-    offline: bool = False
-    retry_errors: bool = False
-    fail_on_error: bool = False
-    ray_address: str | None = None
-    allow_roots: list[str] | None = None  # manifest rows may point here; None: its folder
-    progress: bool = True
-    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
-
-    def desync_settings(self) -> DesyncSettings | None:
-        if self.desync_variant is None:
-            return None
-        return DesyncSettings(
-            self.desync_variant,
-            precision=self.desync_precision,
-            weights_dir=self.weights_dir,
-            offline=self.offline,
-        )
-
-    def settings(self) -> dict:
-        """What the stored numbers depend on; a folder made with other values is refused.
-        Resolves the DeSync weights (MissingWeightsError when they cannot be had)."""
-        desync = self.desync_settings()
-        return {
-            "job": "qa",
-            "max_duration": self.max_duration,
-            "thresholds": self.thresholds.describe(),
-            "clip_level": CLIP_LEVEL,
-            "silence_dbfs": SILENCE_DBFS,
-            "true_peak_oversampling": TRUE_PEAK_OVERSAMPLING,
-            "results_version": RESULTS_VERSION,
-            "desync": desync.describe() if desync is not None else None,
-        }
+def qa_settings(config: QAConfig) -> dict:
+    """What the stored numbers depend on; a folder made with other values is refused.
+    Resolves the DeSync weights (MissingWeightsError when they cannot be had)."""
+    desync = config.desync_settings()
+    return {
+        "job": "qa",
+        "max_duration": config.max_duration,
+        "thresholds": config.thresholds.describe(),
+        "clip_level": CLIP_LEVEL,
+        "silence_dbfs": SILENCE_DBFS,
+        "true_peak_oversampling": TRUE_PEAK_OVERSAMPLING,
+        "results_version": RESULTS_VERSION,
+        "desync": desync.describe() if desync is not None else None,
+    }
 
 
 def settings_hash(settings: dict) -> str:
@@ -140,7 +103,7 @@ class QAJob(ShardedJob):
             allow_roots=config.allow_roots,
             default_prompt="",  # QA measures tracks: a manifest needs no prompt column
         )
-        self.settings = config.settings()
+        self.settings = qa_settings(config)
         validate.check_output_writable(config.output)
 
     def layout(self, plan: Plan | None) -> dict:
@@ -151,24 +114,12 @@ class QAJob(ShardedJob):
         }
 
     def plan(self) -> Plan | None:
-        config = self.config
-        desync = config.desync_settings()
+        desync = self.config.desync_settings()
         if desync is None:
             return None
-        memory = config.actor_memory_gb or (1.5 if desync.variant == "tiny" else 4.0)
-        role = ModelRole(
-            "desync",
-            memory_gb=memory,
-            actors=config.actors,
-            gpus_per_actor=config.gpus_per_actor,
-            cpus=config.cpus_per_actor,
-        )
-        return plan_models(
-            [role],
-            device=config.device,
-            precision=config.desync_precision,
-            task_memory_gb=config.decode_memory_gb,
-            task_cpus=config.decode_cpus,
+        memory = 1.5 if desync.variant == "tiny" else 4.0
+        return plan_one_model(
+            self.config, "desync", memory_gb=memory, precision=self.config.desync_precision
         )
 
     def new_summary(self) -> QASummary:

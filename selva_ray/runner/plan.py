@@ -231,6 +231,26 @@ def plan_models(
     )
 
 
+def plan_one_model(config, role: str, *, memory_gb: float, precision: str | None) -> Plan:
+    """The plan of a job with a single model stage, from the actor flags every such job has
+    (`device`, `actors`, `gpus_per_actor`, `cpus_per_actor`, `actor_memory_gb` over the
+    role's `memory_gb` default, `decode_cpus`, `decode_memory_gb`)."""
+    model = ModelRole(
+        role,
+        memory_gb=config.actor_memory_gb or memory_gb,
+        actors=config.actors,
+        gpus_per_actor=config.gpus_per_actor,
+        cpus=config.cpus_per_actor,
+    )
+    return plan_models(
+        [model],
+        device=config.device,
+        precision=precision,
+        task_memory_gb=config.decode_memory_gb,
+        task_cpus=config.decode_cpus,
+    )
+
+
 @dataclass(frozen=True)
 class TrainPlan:
     workers: int

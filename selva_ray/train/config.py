@@ -5,6 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields
 
+from selva_core.defaults import DEFAULT_CFG, DEFAULT_STEPS
+
+from .. import shared_settings as s
+from .. import validate
+from ..settings import BOTH, NEGATED, SWITCH, opt
+
 LR_SCHEDULES = ("constant", "cosine")
 TIMESTEP_MODES = ("uniform", "logit_normal", "curriculum")
 INIT_MODES = ("standard", "pissa")
@@ -43,58 +49,181 @@ class TrainConfigError(ValueError):
     """Unusable settings (the command exits 2)."""
 
 
+CLUSTER, ADAPTER, OPTIMISATION, EVALUATION = (
+    "cluster",
+    "adapter",
+    "optimisation",
+    "evaluation and checkpoints",
+)
+
+
 @dataclass
 class TrainConfig:
-    features: str  # folder written by `selva-ray extract --with-audio-latents`
-    output: str  # run folder: metrics, plots, eval previews, checkpoints, adapter files
-    variant: str | None = None  # None: the variant the features were extracted for
-    # cluster
-    workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float | None = None  # None: the planner's even share (runner.plan)
-    precision: str | None = None  # base weights; None: bf16 (autocast) on GPU, fp32 on CPU
-    max_failures: int = 2
-    ray_address: str | None = None
-    weights_dir: str | None = None
-    offline: bool = False
-    # adapter
-    rank: int = 16
-    alpha: float | None = None  # None: 2 * rank
-    init: str = "pissa"
-    rslora: bool = True
-    targets: tuple[str, ...] = ("attn.qkv",)
+    features: str = opt(help="features folder (with audio latents)", required=True)
+    output: str = opt(help="run folder (local or shared filesystem)", required=True)
+    # None: the variant the features were extracted for
+    variant: str | None = s.variant_opt(None, "model variant (default: the features' variant)")
+    workers: int = opt(
+        1, type=validate.int_range(1, 1024), group=CLUSTER, help="Ray Train workers (default 1)"
+    )
+    use_gpu: bool = opt(False, kind=SWITCH, group=CLUSTER, help="one GPU per worker")
+    # None: the planner's even share (runner.plan)
+    cpus_per_worker: float | None = opt(
+        None,
+        type=validate.float_range(0.0, 1024.0, low_open=True),
+        group=CLUSTER,
+        help="CPUs reserved per worker (default: an even share of the cluster's CPUs, at most "
+        "1, after the data reader's; a size that does not fit is refused)",
+    )
+    # base weights; None: bf16 (autocast) on GPU, fp32 on CPU
+    precision: str | None = s.precision_opt(
+        help="base weights (default: bf16 autocast on GPU, fp32 on CPU; adapters are fp32)",
+        choices=("fp32", "bf16"),
+        group=CLUSTER,
+    )
+    max_failures: int = opt(
+        2,
+        type=validate.int_range(0, 1000),
+        group=CLUSTER,
+        help="worker-group restarts, and retries of a worker group that cannot start (default 2)",
+    )
+    ray_address: str | None = s.ray_address_opt(group=CLUSTER)
+    weights_dir: str | None = s.weights_dir_opt(group=CLUSTER)
+    offline: bool = s.offline_opt(group=CLUSTER)
+    check_weights: bool = s.check_weights_opt(group=CLUSTER)
+    rank: int = opt(
+        16, type=validate.int_range(1, 1024), group=ADAPTER, help="LoRA rank, 1..1024 (default 16)"
+    )
+    alpha: float | None = opt(  # None: 2 * rank
+        None,
+        type=validate.float_range(0.0, 1e6, low_open=True),
+        group=ADAPTER,
+        help="LoRA alpha, > 0 (default 2 x rank)",
+    )
+    init: str = opt("pissa", choices=("pissa", "standard"), group=ADAPTER, help="default pissa")
+    rslora: bool = opt(
+        True,
+        kind=BOTH,
+        group=ADAPTER,
+        help="scale alpha/sqrt(r) instead of alpha/r (default on)",
+    )
+    targets: tuple[str, ...] = opt(
+        ("attn.qkv",),
+        flag="--target",
+        cli_default="attn.qkv",
+        group=ADAPTER,
+        help="comma-separated layer suffixes to adapt (default attn.qkv; e.g. attn.qkv,linear1)",
+    )
     # optimisation (steps are optimizer steps; one consumes the whole global batch)
-    steps: int = 2000
-    batch_size: int = 4  # global: clips per optimizer step over all workers and micro-batches
-    grad_accum: int = 1
-    lr: float = 1e-4
-    lora_plus_ratio: float = 1.0  # lr of every lora_B = lr * ratio (LoRA+)
-    lr_schedule: str = "constant"
-    warmup: int = 100
+    steps: int = opt(
+        2000,
+        type=validate.int_range(1, 10_000_000),
+        group=OPTIMISATION,
+        help="optimizer steps (default 2000)",
+    )
+    # global: clips per optimizer step over all workers and micro-batches
+    batch_size: int = opt(
+        4, type=validate.int_range(1, 65536), group=OPTIMISATION, help="global batch (default 4)"
+    )
+    grad_accum: int = opt(
+        1,
+        type=validate.int_range(1, 65536),
+        group=OPTIMISATION,
+        help="micro-batches per step (default 1)",
+    )
+    lr: float = opt(
+        1e-4,
+        type=validate.float_range(0.0, 1.0, low_open=True),
+        group=OPTIMISATION,
+        help="learning rate, in (0, 1] (default 1e-4)",
+    )
+    lora_plus_ratio: float = opt(  # lr of every lora_B = lr * ratio (LoRA+)
+        1.0,
+        type=validate.float_range(0.0, 1000.0, low_open=True),
+        group=OPTIMISATION,
+        help="lr of B = lr x ratio, in (0, 1000] (default 1)",
+    )
+    lr_schedule: str = opt(
+        "constant",
+        choices=LR_SCHEDULES,
+        group=OPTIMISATION,
+        help="after warmup: constant or cosine decay to 0",
+    )
+    warmup: int = opt(
+        100, type=validate.int_range(0), group=OPTIMISATION, help="warmup steps (default 100)"
+    )
     grad_clip: float = 1.0
     # objective
-    timesteps: str = "uniform"
+    timesteps: str = opt(
+        "uniform",
+        choices=TIMESTEP_MODES,
+        group=OPTIMISATION,
+        help="t sampler (curriculum: logit-normal for 60%% of steps, then uniform)",
+    )
     logit_normal_sigma: float = 1.0
     curriculum_switch: float = 0.6  # curriculum: logit-normal before this fraction of steps
-    cfg_dropout: float = 0.1
-    mixup: float = 0.0  # Beta(a, a) latent mixup; 0 is off
-    latent_noise: float = 0.0  # x1 += eps * sigma * std(x1); 0 is off
+    cfg_dropout: float = opt(
+        0.1,
+        type=validate.ratio,
+        group=OPTIMISATION,
+        help="condition dropout, 0..1 (default 0.1)",
+    )
+    mixup: float = opt(  # Beta(a, a) latent mixup; 0 is off
+        0.0,
+        type=validate.float_range(0.0, 1000.0),
+        group=OPTIMISATION,
+        help="latent mixup Beta(a,a), 0..1000; 0 = off (default)",
+    )
+    latent_noise: float = opt(  # x1 += eps * sigma * std(x1); 0 is off
+        0.0,
+        type=validate.float_range(0.0, 10.0),
+        group=OPTIMISATION,
+        help="latent noise sigma, 0..10; 0 = off (default)",
+    )
+    seed: int = s.seed_opt(f"0..{validate.MAX_SEED} (default 42)", group=OPTIMISATION)
     # data, evaluation, checkpoints
-    val_fraction: float = 0.1
-    eval_every: int = 500
-    save_every: int = 500
-    seed: int = 42
+    val_fraction: float = opt(
+        0.1,
+        type=validate.float_range(0.0, 0.9),
+        group=EVALUATION,
+        help="held-out share of the clips, 0..0.9 (default 0.1)",
+    )
+    eval_every: int = opt(
+        500, type=validate.positive_int, group=EVALUATION, help="steps between evals (default 500)"
+    )
+    save_every: int = opt(
+        500,
+        type=validate.positive_int,
+        group=EVALUATION,
+        help="steps between checkpoints (default 500)",
+    )
     eval_timesteps: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
-    preview_clips: int = 2
-    preview_steps: int = 25
-    preview_cfg: float = 4.5
-    surgery: bool = True
-    resume: bool = False
+    preview_clips: int = opt(
+        2,
+        type=validate.int_range(0, 100),
+        group=EVALUATION,
+        help="preview clips per eval (default 2)",
+    )
+    preview_steps: int = DEFAULT_STEPS
+    preview_cfg: float = DEFAULT_CFG
+    surgery: bool = opt(
+        True, kind=NEGATED, group=EVALUATION, help="skip Spectral Surgery at the end"
+    )
+    resume: bool = opt(False, kind=SWITCH, group=EVALUATION, help="continue the run in --output")
     progress_every_s: float = 10.0
     # Long videos: the features folder's windows are the training samples (one window with its
     # own audio each); given, these must match how the folder was cut (None: as it was).
-    window: float | None = None
-    overlap: float | None = None
+    window: float | None = s.window_opt(
+        None,
+        "window length the features were cut into (default: as extracted; a different value "
+        "is refused)",
+        group=EVALUATION,
+    )
+    overlap: float | None = s.overlap_opt(
+        None,
+        "window overlap the features were cut with (default: as extracted)",
+        group=EVALUATION,
+    )
     # Test hook: the last worker dies (os._exit) once, after finishing this step.
     fail_at_step: int | None = None
     # Benchmarks: seeded random generator weights for a published variant (nothing loaded).

@@ -1,0 +1,336 @@
+"""The settings several jobs share, declared once (`selva_ray.settings.opt`); each job's config
+class lists the ones it has. Defaults shared with the model come from `selva_core.defaults`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from selva_core.defaults import (
+    DEFAULT_CFG,
+    DEFAULT_OVERLAP,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    DEFAULT_VARIANT,
+    DEFAULT_WINDOW,
+)
+
+from . import validate
+from .settings import APPEND, NEGATED, SWITCH, opt
+
+MASK_PATHS = ("clip", "sync")  # selva_core.video.mask.MASK_PATHS (no torch import here)
+PRECISIONS = ("bf16", "fp16", "fp32")
+
+RUN = "run"  # group titles
+WEIGHTS = None
+
+
+def variant_name(text: str) -> str:
+    """argparse type: a known variant name (selva_core.variants imports no torch)."""
+    from selva_core.variants import VARIANTS
+
+    if text not in VARIANTS:
+        raise argparse.ArgumentTypeError(
+            f"unknown variant {text!r}; choose from {', '.join(VARIANTS)}"
+        )
+    return text
+
+
+def device_name(text: str) -> str:
+    """argparse type: a device name of the right form (availability is checked later)."""
+    if not validate.DEVICE_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def mask_paths(text: str) -> str:
+    """argparse type of `--mask-paths clip,sync`: a non-empty subset, canonical order (kept
+    as text, so `--print-config` writes it back as the flag reads it)."""
+    paths = {p.strip() for p in text.split(",") if p.strip()}
+    if not paths or paths - set(MASK_PATHS):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(MASK_PATHS)}, got {text!r}"
+        )
+    return ",".join(p for p in MASK_PATHS if p in paths)
+
+
+def mask_path_tuple(value) -> tuple[str, ...]:
+    """`--mask-paths` as the job configs take it (a config file may give a list)."""
+    if isinstance(value, str):
+        value = mask_paths(value).split(",")
+    return tuple(value)
+
+
+def none_if_empty(value):
+    return value or None
+
+
+# ---- input and output -----------------------------------------------------------------------
+
+
+def input_opt(help: str) -> Any:
+    return opt(help=help, required=True)
+
+
+def output_opt(help: str = "output folder (path or URI)") -> Any:
+    return opt(help=help, required=True)
+
+
+def allow_roots_opt() -> Any:
+    return opt(
+        None,
+        flag="--allow-root",
+        kind=APPEND,
+        metavar="PATH",
+        convert=none_if_empty,
+        help="a folder or bucket (s3://b) manifest rows may point into; repeatable (default: "
+        "the manifest's folder and bucket; `/` allows any local path)",
+    )
+
+
+# ---- the model ------------------------------------------------------------------------------
+
+
+def variant_opt(default: str | None = DEFAULT_VARIANT, help: str | None = None) -> Any:
+    return opt(
+        default,
+        type=variant_name,
+        help=help
+        or "model variant (`tiny` runs offline on random weights; list them with "
+        "`selva-ray weights list`)",
+    )
+
+
+def device_opt(help: str = "cpu, cuda, cuda:N or auto", group: str | None = None) -> Any:
+    return opt("auto", type=device_name, help=help, group=group)
+
+
+def precision_opt(
+    help: str = "model precision (default: bf16 on GPU, fp32 on CPU)",
+    choices: tuple[str, ...] = PRECISIONS,
+    default: str | None = None,
+    group: str | None = None,
+) -> Any:
+    return opt(default, choices=choices, help=help, group=group)
+
+
+def weights_dir_opt(group: str | None = None) -> Any:
+    return opt(
+        None,
+        group=group,
+        help="local weights folder (default: $SELVA_WEIGHTS_DIR, else ~/.cache/selva-ray/weights)",
+    )
+
+
+def offline_opt(group: str | None = None) -> Any:
+    return opt(
+        False,
+        kind=SWITCH,
+        group=group,
+        help="never download; fail with the fetch command when a file is missing",
+    )
+
+
+def check_weights_opt(group: str | None = None) -> Any:
+    return opt(
+        True,
+        flag="--skip-weights-check",
+        kind=NEGATED,
+        group=group,
+        help="do not look for the weight files in the driver (when only the workers see them)",
+    )
+
+
+# ---- model actors -----------------------------------------------------------------------------
+
+
+def actors_opt(role: str, default_text: str = "one per GPU, else 1", group=None) -> Any:
+    return opt(
+        None,
+        type=validate.actor_count,
+        group=group,
+        help=f"{role} actors (default: {default_text})",
+    )
+
+
+def gpus_per_actor_opt(role: str, default: float | None = 1.0, help: str = "", group=None):
+    return opt(
+        default,
+        type=validate.gpu_share,
+        group=group,
+        help=help or f"GPUs reserved per {role} actor (fractions share a GPU)",
+    )
+
+
+def actor_memory_opt(role: str, group=None) -> Any:
+    return opt(
+        None,
+        type=validate.memory_gb,
+        group=group,
+        help=f"heap reserved per {role} actor (default: by model size)",
+    )
+
+
+# ---- how a resumable job runs ---------------------------------------------------------------
+
+
+def shard_size_opt() -> Any:
+    return opt(64, type=validate.shard_size, help="clips per committed shard")
+
+
+def retry_errors_opt() -> Any:
+    return opt(False, kind=SWITCH, help="redo clips that failed before")
+
+
+def fail_on_error_opt() -> Any:
+    return opt(
+        False,
+        kind=SWITCH,
+        help="exit 1 if any clip failed (default: only if every clip failed)",
+    )
+
+
+RAY_ADDRESS_HELP = (
+    "an existing Ray cluster: auto or HOST:PORT (default: $RAY_ADDRESS as `ray job submit` "
+    "sets it, else a private local cluster of this machine's cores)"
+)
+
+
+def ray_address_opt(group: str | None = None) -> Any:
+    return opt(None, help=RAY_ADDRESS_HELP, group=group)
+
+
+def progress_opt() -> Any:
+    return opt(True, kind=NEGATED, help="no Ray Data progress output")
+
+
+# ---- clips ------------------------------------------------------------------------------------
+
+
+def max_duration_opt(default: float = 8.0) -> Any:
+    return opt(
+        default,
+        type=validate.seconds,
+        help=f"seconds per clip, at most {validate.MAX_CLIP_SECONDS:g}",
+    )
+
+
+def seed_opt(help: str = f"noise seed per clip, 0..{validate.MAX_SEED}", group=None) -> Any:
+    return opt(DEFAULT_SEED, type=validate.seed, help=help, group=group)
+
+
+def cfg_opt(help: str = f"guidance strength, 0..{validate.MAX_CFG:g}", group=None) -> Any:
+    return opt(DEFAULT_CFG, type=validate.cfg, help=help, group=group)
+
+
+def steps_opt(help: str = f"Euler steps, 1..{validate.MAX_STEPS}", group=None) -> Any:
+    return opt(DEFAULT_STEPS, type=validate.steps, help=help, group=group)
+
+
+WINDOW_TYPE = validate.float_range(0, 24 * 3600)
+
+
+def window_opt(default: float | None = DEFAULT_WINDOW, help: str | None = None, group=None):
+    return opt(
+        default,
+        type=WINDOW_TYPE,
+        group=group,
+        help=help
+        or "seconds per window: a video longer than this (a catalog row without 'duration') "
+        f"is cut into overlapping windows (default {DEFAULT_WINDOW:g}; 0: never, the video is "
+        "cut at --max-duration; at most --max-duration)",
+    )
+
+
+def overlap_opt(default: float | None = DEFAULT_OVERLAP, help: str | None = None, group=None):
+    return opt(
+        default,
+        type=WINDOW_TYPE,
+        group=group,
+        help=help
+        or f"seconds shared by consecutive windows (default {DEFAULT_OVERLAP:g}, at most half "
+        "the window)",
+    )
+
+
+def mask_strength_opt() -> Any:
+    return opt(
+        1.0,
+        type=validate.float_range(0, 1),
+        help="how far a catalog row's 'mask' (image or video, 1 keeps the object) blends the "
+        "background toward grey before encoding (0: not at all; default 1)",
+    )
+
+
+def mask_paths_opt() -> Any:
+    return opt(
+        MASK_PATHS,
+        type=mask_paths,
+        cli_default=",".join(MASK_PATHS),
+        convert=mask_path_tuple,
+        help="streams the mask applies to: clip (CLIP frames, MMAudio family), sync, or both "
+        "(default clip,sync)",
+    )
+
+
+# ---- QA thresholds (qa, generate): a file, and one flag per threshold over it ------------------
+
+# flag -> (QAThresholds field, help, argparse type with the value's range)
+THRESHOLD_FLAGS = {
+    "--max-desync": (
+        "max_abs_desync_s",
+        "flag |DeSync| above this many seconds, 0..10 (default 0.5)",
+        validate.float_range(0.0, 10.0),
+    ),
+    "--max-silence": (
+        "max_silence_ratio",
+        "flag a silent share above this, 0..1 (default 0.5)",
+        validate.ratio,
+    ),
+    "--max-clipping": (
+        "max_clipped_ratio",
+        "flag a clipped share above this, 0..1 (default 0.001)",
+        validate.ratio,
+    ),
+    "--target-lufs": (
+        "target_lufs",
+        f"loudness target in LUFS, {validate.MIN_LEVEL_DB:g}..0 (default -23)",
+        validate.level_db,
+    ),
+    "--loudness-tolerance": (
+        "loudness_tolerance_lu",
+        "flag loudness this many LU off the target, 0..70 (default 3)",
+        validate.float_range(0.0, 70.0),
+    ),
+    "--max-true-peak": (
+        "max_true_peak_dbtp",
+        f"flag a true peak above this dBTP, {validate.MIN_LEVEL_DB:g}..20 (default off)",
+        validate.float_range(validate.MIN_LEVEL_DB, 20.0),
+    ),
+    "--max-flatness": (
+        "max_spectral_flatness",
+        "flag spectral flatness above this, 0..1 (default off)",
+        validate.ratio,
+    ),
+}
+
+
+def add_threshold_args(p) -> None:
+    g = p.add_argument_group("QA thresholds (flags override the file)")
+    g.add_argument(
+        "--qa-thresholds",
+        metavar="FILE",
+        help="thresholds file (.json, .yaml or .toml) with QAThresholds keys",
+    )
+    for flag, (dest, help_, kind) in THRESHOLD_FLAGS.items():
+        g.add_argument(flag, dest=f"qa_{dest}", type=kind, metavar="X", help=help_)
+
+
+def thresholds_from_args(args: argparse.Namespace):
+    """QAThresholds from --qa-thresholds and the per-threshold flags (ThresholdsError if bad)."""
+    from selva_core.qa import QAThresholds
+
+    base = QAThresholds.from_file(args.qa_thresholds) if args.qa_thresholds else QAThresholds()
+    return base.updated(
+        **{dest: getattr(args, f"qa_{dest}") for dest, _, _ in THRESHOLD_FLAGS.values()}
+    )
