@@ -31,15 +31,15 @@ from selva_ray.io.results_schema import adapters_json, results_table
 from selva_ray.report import build_report, load_run, ranking_lines
 from selva_ray.report.plots import curves_figure, histogram_figure
 
-# source file name, start (s), tone amplitude: every track about 37 LU under the -23 LUFS
+# source file name, start (s), tone amplitude: every track about 25 LU under the -23 LUFS
 # target, all within half a LU of each other (as a run's tracks from one model can be)
 CLIPS = [
-    ("harbour gulls.mp4", 0.0, 0.00100),
-    ("rain_on_tin_roof.mp4", 0.0, 0.00101),
-    ("kitchen-sizzle.mp4", 0.0, 0.00102),
-    ("forest_dawn.mp4", 2.0, 0.00103),
-    ("train_pass.mp4", 0.0, 0.00104),
-    ("crowd_cheer.mp4", 0.0, 0.00105),
+    ("harbour gulls.mp4", 0.0, 0.00400),
+    ("rain_on_tin_roof.mp4", 0.0, 0.00404),
+    ("kitchen-sizzle.mp4", 0.0, 0.00408),
+    ("forest_dawn.mp4", 2.0, 0.00412),
+    ("train_pass.mp4", 0.0, 0.00416),
+    ("crowd_cheer.mp4", 0.0, 0.00420),
 ]
 SR = 16000
 

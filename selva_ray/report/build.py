@@ -50,8 +50,10 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 margin:1px;font-size:11px}.ok{color:#2a7a2a}.kv td:first-child{color:#555}
 .summary{display:flex;gap:24px;flex-wrap:wrap}.big{font-size:24px;font-weight:600}
 figure{margin:0;max-width:400px}img.spec{display:block;width:200px;height:68px}
-audio{width:170px;height:32px}td.prompt{max-width:220px;overflow-wrap:anywhere}
-td.clip{max-width:200px;overflow-wrap:anywhere}.id{font:11px ui-monospace,monospace}
+audio{display:block;width:200px;height:32px}td.media{width:200px}
+.why{max-width:200px;overflow-wrap:anywhere;font-size:11px}td.prompt{min-width:120px;max-width:220px;overflow-wrap:break-word}
+td.clip{min-width:140px;max-width:220px;overflow-wrap:anywhere}
+.id{font:11px ui-monospace,monospace}
 .wide{max-width:100%;overflow-x:auto}table.kv td{overflow-wrap:anywhere}
 table.kv td:last-child{max-width:900px}.grid img{max-width:100%}
 """
@@ -412,28 +414,28 @@ def _clips_table(
     if not rows:
         return "<h2>Clips</h2><p>No results rows.</p>", 0
     (work / "spec").mkdir(exist_ok=True)
-    head = [("#", "rank"), ("clip", "source"), ("flags", "flags"), ("spectrogram", "")]
-    head += [("listen", "")] + [(label, key) for key, label, _ in TABLE_METRICS]
+    head = [("#", "rank"), ("clip", "source"), ("flags", "flags"), ("spectrogram, listen", "")]
+    head += [(label, key) for key, label, _ in TABLE_METRICS]
     head += [("prompt", "prompt"), ("video", "")]
     body = []
     images = 0
     for rank, r in enumerate(rows, 1):
         media = run.media_path(r)
-        spec_cell = "<td data-v=''>no audio</td>"
+        spec = "<div>no audio</div>"
         if media:
             try:
                 samples, rate = _spectrogram_audio(media, fetched)
                 name = f"spec/{file_name(r['id'])}.png"
                 plots.spectrogram(samples, rate, work / name)
-                spec_cell = f"<td data-v=''><img class='spec' src='{name}' alt='spectrogram'></td>"
+                spec = f"<img class='spec' src='{name}' alt='spectrogram'>"
                 images += 1
             except Exception as exc:  # noqa: BLE001 - a bad file shows as text, not a broken img
-                spec_cell = f"<td data-v=''>{esc(exc)}</td>"
+                spec = f"<div class='why'>{esc(exc)}</div>"
         link = href(media, final) if media else None
         if link:
             player = f"<audio controls preload='none' src='{link}'></audio>"
-        else:
-            player = f"<span class='muted'>{esc(media or '')}</span>"
+        else:  # a remote track: named, not linked (no URL leaves the page)
+            player = f"<div class='muted why'>{esc(media or '')}</div>"
         flags = r.get("qa_flags") or []
         flag_html = "".join(f"<span class='flag'>{esc(f)}</span>" for f in flags) or (
             "<span class='ok'>ok</span>"
@@ -446,8 +448,7 @@ def _clips_table(
             f"<td class='clip' data-v='{esc(name or r.get('id'))}' "
             f"title='{esc(r.get('source'))}'>{clip_html}</td>",
             f"<td data-v='{len(flags)}'>{flag_html}</td>",
-            spec_cell,
-            f"<td data-v=''>{player}</td>",
+            f"<td class='media' data-v=''>{spec}{player}</td>",
         ]
         for key, _, digits in TABLE_METRICS:
             value = r.get(key)
@@ -608,8 +609,8 @@ def metric(value) -> str:
 
 def _breakable(name: str) -> str:
     """A long metric name (`mean.spectral_centroid_hz`) as header text that may wrap after
-    its `.` and `_`, so many columns fit the page."""
-    return re.sub(r"([._])", r"\1<wbr>", esc(name))
+    each `_`, so many columns fit the page (the dotted path itself stays whole)."""
+    return esc(name).replace("_", "_<wbr>")
 
 
 def _settings(run: RunFolder) -> str:
