@@ -453,6 +453,8 @@ def test_s3_run_folder(generated, training, s3_server, tmp_path, capsys):
     assert len(specs) == len(rows) and all((out / s).stat().st_size > 500 for s in specs)
     sources = re.findall(r"(?:src|href)='([^']+)'", page)
     assert not [s for s in sources if "://" in s] and "s3://runs/gen/audio/" in page
+    _, found = measured_dom(out / "index.html", tmp_path)
+    assert int(found["page-overflow"]) <= 0 and found["tables-over"] == "", found
     # a training run on S3: curves and evaluator table
     train_out = tmp_path / "train-page"
     assert main(["report", "s3://runs/train", "--out", str(train_out)]) == 0

@@ -51,7 +51,7 @@ margin:1px;font-size:11px}.ok{color:#2a7a2a}.kv td:first-child{color:#555}
 .summary{display:flex;gap:24px;flex-wrap:wrap}.big{font-size:24px;font-weight:600}
 figure{margin:0;max-width:400px}img.spec{display:block;width:200px;height:68px}
 audio{display:block;width:200px;height:32px}td.media{width:200px}
-.why{max-width:200px;overflow-wrap:anywhere;font-size:11px}td.prompt{min-width:120px;max-width:220px;overflow-wrap:break-word}
+.why{max-width:200px;overflow-wrap:anywhere;font-size:11px}td.why{max-width:120px}td.prompt{min-width:120px;max-width:220px;overflow-wrap:break-word}
 td.clip{min-width:140px;max-width:220px;overflow-wrap:anywhere}
 .id{font:11px ui-monospace,monospace}
 .wide{max-width:100%;overflow-x:auto}table.kv td{overflow-wrap:anywhere}
@@ -459,9 +459,10 @@ def _clips_table(
         cells.append(f"<td class='prompt'>{esc(r.get('prompt'))}</td>")
         video = r.get("video_path")
         video_link = href(run.resolve(video), final) if video else None
-        cells.append(
-            f"<td><a href='{video_link}'>video</a></td>" if video_link else f"<td>{esc(video)}</td>"
-        )
+        if video_link:
+            cells.append(f"<td><a href='{video_link}'>video</a></td>")
+        else:  # remote (named, not linked) or none
+            cells.append(f"<td class='why'>{esc(run.resolve(video) if video else '')}</td>")
         body.append(f"<tr class='clip' data-id='{esc(r.get('id'))}'>{''.join(cells)}</tr>")
     heading = "<h2>Clips, worst first</h2>"
     note = (
