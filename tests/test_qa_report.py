@@ -7,13 +7,13 @@ import math
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from browser_support import chromium
 from video_factory import AudioSpec, write_text_file, write_video
 
 from selva_core.qa import QAThresholds, clip_metrics, qa_flags
@@ -310,30 +310,6 @@ def test_report_of_a_training_run(tmp_path):
 
 
 # ---- the page in a real browser ---------------------------------------------------------------
-
-
-def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
-    exe = shutil.which("chromium")
-    if exe is None:
-        reason = "headless Chromium not installed (Debian package `chromium`)"
-        if os.environ.get("SELVA_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason + " and SELVA_REQUIRE_BROWSER=1")
-        pytest.skip(reason)
-    flags = [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={profile}",
-        "--virtual-time-budget=10000",
-    ]
-    return subprocess.run(
-        [exe, *flags, *args], capture_output=True, text=True, timeout=120, check=True
-    )
 
 
 def test_report_page_in_headless_chromium(report_run, tmp_path):

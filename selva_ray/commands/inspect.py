@@ -1,4 +1,5 @@
-"""`selva-ray inspect RUN_DIR --worst N`: the report's worst-first ranking in the terminal."""
+"""`selva-ray inspect RUN_DIR --worst N`: the report's worst-first ranking in the terminal;
+RUN_DIR may be a local folder or a URI (`s3://...`): only its tables are read."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "clipping, silence, distance from the loudness target) and print the worst ones."
         ),
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of generate or qa")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="output folder of generate or qa (path or URI)"
+    )
     p.add_argument(
         "--worst",
         type=validate.int_range(0, 1_000_000),

@@ -1,4 +1,5 @@
-"""`selva-ray report RUN_DIR`: a static HTML page about a run (QA, generation or training)."""
+"""`selva-ray report RUN_DIR [--out DIR]`: a static HTML page about a run (QA, generation or
+training); RUN_DIR may be a local folder or a URI (`s3://...`), the page goes to a local one."""
 
 from __future__ import annotations
 
@@ -11,16 +12,26 @@ from .. import validate
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "report",
-        help="write RUN_DIR/report/index.html: summary, QA histograms, worst clips first",
+        help="write RUN_DIR/report/index.html (or --out DIR): summary, QA histograms, worst clips",
         description=(
             "Build a static page (opens from disk, no server, no external URLs) about a run "
             "folder: settings, adapters, clips ok/failed/flagged, throughput, a histogram per "
             "QA metric, and a sortable table of the clips, worst first, each with its "
             "spectrogram, an audio player, its flags and a link to its video. For a training "
-            "run: loss curves and the evaluator metrics of each checkpoint."
+            "run: loss curves and the evaluator metrics of each checkpoint. RUN_DIR may be a "
+            "URI (s3://...): then --out names the local folder for the page."
         ),
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="output folder of generate, qa or train")
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="output folder of generate, qa or train (path or URI)"
+    )
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="local folder for the page instead of RUN_DIR/report (needed when RUN_DIR is a "
+        "URI or read-only); new, empty, or an earlier page: it is replaced whole",
+    )
     p.add_argument(
         "--max-clips",
         type=validate.int_range(0, 1_000_000),
@@ -31,25 +42,36 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def check_run_dir(path: str, *, writable: bool) -> None:
-    """RUN_DIR is a local folder (and, for a report, one we may write report/ into); checked
-    before the report's imports, so a mistake answers at once."""
+    """A local RUN_DIR is a folder (and, for a report without --out, one we may write report/
+    into); checked before the report's imports, so a mistake answers at once. A URI is read
+    through pyarrow by `load_run`, which names what is wrong with it."""
     import os
 
     if "://" in path:
-        return  # load_run names the fix (copy it locally first)
+        if writable:
+            raise validate.UsageError(
+                f"run folder {path} is not on this machine's disk: give --out DIR to write "
+                "the page to a local folder"
+            )
+        return
     if not os.path.isdir(path):
         what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
         raise validate.UsageError(f"run folder {path} {what}")
     if writable:
-        validate.check_output_writable(os.path.join(path, "report"), flag="RUN_DIR")
+        try:
+            validate.check_output_writable(os.path.join(path, "report"), flag="RUN_DIR")
+        except validate.UsageError as exc:
+            raise validate.UsageError(
+                f"{exc}; give --out DIR to write the page elsewhere"
+            ) from None
 
 
 def run(args: argparse.Namespace) -> int:
-    check_run_dir(args.run_dir, writable=True)
+    check_run_dir(args.run_dir, writable=args.out is None)
     from ..report import RunFolderError, build_report
 
     try:
-        summary = build_report(args.run_dir, max_clips=args.max_clips)
+        summary = build_report(args.run_dir, max_clips=args.max_clips, out=args.out)
     except RunFolderError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -1,8 +1,10 @@
-"""`RUN_DIR/report/index.html`: a static page about a run that opens from disk.
+"""`RUN_DIR/report/index.html` (or `--out DIR/index.html`): a static page about a run that
+opens from disk.
 
 No server and no external URL: CSS and the small sorting script are inline, figures are PNG
-files next to the page, audio and video are linked by paths relative to it. The page is built
-in a hidden sibling folder and swapped in when whole.
+files next to the page, local audio and video are linked by paths relative to it (a run on
+object storage is read through pyarrow; its tracks are fetched only to draw spectrograms, and
+are named, not linked). The page is built in a hidden sibling folder and swapped in when whole.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 import uuid
 from collections import Counter
@@ -24,12 +27,15 @@ from urllib.parse import quote
 
 from selva_core.qa import QA_METRICS
 
+from ..io.catalog import resolve
 from . import plots
-from .run_folder import RunFolder, load_run, rank_clips
+from .run_folder import RunFolder, RunFolderError, clip_name, load_run, rank_clips
 
 log = logging.getLogger(__name__)
 REPORT_DIR = "report"
 SPECTROGRAM_SECONDS = 30.0
+REMOTE_AUDIO_MAX_BYTES = 64 << 20  # a remote track larger than this gets no spectrogram
+GENERATOR = "<meta name='generator' content='selva-ray report'>"
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;background:#fff}
@@ -43,8 +49,13 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .flag{display:inline-block;background:#c00000;color:#fff;border-radius:3px;padding:0 4px;
 margin:1px;font-size:11px}.ok{color:#2a7a2a}.kv td:first-child{color:#555}
 .summary{display:flex;gap:24px;flex-wrap:wrap}.big{font-size:24px;font-weight:600}
-figure{margin:0;max-width:400px}img.spec{display:block;width:240px;height:82px}audio{width:200px;height:32px}
-td.prompt{max-width:260px;overflow-wrap:anywhere}
+figure{margin:0;max-width:400px}img.spec{display:block;width:200px;height:68px}
+audio{display:block;width:200px;height:32px}td.media{width:200px}
+.why{max-width:200px;overflow-wrap:anywhere;font-size:11px}td.why{max-width:120px}td.prompt{min-width:120px;max-width:220px;overflow-wrap:break-word}
+td.clip{min-width:140px;max-width:220px;overflow-wrap:anywhere}
+.id{font:11px ui-monospace,monospace}
+.wide{max-width:100%;overflow-x:auto}table.kv td{overflow-wrap:anywhere}
+table.kv td:last-child{max-width:900px}.grid img{max-width:100%}
 """
 
 JS = """
@@ -144,19 +155,29 @@ def href(target: str, report_dir: Path) -> str | None:
     return quote(os.path.relpath(target, report_dir))
 
 
-def build_report(run_dir: str | os.PathLike[str], *, max_clips: int = 500) -> ReportSummary:
+class ReportOutError(RunFolderError):
+    """The page cannot be written where asked (a remote or read-only run without `--out`, or
+    an `--out` folder that holds other files)."""
+
+
+def build_report(
+    run_dir: str | os.PathLike[str], *, max_clips: int = 500, out: str | None = None
+) -> ReportSummary:
+    """Read a run folder (local path or URI) and write its page to `RUN_DIR/report/`, or to
+    the local folder `out` (needed for a run on object storage or a read-only one)."""
     t0 = time.perf_counter()
     run = load_run(run_dir)
-    final = run.root / REPORT_DIR
-    work = run.root / f".{REPORT_DIR}-{uuid.uuid4().hex[:8]}"
-    work.mkdir()
+    final = report_folder(run, out)
+    work = final.parent / f".{final.name}-{uuid.uuid4().hex[:8]}"
+    work.mkdir(parents=True)
     try:
         # paths in the page are relative to where it will live (final), files go to `work`
-        page, counts = _page(run, work, final, max_clips)
+        with tempfile.TemporaryDirectory(prefix="selva-report-") as fetched:
+            page, counts = _page(run, work, final, max_clips, Path(fetched))
         (work / "index.html").write_text(page, encoding="utf-8")
         old = None
         if final.exists():
-            old = run.root / f".{REPORT_DIR}-old-{uuid.uuid4().hex[:8]}"
+            old = final.parent / f".{final.name}-old-{uuid.uuid4().hex[:8]}"
             os.replace(final, old)
         os.replace(work, final)
         if old is not None:
@@ -166,7 +187,63 @@ def build_report(run_dir: str | os.PathLike[str], *, max_clips: int = 500) -> Re
     return ReportSummary(path=final / "index.html", wall_s=time.perf_counter() - t0, **counts)
 
 
-def _page(run: RunFolder, work: Path, final: Path, max_clips: int) -> tuple[str, dict]:
+def report_folder(run: RunFolder, out: str | os.PathLike[str] | None) -> Path:
+    """Where the page goes: `out` (local; absent, empty or an earlier page, since the folder
+    is replaced whole), else `RUN_DIR/report` of a local, writable run folder."""
+    from ..validate import UsageError, check_output_writable
+
+    if out is None:
+        if not run.is_local:
+            raise ReportOutError(
+                f"run folder {run.root} is not on this machine's disk: give --out DIR "
+                "to write the page to a local folder"
+            )
+        final = Path(run.path) / REPORT_DIR
+        try:
+            check_output_writable(str(final), flag="run folder")
+        except UsageError as exc:
+            raise ReportOutError(f"{exc}; give --out DIR to write the page elsewhere") from None
+        return final
+    text = os.fspath(out)
+    if "://" in text:
+        raise ReportOutError(f"--out {text}: the page is written to a local folder, not a URI")
+    final = Path(text).expanduser().resolve()
+    if run.is_local:
+        root = Path(run.path).resolve()
+        if final == root or final in root.parents:
+            raise ReportOutError(
+                f"--out {final} holds the run folder {root}; the page folder is replaced "
+                "whole, give a new folder"
+            )
+    if final.exists() and not _replaceable(final):
+        raise ReportOutError(
+            f"--out {final} holds files that are not a report page; the page folder is "
+            "replaced whole, give a new or empty folder"
+        )
+    try:
+        check_output_writable(str(final), flag="--out")
+    except UsageError as exc:
+        raise ReportOutError(str(exc)) from None
+    return final
+
+
+def _replaceable(folder: Path) -> bool:
+    """An empty folder, or a page this module wrote."""
+    if not folder.is_dir():
+        return False
+    if not any(folder.iterdir()):
+        return True
+    index = folder / "index.html"
+    try:
+        with index.open(encoding="utf-8", errors="replace") as f:
+            return GENERATOR in f.read(4096)
+    except OSError:
+        return False
+
+
+def _page(
+    run: RunFolder, work: Path, final: Path, max_clips: int, fetched: Path
+) -> tuple[str, dict]:
     ranked = rank_clips(run)
     shown = ranked[:max_clips]
     thresholds = run.thresholds()
@@ -174,13 +251,14 @@ def _page(run: RunFolder, work: Path, final: Path, max_clips: int) -> tuple[str,
     failed_ids = {e.get("id") for e in run.errors}
     kind = (
         run.meta.get("kind")
+        or run.meta.get("job")
         or run.settings.get("job")
         or ("training" if run.is_training else "run")
     )
     parts = [
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>selva-ray report: {esc(run.root.name)}</title><style>{CSS}</style></head><body>",
-        f"<h1>{esc(run.root.name)}</h1>",
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>{GENERATOR}",
+        f"<title>selva-ray report: {esc(run.name)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{esc(run.name)}</h1>",
         f"<p class='muted'>{esc(kind)} run folder {esc(run.root)}; report written "
         f"{esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
     ]
@@ -190,7 +268,7 @@ def _page(run: RunFolder, work: Path, final: Path, max_clips: int) -> tuple[str,
         hist_html, n = _histograms(run, thresholds, work)
         parts.append(hist_html)
         images += n
-        table_html, n = _clips_table(run, shown, len(ranked), work, final)
+        table_html, n = _clips_table(run, shown, len(ranked), work, final, fetched)
         parts.append(table_html)
         images += n
         parts.append(_errors_table(run))
@@ -331,44 +409,46 @@ def _histograms(run: RunFolder, thresholds, work: Path) -> tuple[str, int]:
 
 
 def _clips_table(
-    run: RunFolder, rows: list[dict], total: int, work: Path, final: Path
+    run: RunFolder, rows: list[dict], total: int, work: Path, final: Path, fetched: Path
 ) -> tuple[str, int]:
-    from ..stages.decode import read_source_audio
-
     if not rows:
         return "<h2>Clips</h2><p>No results rows.</p>", 0
     (work / "spec").mkdir(exist_ok=True)
-    head = [("#", "rank"), ("id", "id"), ("flags", "flags"), ("spectrogram", ""), ("listen", "")]
-    head += [(label, key) for key, label, _ in TABLE_METRICS] + [
-        ("prompt", "prompt"),
-        ("video", ""),
-    ]
+    head = [("#", "rank"), ("clip", "source"), ("flags", "flags"), ("spectrogram, listen", "")]
+    head += [(label, key) for key, label, _ in TABLE_METRICS]
+    head += [("prompt", "prompt"), ("video", "")]
     body = []
     images = 0
     for rank, r in enumerate(rows, 1):
         media = run.media_path(r)
-        spec_cell = "<td data-v=''>no audio</td>"
-        if media and "://" not in media:
+        spec = "<div>no audio</div>"
+        if media:
             try:
-                samples, rate = read_source_audio(media, 0.0, SPECTROGRAM_SECONDS)
+                samples, rate = _spectrogram_audio(media, fetched)
                 name = f"spec/{file_name(r['id'])}.png"
                 plots.spectrogram(samples, rate, work / name)
-                spec_cell = f"<td data-v=''><img class='spec' src='{name}' alt='spectrogram'></td>"
+                spec = f"<img class='spec' src='{name}' alt='spectrogram'>"
                 images += 1
             except Exception as exc:  # noqa: BLE001 - a bad file shows as text, not a broken img
-                spec_cell = f"<td data-v=''>{esc(exc)}</td>"
+                spec = f"<div class='why'>{esc(exc)}</div>"
         link = href(media, final) if media else None
-        player = f"<audio controls preload='none' src='{link}'></audio>" if link else ""
+        if link:
+            player = f"<audio controls preload='none' src='{link}'></audio>"
+        else:  # a remote track: named, not linked (no URL leaves the page)
+            player = f"<div class='muted why'>{esc(media or '')}</div>"
         flags = r.get("qa_flags") or []
         flag_html = "".join(f"<span class='flag'>{esc(f)}</span>" for f in flags) or (
             "<span class='ok'>ok</span>"
         )
+        name = clip_name(r)
+        clip_html = (f"<b>{esc(name)}</b><div class='muted id'>{esc(r.get('id'))}</div>"
+                     if name else f"<span class='id'>{esc(r.get('id'))}</span>")  # fmt: skip
         cells = [
             f"<td class='num'>{rank}</td>",
-            f"<td>{esc(r.get('id'))}</td>",
+            f"<td class='clip' data-v='{esc(name or r.get('id'))}' "
+            f"title='{esc(r.get('source'))}'>{clip_html}</td>",
             f"<td data-v='{len(flags)}'>{flag_html}</td>",
-            spec_cell,
-            f"<td data-v=''>{player}</td>",
+            f"<td class='media' data-v=''>{spec}{player}</td>",
         ]
         for key, _, digits in TABLE_METRICS:
             value = r.get(key)
@@ -379,9 +459,10 @@ def _clips_table(
         cells.append(f"<td class='prompt'>{esc(r.get('prompt'))}</td>")
         video = r.get("video_path")
         video_link = href(run.resolve(video), final) if video else None
-        cells.append(
-            f"<td><a href='{video_link}'>video</a></td>" if video_link else f"<td>{esc(video)}</td>"
-        )
+        if video_link:
+            cells.append(f"<td><a href='{video_link}'>video</a></td>")
+        else:  # remote (named, not linked) or none
+            cells.append(f"<td class='why'>{esc(run.resolve(video) if video else '')}</td>")
         body.append(f"<tr class='clip' data-id='{esc(r.get('id'))}'>{''.join(cells)}</tr>")
     heading = "<h2>Clips, worst first</h2>"
     note = (
@@ -391,10 +472,32 @@ def _clips_table(
     )
     header = "".join(f"<th data-key='{esc(k)}'>{esc(h)}</th>" for h, k in head)
     table = (
-        f"<table class='sortable' id='clips'><thead><tr>{header}</tr></thead>"
-        f"<tbody>{''.join(body)}</tbody></table>"
+        f"<div class='wide'><table class='sortable' id='clips'><thead><tr>{header}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
     return heading + note + table, images
+
+
+def _spectrogram_audio(media: str, fetched: Path):
+    """Samples of a clip's track for its spectrogram; a remote one (s3://...) is copied to
+    `fetched` first (decoders read local files), up to `REMOTE_AUDIO_MAX_BYTES`."""
+    from ..stages.decode import read_source_audio
+
+    if "://" not in media:
+        return read_source_audio(media, 0.0, SPECTROGRAM_SECONDS)
+    fs, path = resolve(media)
+    size = fs.get_file_info(path).size
+    if size is None:
+        raise FileNotFoundError(f"{media} does not exist")
+    if size > REMOTE_AUDIO_MAX_BYTES:
+        raise ValueError(f"{media}: {size >> 20} MiB, not fetched for a spectrogram")
+    local = fetched / f"{uuid.uuid4().hex[:8]}{Path(path).suffix}"
+    with fs.open_input_stream(path) as src, local.open("wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    try:
+        return read_source_audio(str(local), 0.0, SPECTROGRAM_SECONDS)
+    finally:
+        local.unlink(missing_ok=True)
 
 
 def _errors_table(run: RunFolder) -> str:
@@ -407,9 +510,9 @@ def _errors_table(run: RunFolder) -> str:
         for e in run.errors[:1000]
     )
     return (
-        f"<h2>Failed clips ({len(run.errors)})</h2><table class='sortable' id='errors'><thead><tr>"
-        "<th>id</th><th>stage</th><th>error</th><th>message</th><th>source</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>"
+        f"<h2>Failed clips ({len(run.errors)})</h2><div class='wide'>"
+        "<table class='sortable' id='errors'><thead><tr><th>id</th><th>stage</th><th>error</th>"
+        f"<th>message</th><th>source</th></tr></thead><tbody>{rows}</tbody></table></div>"
     )
 
 
@@ -444,7 +547,7 @@ def _training(run: RunFolder, work: Path) -> tuple[str, int]:
         last = run.training[-1]
         out.append(
             f"<p>{len(run.training)} logged steps; last: "
-            + esc(", ".join(f"{k}={fmt(v, 4)}" for k, v in last.items()))
+            + esc(", ".join(f"{k}={log_value(k, v)}" for k, v in last.items()))
             + "</p>"
         )
     else:
@@ -458,18 +561,18 @@ def _training(run: RunFolder, work: Path) -> tuple[str, int]:
     images = len(figures)
     if run.evals:
         steps = sorted(run.evals)
-        names = sorted({k for v in run.evals.values() for k in v})
-        header = "".join(f"<th>{esc(n)}</th>" for n in ["step", *names])
+        names = sorted({k for v in run.evals.values() for k in v} - {"step"})
+        header = "".join(f"<th>{_breakable(n)}</th>" for n in ["step", *names])
         rows = "".join(
             f"<tr><td class='num'>{s}</td>"
-            + "".join(f"<td class='num'>{esc(fmt(run.evals[s].get(n), 4))}</td>" for n in names)
+            + "".join(f"<td class='num'>{esc(metric(run.evals[s].get(n)))}</td>" for n in names)
             + "</tr>"
             for s in steps
         )
         out.append(
             "<h3>Evaluator metrics per checkpoint</h3>"
-            f"<table class='sortable' id='evals'><thead><tr>{header}</tr></thead>"
-            f"<tbody>{rows}</tbody></table>"
+            f"<div class='wide'><table class='sortable' id='evals'><thead><tr>{header}</tr>"
+            f"</thead><tbody>{rows}</tbody></table></div>"
         )
         eval_figs = []
         for n in names[:12]:
@@ -485,6 +588,30 @@ def _training(run: RunFolder, work: Path) -> tuple[str, int]:
         )
         images += len(eval_figs)
     return "".join(out), images
+
+
+def log_value(key: str, value) -> str:
+    """A metrics.jsonl value for people: Unix times (`time`, `*_at`) as local dates, numbers
+    to 4 significant digits."""
+    if (key == "time" or key.endswith("_at")) and isinstance(value, int | float):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def metric(value) -> str:
+    """An evaluator metric: 4 decimals, or 4 significant digits when that would hide it."""
+    finite = isinstance(value, float) and math.isfinite(value) and value != 0
+    if finite and not 1e-3 <= abs(value) < 1e5:
+        return f"{value:.4g}"
+    return fmt(value, 4)
+
+
+def _breakable(name: str) -> str:
+    """A long metric name (`mean.spectral_centroid_hz`) as header text that may wrap after
+    each `_`, so many columns fit the page (the dotted path itself stays whole)."""
+    return esc(name).replace("_", "_<wbr>")
 
 
 def _settings(run: RunFolder) -> str:

@@ -1,9 +1,10 @@
-"""The worst clips of a run as a terminal table (the report's ranking: flagged first)."""
+"""The worst clips of a run as a terminal table (the report's ranking: flagged first), each
+named by its source file (ids are hashes) with the path of what to listen to."""
 
 from __future__ import annotations
 
 from .build import fmt
-from .run_folder import RunFolder, rank_clips
+from .run_folder import RunFolder, clip_name, rank_clips
 
 COLUMNS = [
     # header, key, digits, width
@@ -32,10 +33,15 @@ def ranking_lines(run: RunFolder, worst: int = 10) -> list[str]:
     header = f"{'#':>3}  {'id':<{id_w}}  {'flags':<{flag_w}}  " + "  ".join(
         f"{h:>{w}}" for h, _, _, w in COLUMNS
     )
-    lines += [header + "  media", "-" * (len(header) + 7)]
+    name_w = max(6, *(len(clip_name(r)) for r in shown))
+    lines += [f"{header}  {'source':<{name_w}}  media", "-" * (len(header) + name_w + 9)]
     for rank, r in enumerate(shown, 1):
         flags = ",".join(r.get("qa_flags") or []) or "-"
         values = "  ".join(f"{fmt(r.get(k), d) or '-':>{w}}" for _, k, d, w in COLUMNS)
         media = r.get("audio_path") or r.get("video_path") or ""
-        lines.append(f"{rank:>3}  {str(r.get('id')):<{id_w}}  {flags:<{flag_w}}  {values}  {media}")
+        name = clip_name(r) or "-"
+        lines.append(
+            f"{rank:>3}  {str(r.get('id')):<{id_w}}  {flags:<{flag_w}}  {values}  "
+            f"{name:<{name_w}}  {media}".rstrip()
+        )
     return lines
