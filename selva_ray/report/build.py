@@ -9,13 +9,11 @@ are named, not linked). The page is built in a hidden sibling folder and swapped
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -28,6 +26,7 @@ from urllib.parse import quote
 from selva_core.qa import QA_METRICS
 
 from ..io.catalog import resolve
+from ..io.names import file_stem
 from . import plots
 from .run_folder import RunFolder, RunFolderError, clip_name, load_run, rank_clips
 
@@ -139,12 +138,6 @@ def fmt(value, digits: int = 2) -> str:
             return str(value)
         return f"{value:.{digits}f}"
     return str(value)
-
-
-def file_name(clip_id: str) -> str:
-    """A safe, unique file name for a clip id."""
-    stem = re.sub(r"[^A-Za-z0-9._-]", "_", str(clip_id))[:60]
-    return f"{stem}-{hashlib.sha1(str(clip_id).encode()).hexdigest()[:8]}"
 
 
 def href(target: str, report_dir: Path) -> str | None:
@@ -425,7 +418,7 @@ def _clips_table(
         if media:
             try:
                 samples, rate = _spectrogram_audio(media, fetched)
-                name = f"spec/{file_name(r['id'])}.png"
+                name = f"spec/{file_stem(r['id'])}.png"
                 plots.spectrogram(samples, rate, work / name)
                 spec = f"<img class='spec' src='{name}' alt='spectrogram'>"
                 images += 1
@@ -578,7 +571,7 @@ def _training(run: RunFolder, work: Path) -> tuple[str, int]:
         for n in names[:12]:
             xs = [float(s) for s in steps if n in run.evals[s]]
             ys = [run.evals[s][n] for s in steps if n in run.evals[s]]
-            name = f"eval_{file_name(n)}.png"
+            name = f"eval_{file_stem(n)}.png"
             plots.curves({n: (xs, ys)}, work / name, n)
             eval_figs.append(name)
         out.append(
