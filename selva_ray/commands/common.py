@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from .. import validate
-from ..runtime import DTYPES, resolve_device, resolve_dtype
+from ..runtime import PRECISIONS, resolve_device, resolve_dtype
 
 
 def variant_name(text: str) -> str:
@@ -58,9 +58,10 @@ def add_model_args(p: argparse.ArgumentParser, *, default_variant: str) -> None:
     add_device_arg(p)
     p.add_argument(
         "--precision",
-        choices=sorted(DTYPES),
+        choices=sorted(PRECISIONS),
         default=None,
-        help="model precision (default: bf16 on GPU, fp32 on CPU)",
+        help="model precision; auto: bf16 on GPU and on CPUs with native bf16 (AMX, "
+        "avx512_bf16), else fp32 (default: bf16 on GPU, fp32 on CPU)",
     )
     add_weights_args(p)
 
