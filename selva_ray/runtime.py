@@ -9,6 +9,11 @@ import os
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+# What `--precision` accepts: a named dtype, or "auto" (see `resolve_dtype`).
+PRECISIONS = (*DTYPES, "auto")
+# CPU flags whose bf16 matmuls run natively (AMX tiles, AVX-512 BF16 dot products); without
+# them oneDNN emulates bf16 through fp32 and gains little or nothing over fp32.
+NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def resolve_device(name: str = "auto") -> str:
@@ -19,15 +24,72 @@ def resolve_device(name: str = "auto") -> str:
     return name
 
 
-def resolve_dtype(precision: str | None, device: str):
-    """Named precision, or the default: bf16 on GPU (as the official demo), fp32 on CPU."""
+def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return set(value.split())
+    except OSError:
+        pass
+    return set()
+
+
+def native_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The native-bf16 ISA flags this CPU has, from /proc/cpuinfo and torch's own CPU probe
+    (`torch.cpu.get_capabilities`, where the build has it: it also works off Linux)."""
+    found = set(_cpuinfo_flags(cpuinfo)) & set(NATIVE_BF16_FLAGS)
+    try:
+        import torch
+
+        caps = torch.cpu.get_capabilities()
+        found |= {f for f in NATIVE_BF16_FLAGS if caps.get(f)}
+    except (AttributeError, RuntimeError):
+        pass
+    return [f for f in NATIVE_BF16_FLAGS if f in found]
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True where bf16 matmuls run in hardware here (AMX or AVX-512 BF16) and torch's oneDNN
+    can use them: there bf16 inference is about 3x fp32 (docs/benchmarks.md)."""
+    if not native_bf16_flags(cpuinfo):
+        return False
     import torch
 
+    mkldnn = torch.backends.mkldnn
+    if not mkldnn.is_available():
+        return False
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(probe()) if probe is not None else True
+
+
+def resolve_dtype(precision: str | None, device: str):
+    """Named precision; "auto": bf16 on a GPU and on a CPU with native bf16
+    (`cpu_has_native_bf16`), fp32 on other CPUs, logged with the reason; None (the
+    default): bf16 on GPU (as the official demo), fp32 on CPU."""
+    import torch
+
+    if precision == "auto":
+        precision, why = auto_precision(device)
+        log.info("--precision auto: %s (%s)", precision, why)
     if precision is None:
         precision = "fp32" if device == "cpu" else "bf16"
     if precision not in DTYPES:
-        raise ValueError(f"precision must be one of {sorted(DTYPES)}, got {precision!r}")
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
     return getattr(torch, DTYPES[precision])
+
+
+def auto_precision(device: str) -> tuple[str, str]:
+    """What `--precision auto` picks on `device`, and why (one short phrase)."""
+    if not str(device).startswith("cpu"):
+        return "bf16", f"device {device}"
+    flags = native_bf16_flags()
+    if flags and cpu_has_native_bf16():
+        return "bf16", f"CPU with native bf16 ({', '.join(flags)})"
+    if flags:
+        return "fp32", f"CPU has {', '.join(flags)} but torch has no oneDNN bf16"
+    return "fp32", "CPU without native bf16 (no amx_bf16 / avx512_bf16)"
 
 
 def model_pool(actors: int, in_flight: int = 2):

@@ -19,7 +19,7 @@ from . import validate
 from .settings import APPEND, NEGATED, SWITCH, opt
 
 MASK_PATHS = ("clip", "sync")  # selva_core.video.mask.MASK_PATHS (no torch import here)
-PRECISIONS = ("bf16", "fp16", "fp32")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # runtime.PRECISIONS (no torch import)
 
 RUN = "run"  # group titles
 WEIGHTS = None
@@ -106,7 +106,8 @@ def device_opt(help: str = "cpu, cuda, cuda:N or auto", group: str | None = None
 
 
 def precision_opt(
-    help: str = "model precision (default: bf16 on GPU, fp32 on CPU)",
+    help: str = "model precision; auto: bf16 on GPU and on CPUs with native bf16 (AMX, "
+    "avx512_bf16), else fp32 (default: bf16 on GPU, fp32 on CPU)",
     choices: tuple[str, ...] = PRECISIONS,
     default: str | None = None,
     group: str | None = None,

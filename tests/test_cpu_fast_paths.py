@@ -1,5 +1,6 @@
-"""The CPU inference fast paths compute what the plain modules compute (fp32 rounding apart),
-and step aside where they must: autograd, other dtypes, LoRA-wrapped layers, changed weights."""
+"""The CPU inference fast paths compute what the plain modules compute (rounding apart), in fp32
+and bf16, and step aside where they must: autograd, fp16 and mixed dtypes, LoRA-wrapped layers,
+changed weights."""
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch import nn
 
 from selva_core.build import load_generator
 from selva_core.lora import LoRAConfig, apply_lora
-from selva_core.model.fused_cpu import linear_gelu
+from selva_core.model.fused_cpu import cpu_inference_fast_path, linear_gelu
 from selva_core.model.generator import PreprocessedConditions
 from selva_core.model.layers import ChannelLastConv1d
 
@@ -91,3 +92,30 @@ def test_predict_flow_repeats_equals_the_repeated_latents():
         assert _rel(shared, stacked) < 1e-5
         with pytest.raises(ValueError, match="expected 3 x the latent batch 2"):
             tiny.predict_flow(x, t, both, repeats=3)
+
+
+def test_fast_paths_take_bf16_and_round_like_the_plain_kernels():
+    """In bf16 both paths accumulate in fp32 and round once: against an fp32 reference the fast
+    path is as close as the plain bf16 kernel (and its GELU, applied before rounding, closer)."""
+    torch.manual_seed(0)
+    conv = ChannelLastConv1d(48, 80, 7, padding=3).bfloat16()
+    fc = nn.Linear(64, 256).bfloat16()
+    x, xl = torch.randn(3, 37, 48).bfloat16(), torch.randn(2, 50, 64).bfloat16()
+    with torch.no_grad():
+        assert conv._as_gemm(x)
+        ref = F.conv1d(x.float().transpose(1, 2), conv.weight.float(), conv.bias.float(), padding=3)
+        ref = ref.transpose(1, 2)
+        plain = F.conv1d(x.transpose(1, 2), conv.weight, conv.bias, padding=3).transpose(1, 2)
+        out = conv(x)
+        assert out.dtype == torch.bfloat16
+        assert _rel(out.float(), ref) <= 1.5 * _rel(plain.float(), ref) + 1e-6
+        assert _rel(out.float(), ref) < 1e-2
+        ref = F.gelu(F.linear(xl.float(), fc.weight.float(), fc.bias.float()))
+        fused = linear_gelu(fc, xl)
+        assert fused.dtype == torch.bfloat16
+        assert _rel(fused.float(), ref) <= 1.5 * _rel(F.gelu(fc(xl)).float(), ref) + 1e-6
+        assert _rel(fused.float(), ref) < 1e-2
+        # fp16 and mixed dtypes keep the plain kernels
+        assert not conv._as_gemm(x.half())
+        assert not conv._as_gemm(x.float())
+        assert not cpu_inference_fast_path(xl.float(), fc.weight)

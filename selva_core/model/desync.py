@@ -55,6 +55,7 @@ from ..random_init import randomize_
 from ..variants import get_spec
 from ..weights import WeightStore, load_verified
 from .ast import AudioTower, AudioTowerConfig
+from .fp32_tables import fp32_kept
 from .motionformer import MotionFormer, MotionFormerConfig, map_windows, normalize_sync_frames
 
 # Seed of the `tiny` DeSync model (every process builds the same weights).
@@ -197,9 +198,8 @@ class SyncLogMel(nn.Module):
         self.filterbank = fb.to(device) if device is not None else fb
 
     def _apply(self, fn, recurse=True):
-        result = super()._apply(fn, recurse)
-        self.window, self.filterbank = self.window.float(), self.filterbank.float()
-        return result
+        with fp32_kept(self, ("window", "filterbank")):  # fp32 values through any cast
+            return super()._apply(fn, recurse)
 
     def forward(self, windows: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg

@@ -1,4 +1,4 @@
-"""Linear + GELU as one oneDNN call, for CPU float32 inference.
+"""Linear + GELU as one oneDNN call, for CPU float32 and bfloat16 inference.
 
 The ViT MLPs of the video towers spend a separate memory pass on GELU over a (tokens, 3072)
 activation that no longer fits in cache. oneDNN applies the (erf) GELU inside the GEMM's
@@ -7,10 +7,13 @@ real-size TextSynch windows on a 2-core AVX-512 CPU (4.57 -> 4.31 s; docs/benchm
 issue #16). The numbers agree with `F.gelu(linear(x))` to fp32 rounding (3e-7 relative on
 `sync_f`).
 
-Anything else (GPU, other dtypes, autograd, a LoRA-wrapped layer, a build without oneDNN) takes
-the plain path. The reordered weight costs one extra copy of the layer's weight in memory; it
-is cached per layer and rebuilt when the weight changes (in-place updates bump its version);
-a weight made under `torch.inference_mode` has no version, so it is used as it is.
+In bfloat16 (where oneDNN has bf16 kernels) the same fusion saves about 10 % of the MLP
+(21.5 -> 19.1 ms for a (1569, 768) x (768, 3072) window on an AVX-512 BF16 CPU), and GELU is
+applied to the fp32 accumulator before the one rounding to bf16 instead of after it.
+Anything else (GPU, fp16/fp64, mixed dtypes, autograd, a LoRA-wrapped layer, a build without
+oneDNN) takes the plain path. The reordered weight costs one extra copy of the layer's weight
+in memory; it is cached per layer and rebuilt when the weight changes (in-place updates bump
+its version); a weight made under `torch.inference_mode` has no version, so it is used as it is.
 """
 
 from __future__ import annotations
@@ -26,21 +29,26 @@ _REORDERED: weakref.WeakKeyDictionary[nn.Linear, tuple[tuple[int, int], torch.Te
 )
 
 
-def cpu_fp32_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """True where the CPU fast paths apply: float32 input and weight on the CPU, no autograd
-    (training and every other device/dtype keep the plain kernels)."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and not torch.is_grad_enabled()
-    )
+def _bf16_kernels() -> bool:
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return torch.backends.mkldnn.is_available() and probe is not None and bool(probe())
+
+
+def cpu_inference_fast_path(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """True where the CPU fast paths apply: input and weight on the CPU in the same dtype,
+    float32, or bfloat16 where oneDNN has bf16 kernels; no autograd (training and every
+    other device/dtype keep the plain kernels)."""
+    if x.device.type != "cpu" or x.dtype != weight.dtype or torch.is_grad_enabled():
+        return False
+    if x.dtype == torch.float32:
+        return True
+    return x.dtype == torch.bfloat16 and _bf16_kernels()
 
 
 def _fusable(linear: nn.Module, x: torch.Tensor) -> bool:
     return (
         type(linear) is nn.Linear
-        and cpu_fp32_inference(x, linear.weight)
+        and cpu_inference_fast_path(x, linear.weight)
         and torch.backends.mkldnn.is_available()
     )
 
@@ -60,7 +68,7 @@ def _reordered_weight(linear: nn.Linear, rows: int) -> torch.Tensor:
 
 
 def linear_gelu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """`F.gelu(linear(x))` (erf GELU), fused on the CPU in float32 inference."""
+    """`F.gelu(linear(x))` (erf GELU), fused on the CPU in float32 / bfloat16 inference."""
     if not _fusable(linear, x):
         return F.gelu(linear(x))
     rows = x.reshape(-1, x.shape[-1])

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..seqconfig import SequenceConfig
+from .fp32_tables import fp32_kept
 from .layers import MLP, ChannelLastConv1d, ConvMLP, TimestepEmbedder
 from .rope import rope_rotations
 from .transformer import FinalBlock, JointBlock, MMDitSingleBlock
@@ -188,12 +189,9 @@ class Generator(nn.Module):
     def _apply(self, fn, recurse=True):
         # Casting the model to bf16/fp16 must leave the RoPE tables in fp32.
         # The latent statistics stay fp32 too: they only serve (un)normalisation.
-        result = super()._apply(fn, recurse)
-        self.latent_rot = self.latent_rot.float()
-        self.clip_rot = self.clip_rot.float()
-        for stat in (self.latent_mean, self.latent_std):
-            stat.data = stat.data.float()
-        return result
+        # Both keep their fp32 values, not bf16-rounded ones (`fp32_kept`).
+        with fp32_kept(self, ("latent_rot", "clip_rot", "latent_mean", "latent_std")):
+            return super()._apply(fn, recurse)
 
     @property
     def latent_seq_len(self) -> int:

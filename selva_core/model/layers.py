@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .fused_cpu import cpu_fp32_inference
+from .fp32_tables import fp32_kept
+from .fused_cpu import cpu_inference_fast_path
 
 
 def swiglu_hidden(hidden_dim: int, multiple_of: int = 256) -> int:
@@ -18,10 +19,12 @@ def swiglu_hidden(hidden_dim: int, multiple_of: int = 256) -> int:
 class ChannelLastConv1d(nn.Conv1d):
     """Conv1d applied to (B, N, C) sequences. Still an nn.Conv1d, so LoRA does not target it.
 
-    CPU float32 inference runs it as one GEMM over the unfolded windows (im2col): on
-    channel-last data that skips both layout transposes, and at the generator's sizes it
-    measured 5-25 % faster than the convolution kernel (docs/benchmarks.md, issue #16). The
-    sums are the same, taken in another order (fp32 rounding, below 1e-6 relative).
+    CPU float32 and bfloat16 inference runs it as one GEMM over the unfolded windows (im2col):
+    on channel-last data that skips both layout transposes, and at the generator's sizes it
+    measured 5-25 % faster than the convolution kernel in fp32 (docs/benchmarks.md, issue #16);
+    in bf16 the two are within 10 % of each other per layer (ConvMLP 3-4 % faster). The sums
+    are the same, taken in another order (fp32 rounding, below 1e-6 relative; in bf16 both
+    round the fp32 accumulator once).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -31,7 +34,7 @@ class ChannelLastConv1d(nn.Conv1d):
 
     def _as_gemm(self, x: torch.Tensor) -> bool:
         return (
-            cpu_fp32_inference(x, self.weight)
+            cpu_inference_fast_path(x, self.weight)
             and self.stride == (1,)
             and self.dilation == (1,)
             and self.groups == 1
@@ -128,13 +131,16 @@ class TimestepEmbedder(nn.Module):
         self.freqs = self._frequencies(self.mlp[0].weight.device)
 
     def _apply(self, fn, recurse=True):
-        # Keep the frequency table in fp32 whatever dtype the module is cast to.
-        result = super()._apply(fn, recurse)
-        self.freqs = self.freqs.float()
-        return result
+        # Keep the frequency table in fp32, values unrounded, whatever the module's dtype.
+        with fp32_kept(self, ("freqs",)):
+            return super()._apply(fn, recurse)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
+    def sinusoid(self, t: torch.Tensor) -> torch.Tensor:
+        """[cos(t f), sin(t f)] (B, F), always float32 whatever the model dtype, as the official
+        code forms it: in bf16, t * f near v2's 1e4 rad would be off by tens of radians."""
         freqs = self.freqs.to(device=t.device, dtype=torch.float32)
         args = t[:, None].float() * freqs[None]
-        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        return self.mlp(embedding.to(self.mlp[0].weight.dtype))
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.sinusoid(t).to(self.mlp[0].weight.dtype))

@@ -56,6 +56,7 @@ class QAConfig:
     )
     desync_precision: str = s.precision_opt(
         help="DeSync model precision (default fp32: scores are argmaxes over a 0.2 s grid)",
+        choices=("bf16", "fp16", "fp32"),
         default="fp32",
         group=DESYNC,
     )

@@ -167,11 +167,20 @@ def actor_device(device: str, use_gpu: bool) -> str:
 
 
 def resolve_precision(precision: str | None, use_gpu: bool) -> str:
-    from ..runtime import DTYPES
+    """The model actors' precision: a named one; "auto" bf16 on GPUs and on CPUs with native
+    bf16 (`runtime.auto_precision`), else fp32, said in the log; None bf16 on GPUs, fp32 on
+    CPUs (the official code's defaults)."""
+    from ..runtime import DTYPES, PRECISIONS, auto_precision
 
-    chosen = precision if precision not in (None, "auto") else ("bf16" if use_gpu else "fp32")
+    if precision == "auto":
+        chosen, why = ("bf16", "GPU actors") if use_gpu else auto_precision("cpu")
+        log.info("--precision auto: %s (%s)", chosen, why)
+    elif precision is None:
+        chosen = "bf16" if use_gpu else "fp32"
+    else:
+        chosen = precision
     if chosen not in DTYPES:
-        raise UsageError(f"--precision must be one of {sorted(DTYPES)} or auto, got {chosen!r}")
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {chosen!r}")
     return chosen
 
 
