@@ -3,14 +3,13 @@ AVX-512 BF16), fp32 elsewhere, with the reason logged; the default (None) is unc
 
 from __future__ import annotations
 
-import argparse
 import logging
 
 import pytest
 import torch
 
 from selva_ray import runtime
-from selva_ray.commands.common import add_model_args
+from selva_ray.cli import parse
 
 
 def _cpuinfo(tmp_path, flags: str):
@@ -74,10 +73,20 @@ def test_default_and_named_precisions_are_unchanged():
         runtime.resolve_dtype("int8", "cpu")
 
 
-def test_cli_accepts_auto():
-    p = argparse.ArgumentParser()
-    add_model_args(p, default_variant="tiny")
-    assert p.parse_args(["--precision", "auto"]).precision == "auto"
-    assert p.parse_args([]).precision is None
+@pytest.mark.parametrize("job", ["extract", "generate", "generate-one"])
+def test_cli_accepts_auto(job):
+    base = (
+        ["v.mp4", "--prompt", "p"] if job == "generate-one" else ["--input", "a", "--output", "b"]
+    )
+    assert parse([job, *base, "--precision", "auto"]).precision == "auto"
+    assert parse([job, *base]).precision is None
     with pytest.raises(SystemExit):
-        p.parse_args(["--precision", "int8"])
+        parse([job, *base, "--precision", "int8"])
+
+
+def test_the_planner_resolves_auto_for_the_model_actors():
+    from selva_ray.runner.plan import resolve_precision
+
+    assert resolve_precision("auto", use_gpu=True) == "bf16"
+    assert resolve_precision("auto", use_gpu=False) == runtime.auto_precision("cpu")[0]
+    assert resolve_precision(None, use_gpu=False) == "fp32"
