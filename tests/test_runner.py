@@ -160,7 +160,7 @@ def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog,
         env = {**ENV, "RAY_TMPDIR": temp}
         cores = len(os.sched_getaffinity(0))
         features, gen, qa = tmp_path / "features", tmp_path / "generate", tmp_path / "qa"
-        common = ["--variant", "tiny", "--offline", "--max-duration", "1"]
+        common = ["--variant", "tiny", "--offline", "--max-duration", "1", "--window", "0"]
         done = cli(
             "extract", "--input", str(catalog), "--output", str(features), *common,
             "--with-audio-latents", env=env,
