@@ -447,7 +447,8 @@ def test_bad_rows_become_error_rows(cluster, catalog, tmp_path):
     )
     assert (summary.ok, summary.failed) == (1, 3)
     errors = {e["id"]: e for e in pq.read_table(output / "errors").to_pylist()}
-    assert errors["no-prompt"]["stage"] == "encode" and "empty" in errors["no-prompt"]["message"]
+    no_prompt = errors["no-prompt"]  # caught when the catalog is read, before decoding
+    assert no_prompt["stage"] == "catalog" and "column 'prompt'" in no_prompt["message"]
     bad_steps = errors["bad-steps"]
     assert bad_steps["stage"] == "catalog" and "column 'steps'" in bad_steps["message"]
     assert errors["bad-seed"]["stage"] == "catalog"

@@ -18,7 +18,7 @@ from selva_core.variants import get_spec
 
 from .. import validate
 from ..config_file import config_record
-from ..io.catalog import CatalogProblem, check_not_empty, read_catalog
+from ..io.catalog import CatalogProblem, check_not_empty, read_catalog, split_problems
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..runtime import model_pool
@@ -127,7 +127,10 @@ def run_extract(config: ExtractConfig) -> ExtractSummary:
     t0 = time.perf_counter()
     check_config(config)
     records, problems = read_catalog(
-        config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
+        config.input,
+        max_duration=config.max_duration,
+        allow_roots=config.allow_roots,
+        require_prompt=validate.prompt_required(config.variant),
     )
     check_not_empty(config.input, records, problems)
     spec = get_spec(config.variant)
@@ -181,11 +184,7 @@ def _plan(
     """What to compute: new clips, and clips whose committed row came from another catalog row
     (their old rows are deleted first, so no reader ever sees two rows for one id)."""
     finished = out.finished()
-    for p in problems:
-        if not p.clip:
-            log.warning("catalog: %s", p.message)
-    clip_problems = [p for p in problems if p.clip]
-    summary.warnings = len(problems) - len(clip_problems)
+    clip_problems, summary.warnings = split_problems(problems)
     summary.catalog = len({r.get("parent_id") or r["id"] for r in records}) + len(clip_problems)
     todo, new_problems, stale = [], [], set()
     items = [(r, r["id"], r["input_hash"]) for r in records]
