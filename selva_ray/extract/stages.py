@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from selva_core.pipeline import fit_length
+from selva_core.pipeline import clip_duration, fit_length
 
 from ..io.feature_schema import FeatureLayout, tensor_array, to_storage
 from ..io.output_dir import OutputDir
@@ -101,7 +101,8 @@ def decode_batch(
             frames, clip_frames = clip.sync_frames.numpy(), clip.clip_frames.numpy()
             if clip.audio is not None:
                 audio = clip.audio.numpy()
-            duration, fps = clip.duration, clip.source_fps
+            # the clip's exact duration (its track's), not what the frames cover
+            duration, fps = clip_duration(clip), clip.source_fps
             has_audio, padded = clip.has_audio, clip.padded
             rotation = clip.rotation
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
