@@ -318,3 +318,17 @@ def test_track_of_a_window_is_capped_by_the_video_end(pipes, odd_clips):
     tail = pipe.extract_features(path, "a", start=1.0, max_duration=4.0)
     assert tail.duration == pytest.approx(0.52)  # ... capped at the video's end
     assert pipe.generate(tail, steps=1).shape[1] == round(0.52 * 16000)
+
+
+@pytest.mark.parametrize("name", ["0.2 s", "1.52 s", "29.97 fps"])
+def test_generate_one_writes_a_track_of_exactly_the_clip_duration(odd_clips, tmp_path, name):
+    path = odd_clips[name]
+    out = _cli(
+        "generate-one", path, "--prompt", "a door slams", "--variant", "tiny", "--steps", "1",
+        "--output-dir", tmp_path, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    with av.open(str(tmp_path / f"{path.stem}.flac")) as c:
+        samples = sum(f.samples for f in c.decode(c.streams.audio[0]))
+    assert samples == round(video_end(path) * 16000)
+    assert f"({video_end(path):.2f} s at 16000 Hz)" in out.stdout
