@@ -2,6 +2,12 @@
 
 `Pipeline` loads each component once; `extract_features` and `generate` are the two halves
 that the Ray jobs run on separate actors (features go through Parquet in between).
+
+Track duration: a clip's track lasts exactly the clip's duration (`DecodedClip.track_duration`:
+the container's video end - start, capped at the length asked for), round(duration * rate)
+samples. The model samples the sequence of that duration, one sync window (0.64 s) at least
+(`ModelSpec.sequence`), its frames repeated at the end where the decoded ones stop short, and
+the waveform is trimmed to the track.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from . import build, defaults
 from .audio.vae import DiagonalGaussian, latent_to_sequence, sequence_to_latent
 from .conditioning import load_clip, load_t5, validate_prompts
 from .sampling import SamplerConfig, generate_latents
-from .seqconfig import SequenceConfig
+from .seqconfig import SequenceConfig, track_samples
 from .variants import ModelSpec, get_spec
 from .video.decode import (
     DecodeConfig,
@@ -51,7 +57,7 @@ class Features:
 
     variant: str
     prompt: str
-    duration: float
+    duration: float  # the clip's exact duration: its track's length (see the module doc)
     sync_f: torch.Tensor  # (sync_seq_len, sync_dim)
     text_f: torch.Tensor  # (77, text_dim) CLIP per-token text features of the prompt
     clip_f: torch.Tensor | None = None  # (clip_seq_len, clip_dim), MMAudio family
@@ -88,7 +94,7 @@ class ClipInput:
 
     path: str
     start: float
-    duration: float
+    duration: float  # the clip's exact duration (`DecodedClip.track_duration`), not the frames'
     sync_frames: torch.Tensor  # (Ts, 3, 224, 224) uint8
     clip_frames: torch.Tensor  # (Tc, 3, 384, 384) uint8; may be empty for SelVA
     audio: torch.Tensor | None = None
@@ -100,6 +106,23 @@ class ClipInput:
 
 def default_window_chunk(device: str | torch.device) -> int | None:
     return 1 if torch.device(device).type == "cpu" else None
+
+
+def clip_duration(clip: DecodedClip | ClipInput) -> float:
+    """The clip's exact duration: a decoded clip's track duration (its `duration` is what the
+    frames cover), a `ClipInput`'s duration."""
+    if isinstance(clip, DecodedClip):
+        return clip.duration if clip.track_duration is None else clip.track_duration
+    return clip.duration
+
+
+def repeat_last(frames: torch.Tensor, length: int) -> torch.Tensor:
+    """The first `length` frames, the last one repeated where there are fewer (as the decoder
+    pads a clip shorter than one sync window)."""
+    n = frames.shape[0]
+    if n >= length or n == 0:
+        return frames[:length]
+    return torch.cat([frames, frames[-1:].expand(length - n, *frames.shape[1:])])
 
 
 def fit_length(x: torch.Tensor, length: int, dim: int = 0) -> torch.Tensor:
@@ -269,8 +292,10 @@ class Pipeline:
                 t5_f, t5_mask = self.t5.encode(prompts)
         features = []
         for i, clip in enumerate(clips):
-            seq = self.sequence(clip.duration)
-            frames = normalize_sync_frames(clip.sync_frames[: seq.num_sync_frames]).unsqueeze(0)
+            duration = clip_duration(clip)
+            seq = self.sequence(duration)
+            sync_frames = repeat_last(clip.sync_frames, seq.num_sync_frames)
+            frames = normalize_sync_frames(sync_frames).unsqueeze(0)
             with timed("sync"):
                 if self.t5 is not None:
                     valid = int(t5_mask[i].sum())  # padding is masked anyway; drop it
@@ -280,7 +305,7 @@ class Pipeline:
                     sync_f = self.sync_encoder(frames)
             clip_f = None
             if self.spec.uses_clip_frames:
-                pixels = normalize_clip_frames(clip.clip_frames[: seq.clip_seq_len])
+                pixels = normalize_clip_frames(repeat_last(clip.clip_frames, seq.clip_seq_len))
                 with timed("clip_frames"):
                     clip_f = fit_length(
                         self.clip.encode_frames(pixels).float().cpu(), seq.clip_seq_len
@@ -293,7 +318,7 @@ class Pipeline:
                 Features(
                     variant=self.spec.name,
                     prompt=prompts[i],
-                    duration=clip.duration,
+                    duration=duration,
                     sync_f=fit_length(sync_f[0].float().cpu(), seq.sync_seq_len),
                     text_f=text_f[i],
                     clip_f=clip_f,
@@ -351,7 +376,8 @@ class Pipeline:
         progress: Callable[[int, int], None] | None = None,
         known_latents: Sequence[torch.Tensor | None] | None = None,
     ) -> torch.Tensor:
-        """Waveforms (B, samples) float32 on the CPU, trimmed to each clip's duration.
+        """Waveforms (B, samples) float32 on the CPU, exactly the clips' duration long
+        (`track_samples`; sampled at one sync window at least, then trimmed).
 
         All clips in one call must share a duration (they share sequence lengths). A
         `negative_prompt` of None uses the stored empty-string features (official batch
@@ -367,7 +393,9 @@ class Pipeline:
             progress=progress,
             known_latents=known_latents,
         )
-        return self.decode_latents(latents, feats[0].duration)
+        duration = feats[0].duration
+        wav = self.decode_latents(latents, duration)
+        return fit_length(wav, track_samples(duration, self.sampling_rate), dim=1)
 
     @torch.no_grad()
     def sample_latents(

@@ -66,6 +66,12 @@ class SequenceConfig:
         return replace(self, duration=float(duration))
 
 
+def track_samples(duration: float, sample_rate: int) -> int:
+    """Samples of a track lasting `duration` seconds (rounded to the nearest sample): every
+    written track, a clip's or a joined long video's, has exactly this many."""
+    return int(round(duration * sample_rate))
+
+
 CONFIG_16K = SequenceConfig(sampling_rate=16000, spectrogram_frame_rate=256)
 CONFIG_44K = SequenceConfig(sampling_rate=44100, spectrogram_frame_rate=512)
 

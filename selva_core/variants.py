@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .seqconfig import SequenceConfig, config_for_mode
+from .seqconfig import MIN_SYNC_DURATION, SequenceConfig, config_for_mode
 
 if TYPE_CHECKING:  # the generator module imports torch; variant names must not need it
     from .model.generator import GeneratorConfig
@@ -90,7 +90,9 @@ class ModelSpec:
         )
 
     def sequence(self, duration: float = 8.0) -> SequenceConfig:
-        return config_for_mode(self.mode, duration)
+        """Sequence lengths the model samples a clip of `duration` seconds at: a clip shorter
+        than one sync window is sampled at one window (0.64 s) and its track trimmed."""
+        return config_for_mode(self.mode, max(float(duration), MIN_SYNC_DURATION))
 
     @property
     def generator_weights(self) -> str | None:

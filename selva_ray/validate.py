@@ -239,12 +239,17 @@ def read_input_catalog(
     allow_roots: list[str] | None,
     default_prompt: str | None = None,
     prompt_flag: str | None = None,
+    variant: str | None = None,
 ) -> tuple[list, list]:
     """The catalog a job runs over, read once by the driver: missing, unreadable, not UTF-8,
     without a needed column or without a single clip is a one-line CatalogError.
     `prompt_flag`: the job's flag that supplies a prompt (named as the fix when a manifest
-    has no prompt column)."""
-    from .io.catalog import MissingColumnError, check_not_empty, read_catalog
+    has no prompt column). `variant`: the model the clips are for; a SelVA variant needs a
+    prompt, so an empty one fails its clip here, before decoding.
+
+    Returns (records, clip problems): problems of the catalog itself (a prompts.txt line
+    naming no video) are logged as warnings, never failed clips (`catalog.split_problems`)."""
+    from .io.catalog import MissingColumnError, check_not_empty, read_catalog, split_problems
 
     try:
         records, problems = read_catalog(
@@ -252,6 +257,7 @@ def read_input_catalog(
             max_duration=max_duration,
             allow_roots=allow_roots,
             default_prompt=default_prompt,
+            require_prompt=prompt_required(variant),
         )
     except MissingColumnError as exc:
         if exc.column != "prompt" or not prompt_flag:
@@ -260,7 +266,17 @@ def read_input_catalog(
             f"{exc}; or pass {prompt_flag} TEXT to give every clip that prompt"
         ) from None
     check_not_empty(source, records, problems)
-    return records, problems
+    return records, split_problems(problems)[0]
+
+
+def prompt_required(variant: str | None) -> bool:
+    """Whether a variant's clips need a prompt: SelVA's selects the sound to generate;
+    MMAudio runs without one (its official demo accepts an empty prompt)."""
+    if variant is None:
+        return False
+    from selva_core.variants import get_spec
+
+    return get_spec(variant).family == "selva"
 
 
 def features_meta(uri: str) -> dict | None:

@@ -284,3 +284,73 @@ def test_input_hash_follows_what_the_row_says():
         ClipRecord("a", "/v/a.mp4", "dog", start=1.0),
     ):
         assert changed.input_hash() != base.input_hash()
+
+
+# ---- prompts: NFD names, empty prompts, lines naming no video (issue 24) --------------------
+
+
+def test_prompts_file_names_match_whatever_the_unicode_normal_form(tmp_path):
+    """macOS writes names in NFD; a prompts.txt typed elsewhere is NFC (and the reverse)."""
+    import unicodedata
+
+    nfc, nfd = "café.mp4", unicodedata.normalize("NFD", "crème.mp4")
+    touch(tmp_path / "sounds" / unicodedata.normalize("NFD", nfc))  # on disk: NFD
+    touch(tmp_path / "sounds" / unicodedata.normalize("NFC", nfd))  # on disk: NFC
+    (tmp_path / "sounds" / "prompts.txt").write_text(
+        f"{nfc}: a cup on a saucer\n{nfd}: a spoon in a bowl\n", encoding="utf-8"
+    )
+    records, problems = read_catalog(str(tmp_path))
+    prompts = sorted(r.prompt for r in records)
+    assert prompts == ["a cup on a saucer", "a spoon in a bowl"]  # not the folder name
+    assert not problems
+
+
+@pytest.mark.parametrize("prompt", ["", "   ", "\t \u3000"])
+def test_empty_prompts_fail_their_clip_when_the_catalog_is_read(tmp_path, prompt):
+    manifest = tmp_path / "clips.jsonl"
+    rows = [{"video": "a.mp4", "prompt": "dog"}, {"video": "b.mp4", "prompt": prompt}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, problems = read_catalog(str(manifest), require_prompt=True)
+    assert [r.prompt for r in records] == ["dog"]
+    assert len(problems) == 1 and problems[0].clip and problems[0].row == 1
+    assert "row 1 (line 2)" in problems[0].message
+    assert "column 'prompt'" in problems[0].message and "empty prompt" in problems[0].message
+    # a job's --prompt fills empty cells; MMAudio and qa (require_prompt=False) need none
+    filled, problems = read_catalog(str(manifest), require_prompt=True, default_prompt="rain")
+    assert [r.prompt for r in filled] == ["dog", "rain"] and not problems
+    records, problems = read_catalog(str(manifest))
+    assert len(records) == 2 and not problems
+
+
+def test_empty_prompt_of_a_folder_clip_names_the_prompts_line(tmp_path):
+    touch(tmp_path / "dogs" / "a.mp4")
+    touch(tmp_path / "dogs" / "b.mp4")
+    touch(tmp_path / "__" / "c.mp4")  # folder name gives no prompt either
+    (tmp_path / "dogs" / "prompts.txt").write_text("a.mp4: a dog\nb.mp4:   \n")
+    records, problems = read_catalog(str(tmp_path), require_prompt=True)
+    assert [r.prompt for r in records] == ["a dog"]
+    by_name = {p.source.rsplit("/", 1)[-1]: p for p in problems}
+    assert set(by_name) == {"b.mp4", "c.mp4"} and all(p.clip for p in problems)
+    assert "prompts.txt line 2" in by_name["b.mp4"].message
+    assert "folder name '__'" in by_name["c.mp4"].message
+
+
+def test_a_prompts_line_naming_no_video_is_a_warning_in_every_job(tmp_path, caplog):
+    """One rule in the shared reader: not a clip, so never a failed clip (extract, generate
+    and qa all read catalogs through `read_input_catalog` / `split_problems`)."""
+    from selva_ray.io.catalog import split_problems
+    from selva_ray.validate import read_input_catalog
+
+    touch(tmp_path / "dogs" / "a.mp4")
+    (tmp_path / "prompts.txt").write_text("dogs/a.mp4: a dog\nmissing.mp4: nothing\n")
+    with caplog.at_level("WARNING"):
+        for kw in ({"variant": "tiny"}, {"default_prompt": ""}):  # generate, qa
+            records, problems = read_input_catalog(
+                str(tmp_path), max_duration=8.0, allow_roots=None, **kw
+            )
+            assert [r.prompt for r in records] == ["a dog"] and problems == []
+    warned = [r.getMessage() for r in caplog.records if "matches no video" in r.getMessage()]
+    assert len(warned) == 2 and "missing.mp4" in warned[0]
+    _, everything = read_catalog(str(tmp_path))
+    clips, warnings = split_problems(everything)  # extract's count
+    assert clips == [] and warnings == 1

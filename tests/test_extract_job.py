@@ -272,7 +272,8 @@ def test_manifest_rows_with_problems_go_to_the_error_table(cluster, catalog, tmp
     assert summary.ok == 1 and summary.failed == 3
     errors = pq.read_table(output / "errors").to_pylist()
     by_id = {e["id"]: e for e in errors}
-    assert by_id["clip-2"]["stage"] == "encode" and "empty" in by_id["clip-2"]["message"]
+    # caught when the catalog is read, before its video is decoded (issue 24)
+    assert by_id["clip-2"]["stage"] == "catalog" and "empty prompt" in by_id["clip-2"]["message"]
     assert by_id["clip-3"]["stage"] == "catalog" and "duration" in by_id["clip-3"]["message"]
     assert by_id["row-3"]["stage"] == "catalog"
     assert read_features(str(output))["id"].to_pylist() == ["clip-1"]

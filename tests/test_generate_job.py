@@ -55,6 +55,11 @@ BROKEN = "rain/broken.mp4"
 TIGHT = {"qa": {"max_abs_desync_s": 0.05}}
 
 
+def name_of(row: dict) -> str:
+    """The catalog name (key of GOOD) of a results row."""
+    return "/".join(Path(row["source"]).parts[-2:])
+
+
 @pytest.fixture(scope="module")
 def cluster(shared_ray):
     return shared_ray
@@ -197,8 +202,11 @@ def test_catalog_run_gives_a_track_and_a_video_per_good_clip(catalog_run, catalo
         decoded = decode_clip(row["source"], max_duration=8.0)
         assert row["audio_path"].endswith(".flac") and samples.dtype == np.int32  # 24-bit
         assert rate == row["sample_rate"] == RATE
-        assert len(samples) == row["samples"] == round(decoded.duration * RATE)
-        assert row["duration"] == pytest.approx(decoded.duration)
+        # exactly the clip's duration (the container's), not what the official frame rule
+        # covers (one 25 fps frame less)
+        assert len(samples) == row["samples"] == round(decoded.track_duration * RATE)
+        frames = round(GOOD[name_of(row)] * 25)  # what write_video wrote, at 25 fps
+        assert row["duration"] == pytest.approx(decoded.track_duration) == frames / 25
         assert row["prompt"] == Path(row["source"]).parent.name.replace("_", " ")
         # the dubbed video: the source's packets byte for byte, plus the new track
         video = output / row["video_path"]
@@ -221,7 +229,7 @@ def test_batches_group_equal_durations_and_report_timings(catalog_run):
     for r in rows.values():
         by_duration.setdefault(round(r["duration"], 3), set()).add(r["batch_clips"])
     # 8 one-second clips fill one batch of 8; the others batch with their own duration only
-    assert by_duration == {0.96: {8}, 1.48: {2}, 1.96: {1}, 4.96: {1}}
+    assert by_duration == {1.0: {8}, 1.52: {2}, 2.0: {1}, 5.0: {1}}  # 38 frames at 25 fps
     assert summary.batches == 4
     assert summary.batch_fill == pytest.approx(12 / 32)
     for r in rows.values():
@@ -442,7 +450,8 @@ def test_bad_rows_become_error_rows(cluster, catalog, tmp_path):
     )
     assert (summary.ok, summary.failed) == (1, 3)
     errors = {e["id"]: e for e in pq.read_table(output / "errors").to_pylist()}
-    assert errors["no-prompt"]["stage"] == "encode" and "empty" in errors["no-prompt"]["message"]
+    no_prompt = errors["no-prompt"]  # caught when the catalog is read, before decoding
+    assert no_prompt["stage"] == "catalog" and "column 'prompt'" in no_prompt["message"]
     bad_steps = errors["bad-steps"]
     assert bad_steps["stage"] == "catalog" and "column 'steps'" in bad_steps["message"]
     assert errors["bad-seed"]["stage"] == "catalog"

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -128,10 +129,10 @@ def test_start_and_max_duration_are_honoured(pipes, videos):
 
 def test_clip_shorter_than_one_sync_window_is_padded(pipes, videos):
     pipe = pipes["tiny"]
-    f = pipe.extract_features(videos["blip"], "a")
-    assert f.info["padded"] and f.duration == pytest.approx(0.64)
-    assert f.sync_f.shape[0] == 8  # one window
-    assert pipe.generate(f, steps=1).shape[1] == math.ceil(0.64 * 16000)
+    f = pipe.extract_features(videos["blip"], "a")  # 5 frames at 25 fps: 0.2 s
+    assert f.info["padded"] and f.duration == pytest.approx(0.2)
+    assert f.sync_f.shape[0] == 8  # sampled at one window (0.64 s) ...
+    assert pipe.generate(f, steps=1).shape[1] == round(0.2 * 16000)  # ... and trimmed
 
 
 def test_no_audio_track_is_a_typed_outcome(pipes, videos):
@@ -252,3 +253,82 @@ def test_generate_one_cli_reports_bad_input(tmp_path):
     assert out.returncode == 2 and "clip.mp4" in out.stderr
     out = _cli("generate-one", bad, "--prompt", "a", "--variant", "huge_48k", cwd=tmp_path)
     assert out.returncode == 2 and "unknown variant" in out.stderr
+
+
+# ---- track duration: exactly the clip's duration (issue 24) -----------------------------------
+
+NTSC, FILM = Fraction(30000, 1001), Fraction(24000, 1001)
+VFR_TIMES = [0.0, 0.04, 0.1, 0.13, 0.3, 0.31, 0.5, 0.7, 0.74, 0.9]
+
+
+def video_end(path) -> float:
+    """Where the container says the video ends: its last frame's pts plus its duration."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        ends = [(p.pts + p.duration) * s.time_base for p in c.demux(s) if p.pts is not None]
+    return float(max(ends))
+
+
+@pytest.fixture(scope="module")
+def odd_clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("odd")
+    small = {"size": (64, 48)}
+    return {
+        "one frame": write_video(d / "one.mp4", num_frames=1, fps=25, **small),
+        "0.2 s": write_video(d / "fifth.mp4", duration=0.2, fps=25, **small),
+        "1.52 s": write_video(d / "n152.mp4", duration=1.52, fps=25, **small),
+        "29.97 fps": write_video(d / "ntsc.mp4", num_frames=45, fps=NTSC, **small),
+        "23.976 fps": write_video(d / "film.mp4", num_frames=37, fps=FILM, **small),
+        "vfr mp4": write_video(d / "vfr.mp4", frame_times=VFR_TIMES, **small),
+        "vfr mkv": write_video(d / "vfr.mkv", frame_times=VFR_TIMES, **small),
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "seconds"),
+    [
+        ("one frame", 0.04),
+        ("0.2 s", 0.2),
+        ("1.52 s", 1.52),  # the official frame rule covers 1.48 s
+        ("29.97 fps", 45 / NTSC),
+        ("23.976 fps", 37 / FILM),
+        ("vfr mp4", 0.94),  # last frame at 0.9 s; the mp4 header says 0.84 s (B-frames)
+        ("vfr mkv", 0.94),  # no stream duration in the header
+    ],
+)
+def test_track_lasts_exactly_the_clip_duration(pipes, odd_clips, name, seconds):
+    pipe = pipes["tiny"]
+    path = odd_clips[name]
+    assert video_end(path) == pytest.approx(float(seconds), abs=1e-6)
+    f = pipe.extract_features(path, "a door slams")
+    assert f.duration == pytest.approx(float(seconds), abs=1e-6)
+    seq = pipe.sequence(f.duration)  # the model samples one sync window at least
+    assert seq.duration == max(f.duration, 0.64) and f.sync_f.shape[0] == seq.sync_seq_len
+    wav = pipe.generate(f, steps=1)
+    assert wav.shape == (1, round(float(seconds) * pipe.sampling_rate))
+    assert wav.abs().sum() > 0 and wav[0, -32:].abs().max() > 0  # sampled to the very end
+
+
+def test_track_of_a_window_is_capped_by_the_video_end(pipes, odd_clips):
+    pipe = pipes["tiny"]
+    path = odd_clips["1.52 s"]
+    inside = pipe.extract_features(path, "a", start=0.5, max_duration=0.3)
+    assert inside.duration == pytest.approx(0.3)  # the asked duration ...
+    assert pipe.generate(inside, steps=1).shape[1] == round(0.3 * 16000)
+    tail = pipe.extract_features(path, "a", start=1.0, max_duration=4.0)
+    assert tail.duration == pytest.approx(0.52)  # ... capped at the video's end
+    assert pipe.generate(tail, steps=1).shape[1] == round(0.52 * 16000)
+
+
+@pytest.mark.parametrize("name", ["0.2 s", "1.52 s", "29.97 fps"])
+def test_generate_one_writes_a_track_of_exactly_the_clip_duration(odd_clips, tmp_path, name):
+    path = odd_clips[name]
+    out = _cli(
+        "generate-one", path, "--prompt", "a door slams", "--variant", "tiny", "--steps", "1",
+        "--output-dir", tmp_path, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    with av.open(str(tmp_path / f"{path.stem}.flac")) as c:
+        samples = sum(f.samples for f in c.decode(c.streams.audio[0]))
+    assert samples == round(video_end(path) * 16000)
+    assert f"({video_end(path):.2f} s at 16000 Hz)" in out.stdout

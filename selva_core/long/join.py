@@ -27,15 +27,11 @@ from typing import Literal
 import torch
 
 from selva_core.long.windows import Window
+from selva_core.seqconfig import track_samples
 
 JoinMode = Literal["continue", "crossfade"]
 JOIN_MODES = ("continue", "crossfade")
 DEFAULT_SEAM_FADE = 0.1
-
-
-def track_samples(duration: float, sample_rate: int) -> int:
-    """Samples of a track lasting `duration` seconds (rounded to the nearest sample)."""
-    return int(round(duration * sample_rate))
 
 
 def overlap_spans(windows: Sequence[Window]) -> list[tuple[float, float]]:

@@ -26,6 +26,16 @@ cover: d = min(max_duration, n_clip/8, n_sync/25), keeping int(8 d) CLIP and int
 frames. A result shorter than one sync window (16 frames = 0.64 s) is padded by repeating the
 last frame, to 16 sync frames, int(8 * 0.64) = 5 CLIP frames and duration 0.64.
 
+Track duration (`DecodedClip.track_duration`): what a generated track for the clip lasts,
+exactly the clip's duration as the container reports it, min(max_duration as asked, video
+end - start), where the video's end is the video stream's duration in the container header
+(last frame's pts plus its duration; the container's duration when the stream has none, else
+a scan of the packets: `VideoReader.video_duration`). It differs from `duration` (what the
+frames cover under the official rule, which usually ends one source frame early, and never
+under 0.64 s): a 0.2 s clip has duration 0.64 but a 0.2 s track, a 1.52 s 25 fps file 1.48
+but 1.52. The pipeline samples at the track duration (one sync window at least, frames
+repeated at the end) and trims the waveform to round(track_duration * rate) samples.
+
 Only the requested window is decoded (seek to `start`, stop once both streams are full), one
 frame at a time into preallocated uint8 outputs, so memory does not grow with the file's length,
 and only by about one full-resolution frame plus decoder buffers with its resolution.
@@ -84,6 +94,8 @@ SYNC_STD = (0.5, 0.5, 0.5)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
+# Seconds before the header's end from which `VideoReader.video_duration` scans the packets.
+END_SCAN = 2.0
 # FFmpeg opens text files (by extension) as "video" rendered from ANSI art: not a video for us.
 _TEXT_FORMATS = {"tty"}
 _TEXT_CODECS = {"ansi", "bintext", "xbin", "idf"}
@@ -141,7 +153,7 @@ class DecodedClip:
     path: str
     sync_frames: torch.Tensor  # (Ts, 3, 224, 224) uint8, Ts = int(25 * duration)
     clip_frames: torch.Tensor  # (Tc, 3, 384, 384) uint8, Tc = int(8 * duration)
-    duration: float  # effective duration: use it for the sequence lengths
+    duration: float  # what the frames cover (official rule; >= 0.64 s, padded)
     content_duration: float  # duration covered by real frames (< duration only if padded)
     start: float
     padded: bool  # frames were repeated to reach one sync window (0.64 s)
@@ -161,6 +173,9 @@ class DecodedClip:
     family: Family
     frame_rule: FrameRule
     mask_digest: str | None = None  # set by `selva_core.video.mask.apply_mask`
+    # the clip's exact duration (container's video end - start, capped at the asked length):
+    # the length of its track and of the sequence the model samples (see the module doc)
+    track_duration: float | None = None
 
     @property
     def num_sync_frames(self) -> int:
@@ -546,6 +561,7 @@ class VideoReader:
         self._audio_container = None
         self._audio_used = False
         self._used = False
+        self._end: float | None = None  # video_duration(), once asked
         self._container = open_media(self.path)
         try:
             stream = _select_video_stream(self._container, self.path)
@@ -584,24 +600,48 @@ class VideoReader:
     # ---- metadata ---------------------------------------------------------------------------
 
     def video_duration(self) -> float:
-        """Seconds the video stream lasts: from the container's metadata, else from a scan of
-        the packets' timestamps (no decoding). This is the length a joined track must have."""
-        meta = self.meta["source_duration"]
-        if meta is not None and meta > 0:
-            return float(meta)
+        """Where the video ends, in seconds: the last frame's timestamp plus its duration (the
+        frame period when the container gives none), from the packets' timestamps, no
+        decoding. The header's duration only says where to look: the packets from the
+        keyframe before its last `END_SCAN` seconds are scanned (the whole stream when the
+        header has no duration or nothing is found there), so a header that ends early (an
+        mp4 with B-frames and a variable frame rate counts from the first decode time) or
+        late does not count. This is the length a joined track must have, and where a
+        clip's track ends (`DecodedClip.track_duration`)."""
+        if self._end is None:
+            header = self.meta["source_duration"]
+            end = None
+            if header is not None and header > END_SCAN:
+                end = self._scan_end(header - END_SCAN)
+            if end is None:
+                end = self._scan_end(0.0)
+            if end is None:
+                raise EmptyVideoError(self.path, "the video stream has no timestamped packet")
+            self._end = end
+        return self._end
+
+    def _scan_end(self, since: float) -> float | None:
+        """Latest pts + duration of the video packets from the keyframe at or before `since`."""
         stream, end = self._stream, None
-        self._rewind()
+        rate = stream.guessed_rate or stream.average_rate
+        self._used = True  # a later read seeks back
         try:
+            if since > 0:
+                self._container.seek(int(Fraction(since) / stream.time_base), stream=stream)
+            else:
+                self._container.seek(0)
             for packet in self._container.demux(stream):
                 if packet.pts is None:
                     continue
-                t = (packet.pts + (packet.duration or 0)) * packet.time_base
+                t = Fraction(packet.pts) * packet.time_base
+                if packet.duration:
+                    t += Fraction(packet.duration) * packet.time_base
+                elif rate:
+                    t += 1 / Fraction(rate)
                 end = t if end is None or t > end else end
         except av.error.FFmpegError as exc:
             raise CorruptVideoError(self.path, f"cannot scan the video packets: {exc}") from exc
-        if end is None:
-            raise EmptyVideoError(self.path, "the video stream has no timestamped packet")
-        return float(end)
+        return None if end is None else float(end)
 
     def _rewind(self) -> None:
         """Back to the file's start if an earlier read moved the demuxer."""
@@ -657,11 +697,16 @@ class VideoReader:
             sync_pad = int(cfg.sync_fps * duration)
         sync_frames, sync_times = sync.take(n_sync, sync_pad)
         clip_frames, clip_times = clip.take(n_clip, int(cfg.clip_fps * duration) if padded else 0)
+        clip_seconds = self._track_duration(float(start), float(max_duration), content_duration)
+        if pad_to is not None:
+            clip_seconds = max(clip_seconds, float(pad_to))  # a window: its planned span
 
         audio = None
         audio_valid = None
         if audio_rate is not None and self.has_audio:
-            n_audio = audio_samples if audio_samples is not None else int(audio_rate * duration)
+            # the audio under the sequence the model samples (see `track_duration`)
+            covered = max(duration, clip_seconds)
+            n_audio = audio_samples if audio_samples is not None else int(audio_rate * covered)
             track = self.read_audio(sample_rate=audio_rate, num_samples=n_audio, start=start)
             if track is not None:
                 audio, audio_valid = track.samples, track.valid_samples
@@ -684,8 +729,20 @@ class VideoReader:
             frame_rule=cfg.frame_rule,
             rotation=shown["rotation"] or 0,
             source_rotation=shown["source_rotation"] or 0,
+            track_duration=clip_seconds,
             **self.meta,
         )
+
+    def _track_duration(self, start: float, asked: float, content: float) -> float:
+        """The clip's exact duration: min(asked, video end - start); what the frames cover
+        when the container's end lies at or before `start` (a header that lies)."""
+        try:
+            end = self.video_duration()
+        except VideoError:
+            end = None
+        if end is None or not end - start > 0:
+            return min(asked, content)
+        return min(asked, end - start)
 
     def read_audio(self, *, sample_rate: int, num_samples: int, start: float = 0.0):
         """The audio track over a window (see `read_audio`); None without an audio track."""

@@ -57,6 +57,7 @@ def check_inputs(args: argparse.Namespace):
             allow_roots=args.allow_roots or None,
             default_prompt=args.prompt,
             prompt_flag="--prompt",
+            variant=args.variant,
         )
         keys = None  # the encoders run too
     else:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from selva_core.variants import get_spec
 
 from .. import validate
-from ..io.catalog import CatalogProblem, check_not_empty, read_catalog
+from ..io.catalog import CatalogProblem, check_not_empty, read_catalog, split_problems
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..io.windows import WindowSettings, check_long_settings, plan_rows, stale_windows
@@ -93,7 +93,10 @@ class ExtractJob(ShardedJob):
         config = self.config
         check_config(config)
         self.records, self.problems = read_catalog(
-            config.input, max_duration=config.max_duration, allow_roots=config.allow_roots
+            config.input,
+            max_duration=config.max_duration,
+            allow_roots=config.allow_roots,
+            require_prompt=validate.prompt_required(config.variant),
         )
         check_not_empty(config.input, self.records, self.problems)
         self.spec = get_spec(config.variant)
@@ -185,11 +188,7 @@ def _plan(
     """What to compute: new clips, and clips whose committed row came from another catalog row
     (their old rows are deleted first, so no reader ever sees two rows for one id)."""
     finished = out.finished()
-    for p in problems:
-        if not p.clip:
-            log.warning("catalog: %s", p.message)
-    clip_problems = [p for p in problems if p.clip]
-    summary.warnings = len(problems) - len(clip_problems)
+    clip_problems, summary.warnings = split_problems(problems)
     summary.catalog = len({r.get("parent_id") or r["id"] for r in records}) + len(clip_problems)
     todo, new_problems, stale = [], [], set()
     items = [(r, r["id"], r["input_hash"]) for r in records]

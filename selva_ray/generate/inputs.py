@@ -78,6 +78,7 @@ def read_catalog(config: GenerateConfig) -> tuple[list, list]:
         allow_roots=config.allow_roots,
         default_prompt=config.prompt,
         prompt_flag="--prompt",
+        variant=config.variant,
     )
 
 

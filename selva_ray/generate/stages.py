@@ -73,7 +73,9 @@ def sequence_key(spec, duration: float, steps: int, cfg: float) -> tuple:
 
 def clip_samples(duration: float, sample_rate: int) -> int:
     """Samples of a clip's track: exactly its duration at the model's rate."""
-    return int(round(duration * sample_rate))
+    from selva_core.seqconfig import track_samples
+
+    return track_samples(duration, sample_rate)
 
 
 # ---- catalog input: decode and encode ---------------------------------------------------------

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import posixpath
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -94,7 +95,8 @@ class CatalogProblem:
     """A catalog row that cannot run; it goes to the errors table with stage 'catalog'.
 
     `clip=False` marks a problem of the catalog itself rather than of a clip (a prompts.txt
-    line that names no video, a symlink loop): jobs report it every run but write no error row.
+    line that names no video or has no colon, a symlink loop): every job logs it as a catalog
+    warning on every run and writes no error row (`split_problems`).
     `input_hash` identifies the row's content, so a fixed row is tried again.
     """
 
@@ -150,6 +152,31 @@ def _display(fs: pafs.FileSystem, path: str, original: str) -> str:
     return f"{original.partition('://')[0]}://{path}"
 
 
+def split_problems(problems: Iterable[CatalogProblem]) -> tuple[list[CatalogProblem], int]:
+    """The one rule every job follows: a problem of the catalog itself (`clip=False`) is
+    logged as a warning and counted, never a failed clip (it names no clip to fail); the rest
+    are failed clips. Returns (clip problems, number of warnings)."""
+    clips, warnings = [], 0
+    for p in problems:
+        if p.clip:
+            clips.append(p)
+        else:
+            log.warning("catalog: %s", p.message)
+            warnings += 1
+    return clips, warnings
+
+
+def blank_prompt(text: str) -> bool:
+    """Nothing left once whitespace and control characters are removed (what the text
+    encoders' cleaning removes): an empty prompt."""
+    return all(ch.isspace() or unicodedata.category(ch) in ("Cc", "Cs") for ch in text)
+
+
+def _nfc(name: str) -> str:
+    """File names compared in NFC: macOS writes NFD, most other systems NFC."""
+    return unicodedata.normalize("NFC", name)
+
+
 def fallback_prompt(source: str) -> str:
     """The parent folder's name, with '_' and '-' read as spaces."""
     parent = posixpath.basename(posixpath.dirname(source.rstrip("/")))
@@ -174,7 +201,7 @@ def parse_prompts_lines(text: str) -> tuple[dict[str, tuple[str, int]], list[tup
             bad.append((number, line))
             continue
         name, prompt = line.split(":", 1)
-        prompts[name.strip()] = (prompt.strip(), number)
+        prompts[_nfc(name.strip())] = (prompt.strip(), number)
     return prompts, bad
 
 
@@ -184,13 +211,17 @@ def read_catalog(
     max_duration: float = 8.0,
     allow_roots: Iterable[str] | None = None,
     default_prompt: str | None = None,
+    require_prompt: bool = False,
 ) -> tuple[list[ClipRecord], list[CatalogProblem]]:
     """Clips of a folder or manifest (path or URI), and the rows that cannot run.
 
     `allow_roots`: folders or buckets manifest rows may point into (None: the manifest's own
     folder, and for URIs the bucket they name; "/" allows any local path).
-    `default_prompt`: the prompt of manifest rows without one (a job's `--prompt`); with it a
-    manifest needs no `prompt` column.
+    `default_prompt`: the prompt of manifest rows without one, or with an empty one (a job's
+    `--prompt`); with it a manifest needs no `prompt` column.
+    `require_prompt`: a clip whose prompt is empty or whitespace (after `default_prompt` and
+    the folder-name fallback) is a problem now, not a failure at the text encoder after its
+    video was decoded (the SelVA family needs a prompt; MMAudio and qa do not).
     """
     fs, path = resolve(source)
     try:
@@ -200,12 +231,12 @@ def read_catalog(
     if info.type == pafs.FileType.NotFound:
         raise CatalogError(f"catalog {source} does not exist")
     if info.type == pafs.FileType.Directory:
-        records, problems = _read_folder(fs, path, source)
+        records, problems = _read_folder(fs, path, source, require_prompt)
     elif path.lower().endswith(MANIFEST_EXTENSIONS):
         if info.size == 0:
             raise CatalogError(f"manifest {source} is empty")
         records, problems = _read_manifest(
-            fs, path, source, max_duration, allow_roots, default_prompt
+            fs, path, source, max_duration, allow_roots, default_prompt, require_prompt
         )
     else:
         raise CatalogError(
@@ -230,7 +261,7 @@ def _looks_like_manifest(source: str) -> bool:
 
 
 def _read_folder(
-    fs: pafs.FileSystem, root: str, original: str
+    fs: pafs.FileSystem, root: str, original: str, require_prompt: bool = False
 ) -> tuple[list[ClipRecord], list[CatalogProblem]]:
     problems: list[CatalogProblem] = []
     if isinstance(fs, pafs.LocalFileSystem):
@@ -258,14 +289,20 @@ def _read_folder(
     records = []
     for index, path in enumerate(videos):
         source = _display(fs, path, original)
-        records.append(
-            ClipRecord(
-                id=clip_id(source, 0.0, None),
-                source=source,
-                prompt=_folder_prompt(path, prompt_files),
-                row=index,
+        prompt, origin = _folder_prompt(path, prompt_files)
+        record = ClipRecord(id=clip_id(source, 0.0, None), source=source, prompt=prompt, row=index)
+        if require_prompt and blank_prompt(prompt):
+            problems.append(
+                CatalogProblem(
+                    record.id,
+                    source,
+                    index,
+                    f"{source}: empty prompt ({origin}); say which sound to generate",
+                    input_hash=record.input_hash(),
+                )
             )
-        )
+            continue
+        records.append(record)
     problems += _unmatched_prompt_lines(prompt_files, videos)
     return records, problems
 
@@ -326,23 +363,28 @@ def _walk_local(root: str, problems: list[CatalogProblem]) -> list[str]:
 
 
 def _prompt_keys(path: str, folder: str) -> tuple[str, ...]:
-    rel = posixpath.relpath(path, folder)
-    name = posixpath.basename(path)
+    rel = _nfc(posixpath.relpath(path, folder))
+    name = posixpath.basename(rel)
     return (rel, name, posixpath.splitext(rel)[0], posixpath.splitext(name)[0])
 
 
-def _folder_prompt(path: str, prompt_files: dict[str, dict[str, tuple[str, int]]]) -> str:
-    """The nearest prompts.txt (this folder, then its parents) naming the file decides."""
+def _folder_prompt(
+    path: str, prompt_files: dict[str, dict[str, tuple[str, int]]]
+) -> tuple[str, str]:
+    """The nearest prompts.txt (this folder, then its parents) naming the file decides, else
+    the folder's name. Returns (prompt, where it came from, for messages)."""
     folder = posixpath.dirname(path)
     while True:
         table = prompt_files.get(folder)
         if table:
             for key in _prompt_keys(path, folder):
                 if key in table:
-                    return table[key][0]
+                    prompt, number = table[key]
+                    return prompt, f"{posixpath.join(folder, PROMPTS_FILE)} line {number}"
         parent = posixpath.dirname(folder)
         if parent == folder:
-            return fallback_prompt(path)
+            name = posixpath.basename(posixpath.dirname(path))
+            return fallback_prompt(path), f"no prompts.txt line names it; folder name {name!r}"
         folder = parent
 
 
@@ -384,6 +426,7 @@ def _read_manifest(
     max_duration: float,
     allow_roots: Iterable[str] | None,
     default_prompt: str | None = None,
+    require_prompt: bool = False,
 ) -> tuple[list[ClipRecord], list[CatalogProblem]]:
     rows, columns = _read_rows(fs, path, original)
     needed = ("video",) if default_prompt is not None else ("video", "prompt")
@@ -402,9 +445,12 @@ def _read_manifest(
     roots = _allowed_roots(allow_roots, base)
     records, problems = [], []
     for row, item in enumerate(rows):
-        if default_prompt is not None and item.get("prompt") in (None, ""):
+        given = item.get("prompt")
+        if default_prompt is not None and (
+            given is None or (isinstance(given, str) and blank_prompt(given))
+        ):
             item["prompt"] = default_prompt
-        result = _typed_row(row, item, base, roots, max_duration)
+        result = _typed_row(row, item, base, roots, max_duration, require_prompt)
         (problems if isinstance(result, CatalogProblem) else records).append(result)
     return records, problems
 
@@ -414,7 +460,12 @@ class _RowError(ValueError):
 
 
 def _typed_row(
-    row: int, item: dict, base: str, roots: list[str] | None, max_duration: float
+    row: int,
+    item: dict,
+    base: str,
+    roots: list[str] | None,
+    max_duration: float,
+    require_prompt: bool = False,
 ) -> ClipRecord | CatalogProblem:
     line = item.pop("__line__", None)
     where = f"row {row}" + (f" (line {line})" if line else "")
@@ -445,6 +496,10 @@ def _typed_row(
             raise _RowError("column 'prompt': no prompt")
         if not isinstance(prompt, str):
             raise _RowError(f"column 'prompt': must be text, got {prompt!r}")
+        if require_prompt and blank_prompt(prompt):
+            raise _RowError(
+                f"column 'prompt': empty prompt {prompt!r}; say which sound to generate"
+            )
         negative = item.get("negative_prompt")
         if negative is not None and not isinstance(negative, str):
             raise _RowError(f"column 'negative_prompt': must be text, got {negative!r}")

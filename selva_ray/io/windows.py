@@ -11,8 +11,9 @@ window of frames at a time, so memory is bounded whatever the video's length. A 
 longer than one window, or a row with an explicit `duration`, is an ordinary clip row.
 
 The driver reads each candidate video's length from its container (`video_duration`: the
-header, else a packet scan); a video that cannot be probed stays an ordinary row, and the
-decode stage reports what is wrong with it.
+last frame's end, from the packets near the header's end, or the whole stream without one);
+a video that cannot be probed stays an ordinary row, and the decode stage reports what is
+wrong with it.
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ from collections import defaultdict
 
 import numpy as np
 
+from selva_core.pipeline import clip_duration
+
 from ..io.rows import OK_RESULT, batch_rows, error_result, local_copy
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,8 @@ def decode_batch(
             frames, clip_frames = clip.sync_frames.numpy(), clip.clip_frames.numpy()
             if clip.audio is not None:
                 audio = clip.audio.numpy()
-            duration, fps = clip.duration, clip.source_fps
+            # the clip's exact duration (its track's), not what the frames cover
+            duration, fps = clip_duration(clip), clip.source_fps
             has_audio, padded = clip.has_audio, clip.padded
             rotation = clip.rotation
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error row
