@@ -100,6 +100,10 @@ def usage_errors() -> tuple[type[BaseException], ...]:
         from selva_core.variants import UnknownVariantError
 
         errors.append(UnknownVariantError)
+    if "selva_core.qa.metrics" in sys.modules:
+        from selva_core.qa.metrics import ThresholdsError
+
+        errors.append(ThresholdsError)
     if "selva_core.weights" in sys.modules:
         from selva_core.weights import WeightsError
 

@@ -56,8 +56,12 @@ def opt(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, **k
 
 
 def options(cls) -> list[tuple[Field, Opt]]:
-    """The settings of a config class, in declaration order."""
-    return [(f, f.metadata["opt"]) for f in fields(cls) if "opt" in f.metadata]
+    """The settings of a config class: its own in declaration order, then inherited ones
+    (shared groups of settings come after the job's own)."""
+    own = set(vars(cls).get("__annotations__", {}))
+    found = [f for f in fields(cls) if "opt" in f.metadata]
+    found.sort(key=lambda f: f.name not in own)
+    return [(f, f.metadata["opt"]) for f in found]
 
 
 def flag_of(f: Field, o: Opt) -> str:

@@ -4,6 +4,7 @@ class lists the ones it has. Defaults shared with the model come from `selva_cor
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
 from selva_core.defaults import (
@@ -203,6 +204,24 @@ def ray_address_opt(group: str | None = None) -> Any:
 
 def progress_opt() -> Any:
     return opt(True, kind=NEGATED, help="no Ray Data progress output")
+
+
+@dataclass(kw_only=True)
+class BatchJobSettings:
+    """How a resumable Ray Data job runs: shards, retries, exit status, cluster, checks,
+    progress (its flags come after the job's own in --help), and the resources of its CPU
+    tasks and model actors that no flag sets."""
+
+    shard_size: int = shard_size_opt()
+    retry_errors: bool = retry_errors_opt()
+    fail_on_error: bool = fail_on_error_opt()
+    ray_address: str | None = ray_address_opt()
+    check_weights: bool = check_weights_opt()
+    progress: bool = progress_opt()
+    cpus_per_actor: float = 1.0
+    decode_cpus: float = 1.0
+    decode_memory_gb: float = 1.0
+    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
 
 
 # ---- clips ------------------------------------------------------------------------------------

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 
+
+@dataclass
 class ClipCounts:
-    """Mixin for a job summary dataclass with `ok`, `failed` and `wall_s` fields."""
+    """The counts every batch job's summary has (a job's summary dataclass adds its own)."""
 
-    ok: int
-    failed: int
-    wall_s: float
     output: str
+    catalog: int = 0
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0  # finished before, same input
+    failed_before: int = 0  # failed before, same input: skipped unless --retry-errors
+    wall_s: float = 0.0
+    errors_by_stage: dict = field(default_factory=dict)
+    has_errors_folder: bool = False
 
     @property
     def attempted(self) -> int:

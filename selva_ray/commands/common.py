@@ -36,3 +36,10 @@ def pipeline_config(args: argparse.Namespace, **overrides):
         device=device,
         **overrides,
     )
+
+
+def finish(summary, fail_on_error: bool = False) -> int:
+    """Print a job's summary lines; its exit status (1 when clips failed as the flags say)."""
+    for line in summary.lines():
+        print(line)
+    return summary.exit_code(fail_on_error)

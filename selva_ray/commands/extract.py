@@ -6,6 +6,7 @@ import argparse
 
 from ..extract.config import ExtractConfig
 from ..settings import add_options, from_args
+from .common import finish
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -42,8 +43,5 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
 def run(args: argparse.Namespace) -> int:
     from ..extract import run_extract
 
-    # unusable input raises UsageError: exit 2 in cli.main
-    summary = run_extract(config_from_args(args))
-    for line in summary.lines():
-        print(line)
-    return summary.exit_code(args.fail_on_error)
+    # unusable input or settings raise a usage error: one line, exit 2 (cli.main)
+    return finish(run_extract(config_from_args(args)), args.fail_on_error)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from selva_core.defaults import DEFAULT_VARIANT
 
@@ -11,6 +10,7 @@ from .. import validate
 from ..generate.config import GenerateConfig
 from ..settings import add_options, from_args
 from ..shared_settings import add_threshold_args, thresholds_from_args
+from .common import finish
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -106,26 +106,7 @@ def config_from_args(args: argparse.Namespace) -> GenerateConfig:
 
 def run(args: argparse.Namespace) -> int:
     catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
-    from selva_core.qa import ThresholdsError
-    from selva_core.variants import UnknownVariantError
-    from selva_core.weights import WeightsError
+    from ..generate import run_generate
 
-    from ..generate import GenerateInputError, run_generate
-    from ..io.catalog import CatalogError
-    from ..io.output_dir import SettingsMismatchError
-
-    try:
-        summary = run_generate(config_from_args(args), catalog=catalog)
-    except (
-        CatalogError,
-        SettingsMismatchError,
-        UnknownVariantError,
-        GenerateInputError,
-        WeightsError,
-        ThresholdsError,
-    ) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for line in summary.lines():
-        print(line)
-    return summary.exit_code(args.fail_on_error)
+    # unusable input or settings raise a usage error: one line, exit 2 (cli.main)
+    return finish(run_generate(config_from_args(args), catalog=catalog), args.fail_on_error)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from .. import validate
 from ..qa.config import QAConfig
 from ..settings import add_options, from_args
 from ..shared_settings import add_threshold_args, thresholds_from_args
+from .common import finish
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -71,25 +71,7 @@ def config_from_args(args: argparse.Namespace) -> QAConfig:
 
 def run(args: argparse.Namespace) -> int:
     catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
-    from selva_core.qa import ThresholdsError
-    from selva_core.variants import UnknownVariantError
-    from selva_core.weights import WeightsError
-
-    from ..io.catalog import CatalogError
-    from ..io.output_dir import SettingsMismatchError
     from ..qa import run_qa
 
-    try:
-        summary = run_qa(config_from_args(args), catalog=catalog)
-    except (
-        ThresholdsError,
-        CatalogError,
-        SettingsMismatchError,
-        UnknownVariantError,
-        WeightsError,
-    ) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
-    for line in summary.lines():
-        print(line)
-    return summary.exit_code(args.fail_on_error)
+    # unusable input or settings raise a usage error: one line, exit 2 (cli.main)
+    return finish(run_qa(config_from_args(args), catalog=catalog), args.fail_on_error)

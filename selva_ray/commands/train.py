@@ -8,6 +8,7 @@ import sys
 from .. import validate
 from ..settings import add_options, from_args
 from ..train.config import TrainConfig
+from .common import finish
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -86,18 +87,11 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_inputs(args)  # before the job's imports (torch): mistakes answer at once
-    from selva_core.variants import UnknownVariantError
+    from ..train import TrainFailed, run_train
 
-    from ..train import FeatureFolderError, TrainConfigError, TrainFailed, run_train
-
-    try:
+    try:  # unusable input or settings raise a usage error: one line, exit 2 (cli.main)
         summary = run_train(config_from_args(args))
-    except (TrainConfigError, FeatureFolderError, UnknownVariantError) as exc:
-        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
     except TrainFailed as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
-    for line in summary.lines():
-        print(line)
-    return 0
+    return finish(summary)

@@ -2,14 +2,10 @@
 
 The settings (`ExtractConfig`) import nothing heavy; the job itself loads on first use."""
 
+from ..lazy import lazy_exports
 from .config import ExtractConfig
 
 __all__ = ["ExtractConfig", "ExtractSummary", "run_extract"]
 
 
-def __getattr__(name: str):
-    if name in ("ExtractSummary", "run_extract"):
-        from . import job
-
-        return getattr(job, name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, {"ExtractSummary": "job", "run_extract": "job"})

@@ -13,7 +13,7 @@ ENCODER = "encoder"
 
 
 @dataclass
-class ExtractConfig:
+class ExtractConfig(s.BatchJobSettings):
     input: str = s.input_opt("catalog folder or manifest (path or URI)")
     output: str = s.output_opt()
     variant: str = s.variant_opt()
@@ -47,18 +47,8 @@ class ExtractConfig:
         help="decode frames as stored, ignoring the display rotation of phone videos (as the "
         "official reader does); default: turn them upright",
     )
-    shard_size: int = s.shard_size_opt()
-    retry_errors: bool = s.retry_errors_opt()
-    fail_on_error: bool = s.fail_on_error_opt()
-    ray_address: str | None = s.ray_address_opt()
-    check_weights: bool = s.check_weights_opt()
-    progress: bool = s.progress_opt()
     # not flags
-    cpus_per_actor: float = 1.0
-    decode_cpus: float = 1.0
-    decode_memory_gb: float = 1.0
     frame_rule: str = "official"
     # Benchmarks only: build the encoders by hand (real sizes, random weights),
     # `factory(device, dtype, "encoder") -> Components`.
     components_factory: Callable | None = None
-    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json

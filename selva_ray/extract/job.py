@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from selva_core.variants import get_spec
 
@@ -32,17 +32,8 @@ GiB = 1 << 30
 
 @dataclass
 class ExtractSummary(ClipCounts):
-    output: str
-    catalog: int = 0
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0  # finished before (features present, same input)
-    failed_before: int = 0  # failed before, same input: skipped unless --retry-errors
     redone: int = 0  # had a row computed from a different catalog row: computed again
     warnings: int = 0  # catalog problems that are not clips (prompts.txt lines, symlink loops)
-    wall_s: float = 0.0
-    errors_by_stage: dict = field(default_factory=dict)
-    has_errors_folder: bool = False
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))

@@ -2,14 +2,10 @@
 
 The settings (`GenerateConfig`) import nothing heavy; the job itself loads on first use."""
 
+from ..lazy import lazy_exports
 from .config import GenerateConfig, GenerateInputError, GenerateSummary
 
 __all__ = ["GenerateConfig", "GenerateInputError", "GenerateSummary", "run_generate"]
 
 
-def __getattr__(name: str):
-    if name == "run_generate":
-        from .job import run_generate
-
-        return run_generate
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, {"run_generate": "job"})

@@ -6,11 +6,12 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import shared_settings as s
 from .. import validate
+from ..errors import UsageError
 from ..io.windows import check_long_settings
 from ..settings import APPEND, NEGATED, SWITCH, opt
 from ..summary import ClipCounts
@@ -24,7 +25,7 @@ AUDIO_FORMATS = ("flac", "wav")
 JOIN_MODES = ("continue", "crossfade")
 
 
-class GenerateInputError(ValueError):
+class GenerateInputError(UsageError):
     """Unusable settings or inputs (bad flag values, adapter files, features folder)."""
 
 
@@ -33,7 +34,7 @@ DESYNC = "DeSync of the generated tracks (full Synchformer)"
 
 
 @dataclass
-class GenerateConfig:
+class GenerateConfig(s.BatchJobSettings):
     # a catalog (folder or manifest) or a features folder written by `extract`
     input: str = s.input_opt("catalog or features folder (path or URI)")
     output: str = s.output_opt()
@@ -150,23 +151,13 @@ class GenerateConfig:
         type=validate.actor_count,
         help="feature encoder actors (catalog input; default: one per GPU, else 1)",
     )
-    shard_size: int = s.shard_size_opt()
-    retry_errors: bool = s.retry_errors_opt()
-    fail_on_error: bool = s.fail_on_error_opt()
-    ray_address: str | None = s.ray_address_opt()
-    check_weights: bool = s.check_weights_opt()
-    progress: bool = s.progress_opt()  # Ray Data's own progress output
     # not flags
     encoder_gpus: float = 0.5
-    cpus_per_actor: float = 1.0
-    decode_cpus: float = 1.0
-    decode_memory_gb: float = 1.0
     frame_rule: str = "official"
     progress_interval_s: float = 10.0
     # Benchmarks only: build the models by hand (e.g. random weights at real sizes),
     # `factory(device, dtype, role) -> Components`, role "encoder" or "generator".
     components_factory: Callable | None = None
-    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
 
     def __post_init__(self) -> None:
         if self.thresholds is None:
@@ -177,18 +168,9 @@ class GenerateConfig:
 
 @dataclass
 class GenerateSummary(ClipCounts):
-    output: str
     input_kind: str = "catalog"
-    catalog: int = 0
-    ok: int = 0
-    failed: int = 0
-    skipped: int = 0
-    failed_before: int = 0  # failed in an earlier run: skipped unless --retry-errors
-    wall_s: float = 0.0
     batch_fill: float = 0.0  # clips per generator batch / batch size, averaged over batches
     batches: int = 0
-    errors_by_stage: dict = field(default_factory=dict)
-    has_errors_folder: bool = False
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))

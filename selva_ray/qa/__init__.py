@@ -2,14 +2,10 @@
 
 The settings (`QAConfig`) import nothing heavy; the job itself loads on first use."""
 
+from ..lazy import lazy_exports
 from .config import QAConfig
 
 __all__ = ["QAConfig", "QASummary", "run_qa"]
 
 
-def __getattr__(name: str):
-    if name in ("QASummary", "run_qa"):
-        from . import job
-
-        return getattr(job, name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(__name__, {"QASummary": "job", "run_qa": "job"})

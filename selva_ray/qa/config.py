@@ -31,7 +31,7 @@ def default_thresholds():
 
 
 @dataclass
-class QAConfig:
+class QAConfig(s.BatchJobSettings):
     input: str = s.input_opt("catalog folder or manifest (path or URI)")
     output: str = s.output_opt()
     allow_roots: list[str] | None = s.allow_roots_opt()
@@ -72,17 +72,6 @@ class QAConfig:
     )
     weights_dir: str | None = s.weights_dir_opt(group=DESYNC)
     offline: bool = s.offline_opt(group=DESYNC)
-    shard_size: int = s.shard_size_opt()
-    retry_errors: bool = s.retry_errors_opt()
-    fail_on_error: bool = s.fail_on_error_opt()
-    ray_address: str | None = s.ray_address_opt()
-    check_weights: bool = s.check_weights_opt()
-    progress: bool = s.progress_opt()
-    # not flags
-    decode_cpus: float = 1.0
-    decode_memory_gb: float = 1.0
-    cpus_per_actor: float = 1.0
-    flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
 
     def __post_init__(self) -> None:
         if self.thresholds is None:

@@ -56,17 +56,8 @@ def settings_hash(settings: dict) -> str:
 
 @dataclass
 class QASummary(ClipCounts):
-    output: str
-    catalog: int = 0
-    ok: int = 0
-    failed: int = 0
     flagged: int = 0
-    skipped: int = 0
-    failed_before: int = 0  # failed in an earlier run: skipped unless --retry-errors
-    wall_s: float = 0.0
-    errors_by_stage: dict = field(default_factory=dict)
     flags: dict = field(default_factory=dict)
-    has_errors_folder: bool = False
 
     def lines(self) -> list[str]:
         stages = ", ".join(f"{k}: {v}" for k, v in sorted(self.errors_by_stage.items()))

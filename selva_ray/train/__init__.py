@@ -2,6 +2,7 @@
 
 The settings (`TrainConfig`) import nothing heavy; the job itself loads on first use."""
 
+from ..lazy import lazy_exports
 from .config import TrainConfig, TrainConfigError
 
 __all__ = [
@@ -14,13 +15,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    if name == "FeatureFolderError":
-        from .data import FeatureFolderError
-
-        return FeatureFolderError
-    if name in ("TrainFailed", "TrainSummary", "run_train"):
-        from . import job
-
-        return getattr(job, name)
-    raise AttributeError(name)
+__getattr__ = lazy_exports(
+    __name__,
+    {"FeatureFolderError": "data", "TrainFailed": "job", "TrainSummary": "job", "run_train": "job"},
+)

@@ -9,6 +9,7 @@ from selva_core.defaults import DEFAULT_CFG, DEFAULT_STEPS
 
 from .. import shared_settings as s
 from .. import validate
+from ..errors import UsageError
 from ..settings import BOTH, NEGATED, SWITCH, opt
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -45,7 +46,7 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 
-class TrainConfigError(ValueError):
+class TrainConfigError(UsageError):
     """Unusable settings (the command exits 2)."""
 
 

@@ -28,13 +28,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import UsageError
 from ..io.feature_schema import feature_files, read_features, read_tensor
 from ..io.output_dir import OutputDir
 
 SCALAR_COLUMNS = ("id", "prompt", "duration", "latent_len", "sync_len")
 
 
-class FeatureFolderError(ValueError):
+class FeatureFolderError(UsageError):
     """The features folder cannot be trained on (the command exits 2)."""
 
 

@@ -65,6 +65,10 @@ class TrainSummary:
     wall_s: float = 0.0
     details: dict = field(default_factory=dict)
 
+    def exit_code(self, fail_on_error: bool = False) -> int:
+        """A run that ended has trained (a failed one raises TrainFailed)."""
+        return 0
+
     def lines(self) -> list[str]:
         d = self.details
         out = [
