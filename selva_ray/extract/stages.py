@@ -4,14 +4,13 @@ and encode are the shared stages of `selva_ray.stages`."""
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
 
 from ..io.feature_schema import FeatureLayout, tensor_array
 from ..io.output_dir import OutputDir
-from ..io.rows import batch_rows, error_result, error_table, plain
+from ..io.rows import batch_rows, plain
 
 log = logging.getLogger(__name__)
 
@@ -20,46 +19,16 @@ def write_batch(
     batch: dict[str, np.ndarray], *, output: str, layout: FeatureLayout
 ) -> dict[str, list]:
     """Stage each shard's rows as Parquet fragments; report (shard, id, status, stage)."""
-    out_dir = OutputDir(output)
-    settings = layout.settings_hash
     rows = list(batch_rows(batch))
-    by_shard: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        by_shard[row["shard"]].append(i)
-    for shard, idx in by_shard.items():
-        ok = [i for i in idx if rows[i]["status"] == "ok"]
-        if ok:
-            table = _feature_table_or_errors(batch, ok, rows, layout)
-            if table is not None:
-                out_dir.stage(shard, "features", table)
-        bad = [i for i in idx if rows[i]["status"] != "ok"]
-        if bad:
-            out_dir.stage(shard, "errors", error_table([rows[i] for i in bad], settings))
+    OutputDir(output).stage_rows(
+        rows, "features", lambda idx: feature_table(batch, idx, layout), layout.settings_hash
+    )
     return {
         "shard": [r["shard"] for r in rows],
         "id": [r["id"] for r in rows],
         "status": [r["status"] for r in rows],
         "stage": [r["stage"] for r in rows],
     }
-
-
-def _feature_table_or_errors(
-    batch: dict[str, np.ndarray], idx: list[int], rows: list[dict], layout: FeatureLayout
-) -> pa.Table | None:
-    """The feature table of rows `idx`; a row whose values do not fit the schema becomes an
-    error row (stage 'write') instead of failing the block with it."""
-    try:
-        return feature_table(batch, idx, layout)
-    except Exception:  # noqa: BLE001 - find the bad row(s) below
-        pass
-    good = []
-    for i in idx:
-        try:
-            feature_table(batch, [i], layout)
-            good.append(i)
-        except Exception as exc:  # noqa: BLE001
-            rows[i].update(error_result(rows[i], "write", exc))
-    return feature_table(batch, good, layout) if good else None
 
 
 def feature_table(batch: dict[str, np.ndarray], idx: list[int], layout: FeatureLayout) -> pa.Table:

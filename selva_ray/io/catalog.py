@@ -131,6 +131,13 @@ def _abspath(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (`~` expanded); a URI as it is. Jobs hand paths to Ray
+    workers, whose working folder is not the command's: on a cluster started elsewhere a
+    relative path would name another folder."""
+    return uri if _is_uri(uri) else _abspath(uri)
+
+
 def _is_uri(text: str) -> bool:
     return "://" in text
 

@@ -281,6 +281,28 @@ class OutputDir:
         self.stage(shard, "errors", error_table(rows, settings_hash))
         self.commit(shard)
 
+    def stage_rows(self, rows: list[dict], kind: str, build, settings_hash: str) -> None:
+        """Stage a block's rows shard by shard: the good ones as one `kind` fragment each
+        (`build(indices) -> Table`; a row that does not fit the schema becomes an error row
+        at stage "write" instead of failing the block), the failed ones as error rows."""
+        from .rows import error_result, error_table, table_or_error_rows
+
+        def unstorable(i: int, exc: Exception) -> None:
+            rows[i].update(error_result(rows[i], "write", exc))
+
+        by_shard: dict[str, list[int]] = {}
+        for i, row in enumerate(rows):
+            by_shard.setdefault(row["shard"], []).append(i)
+        for shard, idx in by_shard.items():
+            ok = [i for i in idx if rows[i]["status"] == "ok"]
+            if ok:
+                table = table_or_error_rows(build, ok, unstorable)
+                if table is not None:
+                    self.stage(shard, kind, table)
+            bad = [rows[i] for i in idx if rows[i]["status"] != "ok"]
+            if bad:
+                self.stage(shard, ERRORS, error_table(bad, settings_hash))
+
     def clear_errors(self) -> int:
         files = self.part_files(errors=True)
         for path in files:

@@ -13,8 +13,9 @@ import logging
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
+from ..io.catalog import absolute
 from ..io.output_dir import OutputDir
 from .connect import connect
 from .drive import Tally, drive
@@ -89,7 +90,10 @@ class ShardedJob:
 
     def run(self):
         t0 = time.perf_counter()
-        config = self.config
+        # workers resolve paths in their own working folder: hand them absolute ones
+        self.config = config = replace(
+            self.config, input=absolute(self.config.input), output=absolute(self.config.output)
+        )
         self.check()
         out = OutputDir(config.output, kind=self.kind)
         layout = None if self.layout_needs_plan else self.layout(None)

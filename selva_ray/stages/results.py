@@ -3,13 +3,10 @@ where each clip goes and how it went) -> results and error fragments of the outp
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import pyarrow as pa
 
 from ..io.output_dir import OutputDir
 from ..io.results_schema import RESULTS_SCHEMA, results_table
-from ..io.rows import error_result, error_table, table_or_error_rows
 from .desync import DESYNC_INPUT_FIELDS
 
 STATUS_FIELDS = [
@@ -38,21 +35,7 @@ def write_batch(
     def build(chosen: list[int]) -> pa.Table:
         return results_table([{k: v for k, v in rows[i].items() if k in names} for i in chosen])
 
-    def unstorable(i: int, exc: Exception) -> None:
-        rows[i].update(error_result(rows[i], "write", exc))
-
-    by_shard: dict[str, list[int]] = defaultdict(list)
-    for i, row in enumerate(rows):
-        by_shard[row["shard"]].append(i)
-    for shard, idx in by_shard.items():
-        ok = [i for i in idx if rows[i]["status"] == "ok"]
-        if ok:
-            table = table_or_error_rows(build, ok, unstorable)
-            if table is not None:
-                out_dir.stage(shard, "results", table)
-        bad = [rows[i] for i in idx if rows[i]["status"] != "ok"]
-        if bad:
-            out_dir.stage(shard, "errors", error_table(bad, settings_hash))
+    out_dir.stage_rows(rows, "results", build, settings_hash)
     columns = {name: pa.string() for name in ("shard", "id", "status", "stage")}
     columns.update({name: batch.schema.field(name).type for name in report})
     out = {name: pa.array([r[name] for r in rows], kind) for name, kind in columns.items()}

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config_file import config_record
+from ..io.catalog import absolute
 from ..io.output_dir import OutputDir
 from ..runner.connect import connect
 from ..runner.plan import TrainPlan, plan_training
@@ -157,6 +158,8 @@ def run_train(config: TrainConfig) -> TrainSummary:
 def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
     t0 = time.perf_counter()
     config.check()
+    # workers resolve paths in their own working folder: hand them absolute ones
+    config = replace(config, features=absolute(config.features))
     info = inspect_features(config.features, config.variant)
     check_windows(info, config.window, config.overlap)
     config = replace(config, variant=info.variant)
