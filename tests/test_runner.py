@@ -166,6 +166,16 @@ def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog,
             "--with-audio-latents", env=env,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
+        # a worker group that cannot fit is refused before Ray Train starts, naming what fits
+        done = cli(
+            "train", "--features", str(features), "--output", str(tmp_path / "train3"),
+            "--workers", "3", "--cpus-per-worker", "1", "--steps", "2", "--batch-size", "3",
+            "--offline", env=env,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr[-3000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: --workers 3 x 1 CPU does not fit") and "at most" in last
+        assert not (tmp_path / "train3").exists()
         # the README's local example: two Ray Train workers on this machine's cores
         done = cli(
             "train", "--features", str(features), "--output", str(tmp_path / "train"),
