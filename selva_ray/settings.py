@@ -45,6 +45,7 @@ class Opt:
     required: bool = False
     cli_default: Any = AS_FIELD  # the flag's default when it differs from the field's form
     convert: Callable[[Any], Any] | None = None  # the flag's value -> the field's value
+    resumable: bool = False  # a resumed run may change it (where and how it runs, reports)
 
 
 def opt(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, **kw) -> Any:
@@ -69,6 +70,16 @@ def flag_of(f: Field, o: Opt) -> str:
         return o.flag
     name = f.name.replace("_", "-")
     return f"--no-{name}" if o.kind == NEGATED else f"--{name}"
+
+
+def resumable(cls) -> frozenset[str]:
+    """The fields of `cls` a resumed run may change: settings declared `resumable`, and plain
+    fields whose metadata says so (`field(metadata={"resumable": True})`)."""
+    return frozenset(
+        f.name
+        for f in fields(cls)
+        if f.metadata.get("resumable") or ("opt" in f.metadata and f.metadata["opt"].resumable)
+    )
 
 
 def field_default(f: Field) -> Any:

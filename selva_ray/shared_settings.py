@@ -116,30 +116,33 @@ def precision_opt(
     return opt(default, choices=choices, help=help, group=group)
 
 
-def weights_dir_opt(group: str | None = None) -> Any:
+def weights_dir_opt(group: str | None = None, **extra) -> Any:
     return opt(
         None,
         group=group,
         help="local weights folder (default: $SELVA_WEIGHTS_DIR, else ~/.cache/selva-ray/weights)",
+        **extra,
     )
 
 
-def offline_opt(group: str | None = None) -> Any:
+def offline_opt(group: str | None = None, **extra) -> Any:
     return opt(
         False,
         kind=SWITCH,
         group=group,
         help="never download; fail with the fetch command when a file is missing",
+        **extra,
     )
 
 
-def check_weights_opt(group: str | None = None) -> Any:
+def check_weights_opt(group: str | None = None, **extra) -> Any:
     return opt(
         True,
         flag="--skip-weights-check",
         kind=NEGATED,
         group=group,
         help="do not look for the weight files in the driver (when only the workers see them)",
+        **extra,
     )
 
 
@@ -198,8 +201,8 @@ RAY_ADDRESS_HELP = (
 )
 
 
-def ray_address_opt(group: str | None = None) -> Any:
-    return opt(None, help=RAY_ADDRESS_HELP, group=group)
+def ray_address_opt(group: str | None = None, **extra) -> Any:
+    return opt(None, help=RAY_ADDRESS_HELP, group=group, **extra)
 
 
 def progress_opt() -> Any:
@@ -250,7 +253,9 @@ def steps_opt(help: str = f"Euler steps, 1..{validate.MAX_STEPS}", group=None) -
 WINDOW_TYPE = validate.float_range(0, 24 * 3600)
 
 
-def window_opt(default: float | None = DEFAULT_WINDOW, help: str | None = None, group=None):
+def window_opt(
+    default: float | None = DEFAULT_WINDOW, help: str | None = None, group=None, **extra
+):
     return opt(
         default,
         type=WINDOW_TYPE,
@@ -259,10 +264,13 @@ def window_opt(default: float | None = DEFAULT_WINDOW, help: str | None = None, 
         or "seconds per window: a video longer than this (a catalog row without 'duration') "
         f"is cut into overlapping windows (default {DEFAULT_WINDOW:g}; 0: never, the video is "
         "cut at --max-duration; at most --max-duration)",
+        **extra,
     )
 
 
-def overlap_opt(default: float | None = DEFAULT_OVERLAP, help: str | None = None, group=None):
+def overlap_opt(
+    default: float | None = DEFAULT_OVERLAP, help: str | None = None, group=None, **extra
+):
     return opt(
         default,
         type=WINDOW_TYPE,
@@ -270,6 +278,7 @@ def overlap_opt(default: float | None = DEFAULT_OVERLAP, help: str | None = None
         help=help
         or f"seconds shared by consecutive windows (default {DEFAULT_OVERLAP:g}, at most half "
         "the window)",
+        **extra,
     )
 
 

@@ -3,47 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 from selva_core.defaults import DEFAULT_CFG, DEFAULT_STEPS
 
 from .. import shared_settings as s
 from .. import validate
 from ..errors import UsageError
-from ..settings import BOTH, NEGATED, SWITCH, opt
+from ..settings import BOTH, NEGATED, SWITCH, opt, resumable
 
 LR_SCHEDULES = ("constant", "cosine")
 TIMESTEP_MODES = ("uniform", "logit_normal", "curriculum")
 INIT_MODES = ("standard", "pissa")
 
-# Settings a resumed run may change: where and how it runs, how often it reports. Everything
-# else fixes the sequence of updates, so changing it would not continue the same run. The
-# worker count may change because the global batch, its sampling and every per-clip random
-# draw are independent of it.
-RESUMABLE_CHANGES = frozenset(
-    {
-        "features",
-        "output",
-        "workers",
-        "use_gpu",
-        "cpus_per_worker",
-        "eval_every",
-        "save_every",
-        "preview_clips",
-        "preview_steps",
-        "preview_cfg",
-        "resume",
-        "max_failures",
-        "ray_address",
-        "progress_every_s",
-        "weights_dir",
-        "offline",
-        "fail_at_step",
-        "surgery",
-        "window",  # checks against the features folder only (its windows are fixed)
-        "overlap",
-    }
-)
+RESUMABLE = {"resumable": True}  # a plain field a resumed run may change
 
 
 class TrainConfigError(UsageError):
@@ -60,14 +33,20 @@ CLUSTER, ADAPTER, OPTIMISATION, EVALUATION = (
 
 @dataclass
 class TrainConfig:
-    features: str = opt(help="features folder (with audio latents)", required=True)
-    output: str = opt(help="run folder (local or shared filesystem)", required=True)
+    features: str = opt(help="features folder (with audio latents)", required=True, resumable=True)
+    output: str = opt(help="run folder (local or shared filesystem)", required=True, resumable=True)
     # None: the variant the features were extracted for
     variant: str | None = s.variant_opt(None, "model variant (default: the features' variant)")
     workers: int = opt(
-        1, type=validate.int_range(1, 1024), group=CLUSTER, help="Ray Train workers (default 1)"
+        1,
+        type=validate.int_range(1, 1024),
+        group=CLUSTER,
+        help="Ray Train workers (default 1)",
+        resumable=True,
     )
-    use_gpu: bool = opt(False, kind=SWITCH, group=CLUSTER, help="one GPU per worker")
+    use_gpu: bool = opt(
+        False, kind=SWITCH, group=CLUSTER, help="one GPU per worker", resumable=True
+    )
     # None: the planner's even share (runner.plan)
     cpus_per_worker: float | None = opt(
         None,
@@ -75,6 +54,7 @@ class TrainConfig:
         group=CLUSTER,
         help="CPUs reserved per worker (default: an even share of the cluster's CPUs, at most "
         "1, after the data reader's; a size that does not fit is refused)",
+        resumable=True,
     )
     # base weights; None: bf16 (autocast) on GPU, fp32 on CPU
     precision: str | None = s.precision_opt(
@@ -87,11 +67,12 @@ class TrainConfig:
         type=validate.int_range(0, 1000),
         group=CLUSTER,
         help="worker-group restarts, and retries of a worker group that cannot start (default 2)",
+        resumable=True,
     )
-    ray_address: str | None = s.ray_address_opt(group=CLUSTER)
-    weights_dir: str | None = s.weights_dir_opt(group=CLUSTER)
-    offline: bool = s.offline_opt(group=CLUSTER)
-    check_weights: bool = s.check_weights_opt(group=CLUSTER)
+    ray_address: str | None = s.ray_address_opt(group=CLUSTER, resumable=True)
+    weights_dir: str | None = s.weights_dir_opt(group=CLUSTER, resumable=True)
+    offline: bool = s.offline_opt(group=CLUSTER, resumable=True)
+    check_weights: bool = s.check_weights_opt(group=CLUSTER, resumable=True)
     rank: int = opt(
         16, type=validate.int_range(1, 1024), group=ADAPTER, help="LoRA rank, 1..1024 (default 16)"
     )
@@ -190,13 +171,18 @@ class TrainConfig:
         help="held-out share of the clips, 0..0.9 (default 0.1)",
     )
     eval_every: int = opt(
-        500, type=validate.positive_int, group=EVALUATION, help="steps between evals (default 500)"
+        500,
+        type=validate.positive_int,
+        group=EVALUATION,
+        help="steps between evals (default 500)",
+        resumable=True,
     )
     save_every: int = opt(
         500,
         type=validate.positive_int,
         group=EVALUATION,
         help="steps between checkpoints (default 500)",
+        resumable=True,
     )
     eval_timesteps: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
     preview_clips: int = opt(
@@ -204,14 +190,21 @@ class TrainConfig:
         type=validate.int_range(0, 100),
         group=EVALUATION,
         help="preview clips per eval (default 2)",
+        resumable=True,
     )
-    preview_steps: int = DEFAULT_STEPS
-    preview_cfg: float = DEFAULT_CFG
+    preview_steps: int = field(default=DEFAULT_STEPS, metadata=RESUMABLE)
+    preview_cfg: float = field(default=DEFAULT_CFG, metadata=RESUMABLE)
     surgery: bool = opt(
-        True, kind=NEGATED, group=EVALUATION, help="skip Spectral Surgery at the end"
+        True,
+        kind=NEGATED,
+        group=EVALUATION,
+        help="skip Spectral Surgery at the end",
+        resumable=True,
     )
-    resume: bool = opt(False, kind=SWITCH, group=EVALUATION, help="continue the run in --output")
-    progress_every_s: float = 10.0
+    resume: bool = opt(
+        False, kind=SWITCH, group=EVALUATION, help="continue the run in --output", resumable=True
+    )
+    progress_every_s: float = field(default=10.0, metadata=RESUMABLE)
     # Long videos: the features folder's windows are the training samples (one window with its
     # own audio each); given, these must match how the folder was cut (None: as it was).
     window: float | None = s.window_opt(
@@ -219,14 +212,16 @@ class TrainConfig:
         "window length the features were cut into (default: as extracted; a different value "
         "is refused)",
         group=EVALUATION,
+        resumable=True,
     )
     overlap: float | None = s.overlap_opt(
         None,
         "window overlap the features were cut with (default: as extracted)",
         group=EVALUATION,
+        resumable=True,
     )
     # Test hook: the last worker dies (os._exit) once, after finishing this step.
-    fail_at_step: int | None = None
+    fail_at_step: int | None = field(default=None, metadata=RESUMABLE)
     # Benchmarks: seeded random generator weights for a published variant (nothing loaded).
     random_weights: bool = False
     flags: dict | None = None  # the command line's settings (`--print-config`), to _meta.json
@@ -317,3 +312,11 @@ class TrainConfig:
             for k in sorted(new)
             if old.get(k) != new.get(k)
         ]
+
+
+# Settings a resumed run may change: where and how it runs, how often it reports (each marked
+# `resumable` where it is declared). Everything else fixes the sequence of updates, so
+# changing it would not continue the same run. The worker count may change because the global
+# batch, its sampling and every per-clip random draw are independent of it; the windows are
+# only checked against the features folder (its windows are fixed).
+RESUMABLE_CHANGES = resumable(TrainConfig)
