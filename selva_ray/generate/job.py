@@ -343,7 +343,7 @@ class GenerateJob(ShardedJob):
     def tail(self, plan: Plan, desync: bool, write_batch_size: int, stage_batch: int) -> list:
         """Writers (files and QA metrics), then DeSync actors and the staging tasks."""
         config, spec = self.config, self.spec
-        digest = self.layout_digest
+        digest = self.settings_hash
         stages = [
             Stage(
                 "write",
@@ -395,10 +395,6 @@ class GenerateJob(ShardedJob):
                 ),
             ]
         return stages
-
-    @property
-    def layout_digest(self) -> str:
-        return self.layout(self.final_plan)["settings_hash"]
 
     def short_pipeline(self, todo: list[dict], plan: Plan, run: str, desync: bool) -> Pipeline:
         config = self.config

@@ -132,7 +132,7 @@ class QAJob(ShardedJob):
         import ray
 
         config = self.config
-        digest = settings_hash(self.settings)
+        digest = self.settings_hash
         rows = []
         for i, record in enumerate(selection.todo):
             row = record.to_row()

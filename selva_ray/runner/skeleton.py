@@ -107,6 +107,7 @@ class ShardedJob:
         if layout is None:
             layout = self.layout(plan)
             out.check_settings(layout)
+        self.settings_hash = layout["settings_hash"]  # what the stages stamp on their rows
         with out.acquire_lease():
             out.claim(layout)
             out.recover()
