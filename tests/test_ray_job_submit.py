@@ -1,8 +1,9 @@
 """`ray job submit` exactly as README.md documents it, against a stock `ray start --head`: the
 token made by `ray get-auth-token --generate` in $HOME/.ray/auth_token (token auth at Ray's
 defaults, RAY_AUTH_MODE unset for the head), the `ray` CLI as a process, the entrypoint run by
-the interpreter that has selva-ray. A submission without RAY_AUTH_MODE=token is refused; the
-documented one runs `jobs/qa.py` on the head and writes its results. The head is stopped alone
+the interpreter that has selva-ray. A submission without RAY_AUTH_MODE=token is refused, one
+with a bare `python` runs whatever the head's PATH finds first (here a decoy); the documented
+one runs `jobs/qa.py` on the head and writes its results. The head is stopped alone
 (never `ray stop`, which ends every Ray on the machine) and none of its processes is left."""
 
 import os
@@ -14,7 +15,7 @@ import time
 
 import pytest
 from golden_support import REPO_ROOT
-from ray_head import ray_cli, start_head, stop_head
+from ray_head import naming, ray_cli, start_head, stop_head
 from video_factory import AudioSpec, write_video
 
 from selva_ray.io.results_schema import read_results
@@ -68,9 +69,17 @@ def test_ray_job_submit_against_ray_start_head(tmp_path):
     write_video(catalog / "dogs" / "b.mp4", duration=1.0, audio=AudioSpec(freq=330.0))
     out = tmp_path / "qa"
 
+    # The head's PATH finds a `python` without selva-ray first, as when the head was started
+    # from a venv that is not activated: the documented entrypoint names its interpreter.
+    decoy = tmp_path / "decoy-bin"
+    decoy.mkdir()
+    for name in ("python", "python3"):
+        (decoy / name).write_text("#!/bin/sh\necho 'decoy python: no selva-ray here'\nexit 3\n")
+        (decoy / name).chmod(0o755)
     # A loaded machine may start the job more than the default 60 s after the upload; a head
     # stopped with SIGTERM need not wait for its node to drain (up to 30 s by default).
     head_env = env | {
+        "PATH": f"{decoy}:{env['PATH']}",
         "RAY_RUNTIME_ENV_TEMPORARY_REFERENCE_EXPIRATION_S": "900",
         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
     }
@@ -86,7 +95,12 @@ def test_ray_job_submit_against_ray_start_head(tmp_path):
         assert "Missing authentication token" in refused.stdout, refused.stdout[-3000:]
         assert not out.exists()
 
-        done = _submit(env | {"RAY_AUTH_MODE": "token"}, head.dashboard_port, entrypoint, head)
+        token_env = env | {"RAY_AUTH_MODE": "token"}
+        plain = _submit(token_env, head.dashboard_port, ["python", *entrypoint[1:]], head)
+        assert plain.returncode == 1 and "decoy python" in plain.stdout, plain.stdout[-3000:]
+        assert not out.exists()
+
+        done = _submit(token_env, head.dashboard_port, entrypoint, head)
         assert done.returncode == 0, done.stdout[-5000:]
         assert "succeeded" in done.stdout
         assert "Running entrypoint for job" in done.stdout
@@ -99,7 +113,9 @@ def test_ray_job_submit_against_ray_start_head(tmp_path):
         assert sorted(r["duration"] for r in rows) == pytest.approx([1.0, 1.5], abs=0.05)
         assert all(r["loudness_lufs"] is not None and r["desync_s"] is None for r in rows)
 
-        # Stopping the head as documented (SIGTERM to `ray start --block`) ends all of it.
+        # Stopping the head as documented (SIGTERM to `ray start --block`) ends all of it: the
+        # processes seen under it and those naming its temp dir (the raylet, GCS, ...).
+        assert len(head.seen) > 3 and len(naming(temp_dir)) > 1, (head.seen, naming(temp_dir))
         stragglers = stop_head(head)
         head = None
         assert not stragglers, f"left running after SIGTERM (then killed): {stragglers}"
