@@ -1,6 +1,10 @@
 """Entry point for `ray job submit -- python jobs/qa.py --input CATALOG --output DIR`.
 
 Same options as `selva-ray qa`; inside a Ray job it connects to the job's cluster.
+
+`python` is run on the head, found on the PATH `ray start` had: it must be an interpreter with
+selva-ray installed (the cluster image's is); on a head of your own, give that interpreter's
+full path, e.g. `"$(command -v python3)"` (README: "Which `python` runs the job").
 """
 
 import sys

@@ -2,6 +2,10 @@
 
 Same options as `selva-ray train`; inside a Ray job it connects to the job's cluster.
 Works from an uploaded working_dir too: the checkout beside this file is used.
+
+`python` is run on the head, found on the PATH `ray start` had: it must be an interpreter with
+selva-ray installed (the cluster image's is); on a head of your own, give that interpreter's
+full path, e.g. `"$(command -v python3)"` (README: "Which `python` runs the job").
 """
 
 import sys

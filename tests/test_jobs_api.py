@@ -1,9 +1,10 @@
 """Every job through the real Ray Jobs API: a local head with its dashboard, `submit_job` with
-the checkout as working_dir, wait, then check the status and the outputs; a bad submission ends
-FAILED with the reason in the job's logs."""
+the checkout as working_dir and this test's interpreter running `jobs/X.py`, wait, then check
+the status and the outputs; a bad submission ends FAILED with the reason in the job's logs."""
 
 import json
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -113,7 +114,8 @@ def submit_and_wait(client, args: list[str], timeout: float = 420) -> tuple[str,
     while job is None:
         try:
             job = client.submit_job(
-                entrypoint=" ".join(["python", *args]),
+                # This interpreter (it has selva-ray), not the first `python` on the head's PATH.
+                entrypoint=shlex.join([sys.executable, *args]),
                 runtime_env={
                     "working_dir": str(REPO_ROOT),
                     "excludes": ["bench", "cluster", "docs", ".ruff_cache", ".pytest_cache"],
@@ -240,6 +242,7 @@ def test_qa_job_through_the_jobs_api(jobs, catalog, tmp_path, capsys):
         + ["--max-silence", "0.9", "--no-progress"],
     )
     assert status == "SUCCEEDED", logs[-3000:]
+    assert f"{sys.executable} jobs/qa.py" in logs  # run by this interpreter
     from selva_ray.io.results_schema import read_results
 
     rows = read_results(str(out)).to_pylist()
