@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from video_factory import AudioSpec, write_video
+from video_factory import write_folder_catalog
 
 from selva_ray.errors import UsageError
 from selva_ray.runner.plan import ClusterView, ModelRole, plan_models, plan_training
@@ -52,18 +52,7 @@ def view(cpus: float, gpus: float = 0.0, nodes: int = 1) -> ClusterView:
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("runner") / "catalog"
-    (root / "dogs").mkdir(parents=True)
-    for k in range(3):
-        write_video(
-            root / "dogs" / f"d{k}.mp4",
-            duration=1.2,
-            fps=25,
-            size=(64, 48),
-            audio=AudioSpec(sample_rate=16000, channels=1),
-            seed=k,
-        )
-    return root
+    return write_folder_catalog(tmp_path_factory.mktemp("runner") / "catalog", "dogs", 3, 1.2)
 
 
 # ---- the planner ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from video_factory import AudioSpec, write_video
+from video_factory import write_folder_catalog
 
 from selva_ray.extract import ExtractConfig, run_extract
 from selva_ray.generate import GenerateConfig, run_generate
@@ -37,18 +37,7 @@ def gpu_cluster():
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("gpus") / "catalog"
-    (root / "birds").mkdir(parents=True)
-    for k in range(2):
-        write_video(
-            root / "birds" / f"b{k}.mp4",
-            duration=1.0,
-            fps=25,
-            size=(64, 48),
-            audio=AudioSpec(sample_rate=16000, channels=1),
-            seed=k,
-        )
-    return root
+    return write_folder_catalog(tmp_path_factory.mktemp("gpus") / "catalog", "birds", 2, 1.0)
 
 
 def last_plan(folder: Path) -> dict:

@@ -297,6 +297,23 @@ def write_video(
     return path
 
 
+def write_folder_catalog(root: str | Path, prompt: str, count: int, duration: float = 1.0) -> Path:
+    """A folder catalog as a user keeps one: `root/<prompt>/<prompt>_<k>.mp4`, each a small
+    25 fps video with a mono 16 kHz track (the folder's name is the clips' prompt)."""
+    folder = Path(root) / prompt
+    folder.mkdir(parents=True, exist_ok=True)
+    for k in range(count):
+        write_video(
+            folder / f"{prompt}_{k}.mp4",
+            duration=duration,
+            fps=25,
+            size=(64, 48),
+            audio=AudioSpec(sample_rate=16000, channels=1),
+            seed=k,
+        )
+    return Path(root)
+
+
 def write_long_video(
     path: str | Path,
     *,
