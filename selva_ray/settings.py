@@ -46,6 +46,7 @@ class Opt:
     cli_default: Any = AS_FIELD  # the flag's default when it differs from the field's form
     convert: Callable[[Any], Any] | None = None  # the flag's value -> the field's value
     resumable: bool = False  # a resumed run may change it (where and how it runs, reports)
+    output: bool = False  # the job's output depends on it: part of the folder's settings
 
 
 def opt(default: Any = MISSING, *, factory: Callable[[], Any] | None = None, **kw) -> Any:
@@ -80,6 +81,19 @@ def resumable(cls) -> frozenset[str]:
         for f in fields(cls)
         if f.metadata.get("resumable") or ("opt" in f.metadata and f.metadata["opt"].resumable)
     )
+
+
+def output_record(config) -> dict:
+    """The settings of `config` declared `output`, keyed as their flags with underscores
+    (`--format` -> format, `--mask-paths` -> mask_paths), tuples as lists: the part of a
+    folder's recorded settings that a rerun must match (the job adds what it derives)."""
+    record = {}
+    for f, o in options(type(config)):
+        if o.output:
+            value = getattr(config, f.name)
+            key = flag_of(f, o).removeprefix("--").replace("-", "_")
+            record[key] = list(value) if isinstance(value, tuple) else value
+    return record
 
 
 def field_default(f: Field) -> Any:

@@ -69,15 +69,15 @@ def none_if_empty(value):
 # ---- input and output -----------------------------------------------------------------------
 
 
-def input_opt(help: str) -> Any:
-    return opt(help=help, required=True)
+def input_opt(help: str, **extra) -> Any:
+    return opt(help=help, required=True, **extra)
 
 
-def output_opt(help: str = "output folder (path or URI)") -> Any:
-    return opt(help=help, required=True)
+def output_opt(help: str = "output folder (path or URI)", **extra) -> Any:
+    return opt(help=help, required=True, **extra)
 
 
-def allow_roots_opt() -> Any:
+def allow_roots_opt(**extra) -> Any:
     return opt(
         None,
         flag="--allow-root",
@@ -86,24 +86,26 @@ def allow_roots_opt() -> Any:
         convert=none_if_empty,
         help="a folder or bucket (s3://b) manifest rows may point into; repeatable (default: "
         "the manifest's folder and bucket; `/` allows any local path)",
+        **extra,
     )
 
 
 # ---- the model ------------------------------------------------------------------------------
 
 
-def variant_opt(default: str | None = DEFAULT_VARIANT, help: str | None = None) -> Any:
+def variant_opt(default: str | None = DEFAULT_VARIANT, help: str | None = None, **extra) -> Any:
     return opt(
         default,
         type=variant_name,
         help=help
         or "model variant (`tiny` runs offline on random weights; list them with "
         "`selva-ray weights list`)",
+        **extra,
     )
 
 
-def device_opt(help: str = "cpu, cuda, cuda:N or auto", group: str | None = None) -> Any:
-    return opt("auto", type=device_name, help=help, group=group)
+def device_opt(help: str = "cpu, cuda, cuda:N or auto", group: str | None = None, **extra) -> Any:
+    return opt("auto", type=device_name, help=help, group=group, **extra)
 
 
 def precision_opt(
@@ -112,8 +114,9 @@ def precision_opt(
     choices: tuple[str, ...] = PRECISIONS,
     default: str | None = None,
     group: str | None = None,
+    **extra,
 ) -> Any:
-    return opt(default, choices=choices, help=help, group=group)
+    return opt(default, choices=choices, help=help, group=group, **extra)
 
 
 def weights_dir_opt(group: str | None = None, **extra) -> Any:
@@ -149,49 +152,53 @@ def check_weights_opt(group: str | None = None, **extra) -> Any:
 # ---- model actors -----------------------------------------------------------------------------
 
 
-def actors_opt(role: str, default_text: str = "one per GPU, else 1", group=None) -> Any:
+def actors_opt(role: str, default_text: str = "one per GPU, else 1", group=None, **extra) -> Any:
     return opt(
         None,
         type=validate.actor_count,
         group=group,
         help=f"{role} actors (default: {default_text})",
+        **extra,
     )
 
 
-def gpus_per_actor_opt(role: str, default: float | None = 1.0, help: str = "", group=None):
+def gpus_per_actor_opt(role: str, default: float | None = 1.0, help: str = "", group=None, **extra):
     return opt(
         default,
         type=validate.gpu_share,
         group=group,
         help=help or f"GPUs reserved per {role} actor (fractions share a GPU)",
+        **extra,
     )
 
 
-def actor_memory_opt(role: str, group=None) -> Any:
+def actor_memory_opt(role: str, group=None, **extra) -> Any:
     return opt(
         None,
         type=validate.memory_gb,
         group=group,
         help=f"heap reserved per {role} actor (default: by model size)",
+        **extra,
     )
 
 
 # ---- how a resumable job runs ---------------------------------------------------------------
 
 
-def shard_size_opt() -> Any:
-    return opt(64, type=validate.shard_size, help="clips per committed shard")
+def shard_size_opt(**extra) -> Any:
+    return opt(64, type=validate.shard_size, help="clips per committed shard", **extra)
 
 
-def retry_errors_opt() -> Any:
-    return opt(False, kind=SWITCH, help="redo clips that failed before")
+def retry_errors_opt(**extra) -> Any:
+    return opt(False, kind=SWITCH, help="redo clips that failed before", **extra)
 
 
-def fail_on_error_opt() -> Any:
+def fail_on_error_opt(**extra) -> Any:
     return opt(
         False,
         kind=SWITCH,
         help="exit 1 if any clip failed (default: only if every clip failed)",
+        **extra,
     )
 
 
@@ -205,8 +212,8 @@ def ray_address_opt(group: str | None = None, **extra) -> Any:
     return opt(None, help=RAY_ADDRESS_HELP, group=group, **extra)
 
 
-def progress_opt() -> Any:
-    return opt(True, kind=NEGATED, help="no Ray Data progress output")
+def progress_opt(**extra) -> Any:
+    return opt(True, kind=NEGATED, help="no Ray Data progress output", **extra)
 
 
 @dataclass(kw_only=True)
@@ -230,24 +237,27 @@ class BatchJobSettings:
 # ---- clips ------------------------------------------------------------------------------------
 
 
-def max_duration_opt(default: float = 8.0) -> Any:
+def max_duration_opt(default: float = 8.0, **extra) -> Any:
     return opt(
         default,
         type=validate.seconds,
         help=f"seconds per clip, at most {validate.MAX_CLIP_SECONDS:g}",
+        **extra,
     )
 
 
-def seed_opt(help: str = f"noise seed per clip, 0..{validate.MAX_SEED}", group=None) -> Any:
-    return opt(DEFAULT_SEED, type=validate.seed, help=help, group=group)
+def seed_opt(
+    help: str = f"noise seed per clip, 0..{validate.MAX_SEED}", group=None, **extra
+) -> Any:
+    return opt(DEFAULT_SEED, type=validate.seed, help=help, group=group, **extra)
 
 
-def cfg_opt(help: str = f"guidance strength, 0..{validate.MAX_CFG:g}", group=None) -> Any:
-    return opt(DEFAULT_CFG, type=validate.cfg, help=help, group=group)
+def cfg_opt(help: str = f"guidance strength, 0..{validate.MAX_CFG:g}", group=None, **extra) -> Any:
+    return opt(DEFAULT_CFG, type=validate.cfg, help=help, group=group, **extra)
 
 
-def steps_opt(help: str = f"Euler steps, 1..{validate.MAX_STEPS}", group=None) -> Any:
-    return opt(DEFAULT_STEPS, type=validate.steps, help=help, group=group)
+def steps_opt(help: str = f"Euler steps, 1..{validate.MAX_STEPS}", group=None, **extra) -> Any:
+    return opt(DEFAULT_STEPS, type=validate.steps, help=help, group=group, **extra)
 
 
 WINDOW_TYPE = validate.float_range(0, 24 * 3600)
@@ -282,16 +292,17 @@ def overlap_opt(
     )
 
 
-def mask_strength_opt() -> Any:
+def mask_strength_opt(**extra) -> Any:
     return opt(
         1.0,
         type=validate.float_range(0, 1),
         help="how far a catalog row's 'mask' (image or video, 1 keeps the object) blends the "
         "background toward grey before encoding (0: not at all; default 1)",
+        **extra,
     )
 
 
-def mask_paths_opt() -> Any:
+def mask_paths_opt(**extra) -> Any:
     return opt(
         MASK_PATHS,
         type=mask_paths,
@@ -299,6 +310,7 @@ def mask_paths_opt() -> Any:
         convert=mask_path_tuple,
         help="streams the mask applies to: clip (CLIP frames, MMAudio family), sync, or both "
         "(default clip,sync)",
+        **extra,
     )
 
 

@@ -136,3 +136,32 @@ def test_shared_defaults_are_defined_once():
     gen = {f.name: field_default(f) for f, _ in options(GenerateConfig)}
     assert (gen["cfg"], gen["steps"]) == (DEFAULT_CFG, DEFAULT_STEPS)
     assert job_settings(parse(["generate", "--input", "a", "--output", "b"]))["steps"] == 25
+
+
+def test_generate_output_settings_come_from_the_declarations_and_keep_their_hash():
+    """The folder's recorded settings (what a rerun must match) are the settings declared
+    `output`, keyed as their flags, plus what the run derives; the keys and values are those
+    folders written before the declarations hold, so their hashes are unchanged."""
+    from types import SimpleNamespace
+
+    from selva_ray.generate.config import effective_peak, output_settings, settings_digest
+
+    config = GenerateConfig(
+        input="a", output="b", variant="tiny", prompt="p", negative_prompt="n", seed=7,
+        cfg=3.0, steps=9, audio_format="wav", bits=16, loudness=-20.0, mux=True,
+        mix_original=-6.0, window=6.0, overlap=0.5, join="crossfade", mask_strength=0.5,
+        mask_paths=("sync",),
+    )  # fmt: skip
+    spec = SimpleNamespace(name="tiny", sampling_rate=16000)
+    adapter = SimpleNamespace(describe=lambda: {"name": "a", "strength": 1.0, "sha256": "x"})
+    by_hand = {  # the record as it was written field by field
+        "variant": "tiny", "precision": "fp32", "max_duration": 8.0, "frame_rule": "official",
+        "prompt": "p", "negative_prompt": "n", "seed": 7, "cfg": 3.0, "steps": 9,
+        "format": "wav", "bits": 16, "sample_rate": 16000, "loudness": -20.0,
+        "peak": effective_peak(config), "mux": True, "mix_original": -6.0,
+        "adapters": [adapter.describe()], "window": 6.0, "overlap": 0.5, "join": "crossfade",
+        "mask_strength": 0.5, "mask_paths": ["sync"],
+    }  # fmt: skip
+    got = output_settings(config, spec, [adapter], "fp32")
+    assert got == by_hand
+    assert settings_digest(got) == settings_digest(by_hand)

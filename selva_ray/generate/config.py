@@ -13,7 +13,7 @@ from .. import shared_settings as s
 from .. import validate
 from ..errors import UsageError
 from ..io.windows import check_long_settings
-from ..settings import APPEND, NEGATED, SWITCH, opt
+from ..settings import APPEND, NEGATED, SWITCH, opt, output_record
 from ..summary import ClipCounts
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class GenerateConfig(s.BatchJobSettings):
         None,
         "model variant (default: a features folder's own, else small_16k; `tiny` runs offline "
         "on random weights; list them with `selva-ray weights list`)",
+        output=True,
     )
     device: str = s.device_opt()
     precision: str | None = s.precision_opt()
@@ -51,45 +52,54 @@ class GenerateConfig(s.BatchJobSettings):
     # Long videos (selva_ray.generate.windows): catalog videos longer than `window` seconds
     # (None: 8; 0: never, cut at max_duration) are generated window by window and joined;
     # features input uses the folder's own windows.
-    window: float | None = s.window_opt(None)
-    overlap: float | None = s.overlap_opt(None)  # None: 1 s (catalog input) or the folder's
+    window: float | None = s.window_opt(None, output=True)
+    overlap: float | None = s.overlap_opt(
+        None, output=True
+    )  # None: 1 s (catalog input) or the folder's
     join: str = opt(
         "continue",
         choices=JOIN_MODES,
         help="how the windows of a long video become one track: continue (each window's "
         "overlap continues the previous window's latent, then a short crossfade) or crossfade "
         "(independent windows, equal-power crossfade over the overlap)",
+        output=True,
     )
-    mask_strength: float = s.mask_strength_opt()
-    mask_paths: tuple[str, ...] = s.mask_paths_opt()
+    mask_strength: float = s.mask_strength_opt(output=True)
+    mask_paths: tuple[str, ...] = s.mask_paths_opt(output=True)
     prompt: str | None = opt(
         None,
         help="prompt for clips whose catalog row has none (with it a manifest needs no "
         "prompt column)",
+        output=True,
     )
     negative_prompt: str | None = opt(
         None,
         help="sounds to steer away from (default: the model's stored empty-prompt features)",
+        output=True,
     )
-    seed: int = s.seed_opt()
-    cfg: float = s.cfg_opt()
-    steps: int = s.steps_opt()
-    max_duration: float = s.max_duration_opt()  # catalog input; a features folder has its own
+    seed: int = s.seed_opt(output=True)
+    cfg: float = s.cfg_opt(output=True)
+    steps: int = s.steps_opt(output=True)
+    max_duration: float = s.max_duration_opt(
+        output=True
+    )  # catalog input; a features folder has its own
     audio_format: str = opt(
-        "flac", flag="--format", choices=AUDIO_FORMATS, help="audio file format"
+        "flac", flag="--format", choices=AUDIO_FORMATS, help="audio file format", output=True
     )
-    bits: int = opt(24, type=int, choices=(16, 24), help="sample depth")
+    bits: int = opt(24, type=int, choices=(16, 24), help="sample depth", output=True)
     loudness: float | None = opt(
         None,
         type=validate.level_db,
         help=f"normalise each track to this integrated loudness in LUFS, "
         f"{validate.MIN_LEVEL_DB:g}..0 (e.g. -23; default: the model's level)",
+        output=True,
     )
     peak: float | None = opt(
         None,
         type=validate.level_db,
         help=f"true-peak ceiling in dBTP, {validate.MIN_LEVEL_DB:g}..0 (default -1 with "
         "--loudness, else none)",
+        output=True,
     )
     mux: bool = opt(
         False,
@@ -98,6 +108,7 @@ class GenerateConfig(s.BatchJobSettings):
         "clip with a start (the catalog's `start` column) begins at the keyframe at or before "
         "that start: on a long-GOP source the video opens up to one GOP early, silent until "
         "the start, with the track aligned to the picture",
+        output=True,
     )
     mix_original: float | None = opt(
         None,
@@ -105,6 +116,7 @@ class GenerateConfig(s.BatchJobSettings):
         metavar="DB",
         help="keep the source's own track in the dubbed video at this gain, -120..0 dB "
         "(needs --mux; default: replaced)",
+        output=True,
     )
     adapters: list[str] = opt(
         flag="--adapter",
@@ -216,30 +228,17 @@ def effective_peak(config: GenerateConfig) -> float | None:
 
 
 def output_settings(config: GenerateConfig, spec, adapters: list[Adapter], precision: str) -> dict:
-    """What decides the output; a folder is only continued with the same values."""
+    """What decides the output; a folder is only continued with the same values: the settings
+    declared `output=True`, and what the run derives (the resolved variant and precision, the
+    sample rate, the effective peak, the adapters' fingerprints)."""
     return {
+        **output_record(config),
         "variant": spec.name,
         "precision": precision,
-        "max_duration": config.max_duration,
         "frame_rule": config.frame_rule,
-        "prompt": config.prompt,
-        "negative_prompt": config.negative_prompt,
-        "seed": config.seed,
-        "cfg": config.cfg,
-        "steps": config.steps,
-        "format": config.audio_format,
-        "bits": config.bits,
         "sample_rate": spec.sampling_rate,
-        "loudness": config.loudness,
         "peak": effective_peak(config),
-        "mux": config.mux,
-        "mix_original": config.mix_original,
         "adapters": [a.describe() for a in adapters],
-        "window": config.window,
-        "overlap": config.overlap,
-        "join": config.join,
-        "mask_strength": config.mask_strength,
-        "mask_paths": list(config.mask_paths),
     }
 
 
