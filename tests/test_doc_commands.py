@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -159,8 +160,8 @@ def test_every_command_parses(command):
 
 def test_the_documented_commands_run(tmp_path):
     """Each runnable command, as written, in the order the docs give them, each on the private
-    Ray cluster a command starts when no cluster is named (as a reader runs it; relative paths
-    are then the reader's, see docs/cluster.md)."""
+    Ray cluster a command starts when no cluster is named, exactly as a reader runs it on this
+    machine: every job's plan must fit its real cores (train's 2 workers and data reader too)."""
     write_demo_catalog(tmp_path / "videos")
     env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     env.pop("RAY_ADDRESS", None)
@@ -174,6 +175,16 @@ def test_the_documented_commands_run(tmp_path):
             timeout=600,
         )
         assert done.returncode == 0, f"{command.where}\n{done.stderr[-3000:]}"
+    # each ran as a user runs it: on a private cluster of this machine's cores, its plan fitting
+    cores = len(os.sched_getaffinity(0))
+    for folder in ("feats", "dubbed", "qa-tiny", "qa-cpu"):
+        record = json.loads((tmp_path / folder / "_meta.json").read_text())["runs"][-1]
+        assert record["ray"]["kind"] == "private", (folder, record["ray"])
+        plan = record["plan"]
+        assert plan is None or plan["cluster"]["cpus"] == cores, (folder, plan)
+    train = json.loads((tmp_path / "runs/a/_meta.json").read_text())
+    assert train["ray"]["kind"] == "private" and train["plan"]["workers"] == 2
+    assert 2 * train["plan"]["cpus_per_worker"] + train["plan"]["reader_cpus"] <= cores
     assert (tmp_path / "runs/a/adapter.safetensors").is_file()
     assert len(list((tmp_path / "dubbed/video").glob("*.mp4"))) == 6
     assert (tmp_path / "qa-tiny/report/index.html").is_file()

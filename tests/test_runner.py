@@ -131,9 +131,10 @@ while True:
 
 def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog, tmp_path):
     """Another Ray runs on this machine and is registered where `ray.init()` looks for one
-    (its temp dir's `ray_current_cluster`); extract, train (2 workers), generate and qa
-    without an address each run on a private cluster of the machine's cores instead, exactly
-    as a user runs them, and record it."""
+    (its temp dir's `ray_current_cluster`); extract and qa without an address each run on a
+    private cluster of the machine's cores instead, and record it; train refuses a worker
+    group that cannot fit before Ray Train starts. (Every job run from the command line as a
+    user runs it, train with 2 workers included, is tests/test_doc_commands.py.)"""
     temp = tempfile.mkdtemp(prefix="ro-", dir="/tmp")  # short: Ray's socket paths
     log = tmp_path / "head.log"
     with open(log, "w") as fh:
@@ -148,7 +149,7 @@ def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog,
         other = log.read_text().split("READY", 1)[1].split()[0]
         env = {**ENV, "RAY_TMPDIR": temp}
         cores = len(os.sched_getaffinity(0))
-        features, gen, qa = tmp_path / "features", tmp_path / "generate", tmp_path / "qa"
+        features, qa = tmp_path / "features", tmp_path / "qa"
         common = ["--variant", "tiny", "--offline", "--max-duration", "1", "--window", "0"]
         done = cli(
             "extract", "--input", str(catalog), "--output", str(features), *common,
@@ -165,25 +166,9 @@ def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog,
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("error: --workers 3 x 1 CPU does not fit") and "at most" in last
         assert not (tmp_path / "train3").exists()
-        # the README's local example: two Ray Train workers on this machine's cores
-        done = cli(
-            "train", "--features", str(features), "--output", str(tmp_path / "train"),
-            "--workers", "2", "--steps", "2", "--batch-size", "2", "--preview-clips", "0",
-            "--offline", env=env,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        meta = json.loads((tmp_path / "train" / "_meta.json").read_text())
-        assert meta["ray"]["kind"] == "private" and meta["ray"]["address"] != other
-        assert meta["plan"]["workers"] == 2
-        assert 2 * meta["plan"]["cpus_per_worker"] + meta["plan"]["reader_cpus"] <= cores
-        done = cli(
-            "generate", "--input", str(catalog), "--output", str(gen), *common,
-            "--steps", "2", "--no-desync", env=env,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
         done = cli("qa", "--input", str(catalog), "--output", str(qa), "--no-desync", env=env)
         assert done.returncode == 0, done.stderr[-3000:]
-        for folder in (features, gen, qa):
+        for folder in (features, qa):
             record = runs(folder)[-1]
             assert record["ok"] == 3, record
             assert record["ray"]["kind"] == "private"
@@ -196,3 +181,18 @@ def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog,
         except subprocess.TimeoutExpired:
             head.kill()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_relative_paths_mean_the_commands_folder_on_a_cluster_started_elsewhere(
+    shared_ray, catalog, tmp_path, monkeypatch
+):
+    """The suite's cluster was started from another folder: its workers' working folder is
+    not this one. A job given relative paths still reads and writes where the command is."""
+    from selva_ray.qa import QAConfig, run_qa
+
+    shutil.copytree(catalog, tmp_path / "videos")
+    monkeypatch.chdir(tmp_path)
+    summary = run_qa(QAConfig(input="videos", output="qa", desync_variant=None, progress=False))
+    assert summary.ok == 3
+    assert len(list((tmp_path / "qa" / "results").glob("part-*.parquet"))) == 1
+    assert runs(tmp_path / "qa")[-1]["ray"]["kind"] == "attached"
