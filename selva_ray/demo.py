@@ -11,6 +11,8 @@ from pathlib import Path
 import av
 import numpy as np
 
+from selva_core.defaults import DEFAULT_STEPS
+
 # folder (the fallback prompt) -> clips (name, seconds, tone Hz)
 DEMO_CLIPS = {
     "dog_barking": [("park", 4.0, 440.0), ("yard", 2.5, 520.0)],
@@ -89,7 +91,7 @@ class DemoConfig:
     ray_address: str | None = None
     workers: int = 2  # Ray Train workers of the LoRA stage
     train_steps: int = 4
-    generate_steps: int = 25
+    generate_steps: int = DEFAULT_STEPS
     num_cpus: int | None = None  # logical CPUs of the demo's own cluster (None: the cores)
 
 
