@@ -337,7 +337,8 @@ CASES = [
         "train features without latents",
         lambda p: train(p, features="nolatents"),
         2,
-        ["nolatents", "--with-audio-latents"],
+        # a folder extract takes: not the one holding features without latents
+        ["nolatents", "--with-audio-latents", "nolatents-latents --variant"],
     ),
     ("train features without clips", lambda p: train(p, features="noclips"), 2, ["no clips"]),
     ("train output is a file", lambda p: train(p, output="a_file"), 2, ["a_file", "is a file"]),

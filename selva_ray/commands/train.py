@@ -7,7 +7,7 @@ import sys
 
 from .. import validate
 from ..settings import add_options, from_args
-from ..train.config import TrainConfig
+from ..train.config import TrainConfig, extract_command
 from .common import finish
 
 
@@ -51,31 +51,28 @@ def check_inputs(args: argparse.Namespace) -> None:
     if local and not os.path.isdir(features.removeprefix("file://")):
         what = "is a file, not a folder" if os.path.exists(features) else "does not exist"
         raise validate.UsageError(
-            f"--features {features} {what}; make a features folder with: selva-ray extract "
-            f"--input CATALOG --output {features} --with-audio-latents"
+            f"--features {features} {what}; make a features folder with: "
+            f"{extract_command(features, args.variant)}"
         )
     settings = (OutputDir(features).read_meta() or {}).get("settings") or {}
     made_for = settings.get("variant")
-    make = (
-        f"selva-ray extract --input CATALOG --output {features} --variant "
-        f"{args.variant or made_for or 'VARIANT'} --with-audio-latents"
-    )
+    variant = args.variant or made_for
     if not made_for:
         raise validate.UsageError(
-            f"--features {features}: not a features folder (no _meta.json); make one with: {make}"
+            f"--features {features}: not a features folder (no _meta.json); make one with: "
+            f"{extract_command(features, variant)}"
         )
     if not settings.get("with_audio_latents") or not settings.get("latent_len"):
         raise validate.UsageError(
             f"--features {features}: features have no audio latents (extracted without "
             f"--with-audio-latents), and training needs the latent of each clip's own audio; "
-            f"make them with: {make}"
+            f"make them with: {extract_command(features, variant, suffix='-latents')}"
         )
     validate.check_features_clips(features)
     validate.check_output_writable(args.output)
     OutputDir(args.output).read_meta()  # a corrupt run _meta.json is named now
     if args.use_gpu:
         validate.check_gpu("--use-gpu", local=validate.local_cluster(args.ray_address))
-    variant = args.variant or made_for
     if variant and args.check_weights:
         validate.check_weights(
             variant,

@@ -16,6 +16,18 @@ LR_SCHEDULES = ("constant", "cosine")
 TIMESTEP_MODES = ("uniform", "logit_normal", "curriculum")
 INIT_MODES = ("standard", "pissa")
 
+
+def extract_command(features: str, variant: str | None, *, suffix: str = "") -> str:
+    """The extract command that makes a features folder training can use. `suffix`: the
+    folder already holds features made otherwise, which extract refuses to mix, so the
+    command writes `<features><suffix>` beside it."""
+    output = f"{features.rstrip('/')}{suffix}"
+    return (
+        f"selva-ray extract --input CATALOG --output {output} --variant {variant or 'VARIANT'} "
+        "--with-audio-latents"
+    )
+
+
 RESUMABLE = {"resumable": True}  # a plain field a resumed run may change
 
 

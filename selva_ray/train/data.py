@@ -31,19 +31,13 @@ import torch
 from ..errors import UsageError
 from ..io.feature_schema import feature_files, read_features, read_tensor
 from ..io.output_dir import OutputDir
+from .config import extract_command
 
 SCALAR_COLUMNS = ("id", "prompt", "duration", "latent_len", "sync_len")
 
 
 class FeatureFolderError(UsageError):
     """The features folder cannot be trained on (the command exits 2)."""
-
-
-def extract_command(features: str, variant: str | None) -> str:
-    v = variant or "VARIANT"
-    return (
-        f"selva-ray extract --input CATALOG --output {features} --variant {v} --with-audio-latents"
-    )
 
 
 @dataclass(frozen=True)
@@ -83,7 +77,7 @@ def inspect_features(path: str, variant: str | None = None) -> FeatureInfo:
         raise FeatureFolderError(
             f"{path}: features have no audio latents (extracted without --with-audio-latents), "
             f"and training needs the latent of each clip's own audio; make them with: "
-            f"{extract_command(path, variant or s.get('variant'))}"
+            f"{extract_command(path, variant or s.get('variant'), suffix='-latents')}"
         )
     if variant is not None and s["variant"] != variant:
         raise FeatureFolderError(
@@ -116,8 +110,8 @@ def check_windows(info: FeatureInfo, window: float | None, overlap: float | None
             f"{info.path}: features were cut into windows of {info.window:g} s with "
             f"{info.overlap:g} s overlap (0: none), not --window {window} --overlap {overlap}; "
             "drop the flags, or extract again with: "
-            f"{extract_command(info.path, info.variant)} --window {window or 8} "
-            f"--overlap {overlap if overlap is not None else 1}"
+            f"{extract_command(info.path, info.variant, suffix=f'-w{window or 8:g}')} "
+            f"--window {window or 8} --overlap {overlap if overlap is not None else 1}"
         )
 
 
