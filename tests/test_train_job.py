@@ -225,7 +225,8 @@ def test_features_without_audio_latents_are_refused(tmp_path, capsys):
     code = main(["train", "--features", str(folder), "--output", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert code == 2
-    assert f"selva-ray extract --input CATALOG --output {folder} --variant tiny" in err
+    # a folder extract takes (it refuses to add latents to the folder without them)
+    assert f"selva-ray extract --input CATALOG --output {folder}-latents --variant tiny" in err
     assert not (tmp_path / "run").exists()
 
 
