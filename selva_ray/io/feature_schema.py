@@ -223,14 +223,26 @@ def to_storage(x: torch.Tensor, storage_dtype: str) -> np.ndarray:
     return x.detach().float().cpu().numpy().astype(STORAGE_DTYPES[storage_dtype])
 
 
+def as_tensor(array) -> torch.Tensor:
+    """A tensor over a NumPy array. Arrow and Ray's object store hand out read-only views;
+    torch must not alias them (it warns, and a model writing in place would fault), so the
+    array is copied exactly when it is read-only."""
+    import torch
+
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array)
+
+
 def from_storage(array: np.ndarray, storage_dtype: str) -> torch.Tensor:
     """Stored values back to a float32 tensor."""
     import torch
 
     if storage_dtype == "bfloat16":
-        raw = torch.from_numpy(np.ascontiguousarray(array).view(np.int16))
+        raw = as_tensor(np.ascontiguousarray(array).view(np.int16))
         return raw.view(torch.bfloat16).float()
-    return torch.from_numpy(np.ascontiguousarray(array)).float()
+    return as_tensor(array).float()
 
 
 def tensor_array(array: np.ndarray, shape: tuple[int, ...]) -> pa.Array:

@@ -11,7 +11,7 @@ import torch
 
 from selva_core.pipeline import fit_length
 
-from ..io.feature_schema import FeatureLayout, to_storage
+from ..io.feature_schema import FeatureLayout, as_tensor, to_storage
 from ..io.rows import batch_rows, error_result
 from .decode import CLIP_COLUMNS
 
@@ -69,9 +69,9 @@ class FeatureEncoder:
                     path=row["source"],
                     start=row["start"],
                     duration=row["duration"],
-                    sync_frames=_tensor(row["sync_frames"]),
-                    clip_frames=_tensor(row["clip_frames"]),
-                    audio=_tensor(row["audio"]) if row["has_audio"] else None,
+                    sync_frames=as_tensor(row["sync_frames"]),
+                    clip_frames=as_tensor(row["clip_frames"]),
+                    audio=as_tensor(row["audio"]) if row["has_audio"] else None,
                     has_audio=row["has_audio"],
                     padded=row["padded"],
                     source_fps=row["fps"],
@@ -126,16 +126,6 @@ class FeatureEncoder:
             out["prompt_truncated"].append(truncated)
             out["encoder_checksum"].append(self.checksum)
         return dict(out)
-
-
-def _tensor(array) -> torch.Tensor:
-    """A tensor of a batch array. Ray Data hands out read-only views of its object store;
-    torch must not alias them (it warns, and a model writing in place would fault), so copy
-    exactly when the array is read-only."""
-    array = np.asarray(array)
-    if not array.flags.writeable:
-        array = array.copy()
-    return torch.from_numpy(array)
 
 
 def _tensors(f, layout: FeatureLayout) -> dict[str, torch.Tensor]:
