@@ -493,10 +493,30 @@ def test_cli_refuses_unusable_settings_with_exit_code_2(tmp_path, catalog):
     assert not (tmp_path / "o").exists()  # refused before the folder was claimed
 
 
-def test_adapter_argument_parsing():
+def test_adapter_argument_parsing(adapter_file, caplog):
     assert parse_adapter("a.safetensors@0.5") == ("a.safetensors", 0.5)
     assert parse_adapter("a.safetensors") == ("a.safetensors", 1.0)
     assert parse_adapter("s3://b/x@y/a.safetensors") == ("s3://b/x@y/a.safetensors", 1.0)
+    # a bad strength on a file that exists is named as a bad strength, not a missing file
+    with pytest.raises(GenerateInputError, match="strength 'abc' is not a number"):
+        parse_adapter(f"{adapter_file}@abc")
+    for far in ("1e9", "-11", "nan"):
+        with pytest.raises(GenerateInputError, match=r"strength must be a finite number in"):
+            parse_adapter(f"{adapter_file}@{far}")
+    with caplog.at_level(logging.WARNING, logger="selva_ray.generate.adapters"):
+        assert parse_adapter(f"{adapter_file}@-1") == (str(adapter_file), -1.0)
+    assert "outside the usual" in caplog.text
+
+
+def test_an_adapter_of_another_variant_is_refused_or_merged_and_recorded(adapter_file):
+    from selva_ray.generate.adapters import resolve_adapters
+
+    with pytest.raises(GenerateInputError, match="trained for variant 'tiny', not 'tiny_44k'"):
+        resolve_adapters([str(adapter_file)], "tiny_44k")
+    (forced,) = resolve_adapters([str(adapter_file)], "tiny_44k", allow_base_mismatch=True)
+    assert forced.describe()["base_mismatch"] == {"trained_for": "tiny"}
+    (same,) = resolve_adapters([f"{adapter_file}@0.5"], "tiny")
+    assert "base_mismatch" not in same.describe() and same.strength == 0.5
 
 
 def test_loudness_normalisation_and_true_peak_ceiling():

@@ -81,16 +81,11 @@ def check_inputs(args: argparse.Namespace):
 
 def check_adapter_file(text: str) -> None:
     """A local adapter file exists and looks like one (a known suffix; a safetensors header
-    with selva's adapter metadata), without torch. The job reads every adapter whole, still
-    before Ray starts."""
-    head, sep, tail = text.rpartition("@")
-    path = text
-    if sep:
-        try:
-            float(tail)
-            path = head
-        except ValueError:
-            pass  # an '@' inside the file name
+    with selva's adapter metadata), and its strength is a number in range, without torch.
+    The job reads every adapter whole, still before Ray starts."""
+    from ..generate.adapters import parse_adapter
+
+    path, _ = parse_adapter(text)
     if "://" in path and not path.startswith("file://"):
         return
     validate.check_adapter_header(path.removeprefix("file://"), flag="--adapter")

@@ -125,6 +125,12 @@ class GenerateConfig(s.BatchJobSettings):
         metavar="FILE[@STRENGTH]",
         help="LoRA adapter file, repeatable (stacked); strength default 1",
     )
+    allow_base_mismatch: bool = opt(
+        False,
+        kind=SWITCH,
+        help="merge an adapter trained for another variant anyway (recorded with the adapter "
+        "in the results); default: refused before anything starts",
+    )
     # per-clip QA of the written tracks (qa_stage): flag thresholds (the thresholds file and
     # flags, shared_settings.add_threshold_args); DeSync on its own actors
     thresholds: Any = None

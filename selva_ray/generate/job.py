@@ -102,7 +102,9 @@ class GenerateJob(ShardedJob):
             made_for = self.features.variant if self.features is not None else None
             self.config = config = replace(config, variant=made_for or DEFAULT_VARIANT)
         self.spec = get_spec(config.variant)
-        self.adapters = resolve_adapters(config.adapters)
+        self.adapters = resolve_adapters(
+            config.adapters, config.variant, allow_base_mismatch=config.allow_base_mismatch
+        )
         if self.features is not None and self.features.variant != self.spec.name:
             raise GenerateInputError(
                 f"features in {config.input} were made for variant {self.features.variant!r}, "

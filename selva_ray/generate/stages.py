@@ -429,12 +429,10 @@ def write_outputs(
     limits = QAThresholds(**(thresholds or {}))
     schema = DESYNC_STAGE_SCHEMA if desync else STAGE_SCHEMA
     out_dir = OutputDir(output, kind="results")
-    adapters_cell = adapters_json(
-        [
-            {"name": a["name"], "strength": float(a["strength"]), "sha256": a["sha256"]}
-            for a in adapters
-        ]
-    )
+    adapters_cell = adapters_json(  # what describes each adapter (Adapter.describe)
+        [{**{k: v for k, v in a.items() if k != "path"}, "strength": float(a["strength"])}
+         for a in adapters]
+    )  # fmt: skip
     records = []
     for row in batch_rows(batch):
         values = {name: None for name in schema.names}
