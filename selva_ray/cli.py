@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from .commands import COMMANDS
@@ -111,7 +113,18 @@ def usage_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+RERUN = "rerun the same command to continue"
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"{signal.Signals(signum).name}; {RERUN}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM (a scheduler, `kill`, `timeout`) ends a run as Ctrl-C does: the output folder's
+    # lease released by its context manager, one line, exit 130
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     args = parse(argv)
     if getattr(args, "print_config", False):
         print(dump_settings(job_settings(args)), end="")
@@ -130,8 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TorchaudioLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        how = exc.args[0] if exc.args else f"SIGINT; {RERUN}"
+        print(f"interrupted ({how})", file=sys.stderr)
         return 130
     except Exception as exc:
         if not isinstance(exc, usage_errors()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -117,6 +118,39 @@ def test_an_unreachable_address_is_one_line_and_claims_nothing(catalog, tmp_path
     assert not out.exists() or not any(out.iterdir())  # no _meta.json, no lease
 
 
+TRAIN_LONG = [
+    "train",
+    "--steps",
+    "100000",
+    "--batch-size",
+    "2",
+    "--preview-clips",
+    "0",
+    "--offline",
+]
+
+
+def interrupt(args: list[str], env: dict, sig: signal.Signals) -> subprocess.CompletedProcess:
+    """Run a command, send it `sig` once its training worker group has started."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "selva_ray.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in proc.stderr:
+        seen.append(line)
+        if "Started training worker group" in line or time.monotonic() > deadline:
+            break
+    time.sleep(3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=240)
+    return subprocess.CompletedProcess(args, proc.returncode, out, "".join(seen) + err)
+
+
 OTHER_HEAD = """
 import sys, time
 import ray
@@ -133,7 +167,8 @@ def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog,
     """Another Ray runs on this machine and is registered where `ray.init()` looks for one
     (its temp dir's `ray_current_cluster`); extract and qa without an address each run on a
     private cluster of the machine's cores instead, and record it; train refuses a worker
-    group that cannot fit before Ray Train starts. (Every job run from the command line as a
+    group that cannot fit before Ray Train starts, and ends as an interrupt on SIGINT and
+    SIGTERM. (Every job run from the command line as a
     user runs it, train with 2 workers included, is tests/test_doc_commands.py.)"""
     temp = tempfile.mkdtemp(prefix="ro-", dir="/tmp")  # short: Ray's socket paths
     log = tmp_path / "head.log"
@@ -166,6 +201,19 @@ def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog,
         last = done.stderr.strip().splitlines()[-1]
         assert last.startswith("error: --workers 3 x 1 CPU does not fit") and "at most" in last
         assert not (tmp_path / "train3").exists()
+        # Ctrl-C, then SIGTERM on the resumed run: each ends training as an interrupt (one
+        # line, exit 130, the folder's lease released), and --resume goes on from there
+        for sig, extra in ((signal.SIGINT, []), (signal.SIGTERM, ["--resume"])):
+            stopped = interrupt(
+                [*TRAIN_LONG, "--features", str(features), "--output", str(tmp_path / "t"), *extra],
+                env,
+                sig,
+            )
+            assert stopped.returncode == 130, stopped.stderr[-3000:]
+            last = stopped.stderr.strip().splitlines()[-1]
+            assert last.startswith(f"interrupted ({sig.name}; rerun with --resume"), last
+            assert "Traceback" not in stopped.stderr.split("Started training worker group")[-1]
+            assert not list((tmp_path / "t" / "_lease").glob("*.json"))
         done = cli("qa", "--input", str(catalog), "--output", str(qa), "--no-desync", env=env)
         assert done.returncode == 0, done.stderr[-3000:]
         for folder in (features, qa):

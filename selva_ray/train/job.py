@@ -21,9 +21,12 @@ lost a worker from that checkpoint within the same run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import signal
+import threading
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
@@ -248,13 +251,60 @@ def _fit(config: TrainConfig, info, split: dict, run_dir: Path, plan: TrainPlan)
         # Every worker reads both splits whole: batches are cut from a global permutation.
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
+    interrupted = _abort_on_signals(trainer, run_dir)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         trainer.fit()
-    except ray.train.TrainingFailedError as exc:
+    except (ray.train.TrainingFailedError, ray.exceptions.RayActorError, SystemExit) as exc:
+        if interrupted.is_set():
+            raise KeyboardInterrupt(interrupted.message(run_dir)) from None
+        if isinstance(exc, SystemExit):
+            raise
         raise TrainFailed(
             f"training failed ({_first_line(exc)}); rerun with --resume to continue from the "
             f"last checkpoint in {run_dir / STORAGE_NAME}"
         ) from exc
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            for sig, handler in previous.items():  # the command's own handlers again
+                signal.signal(sig, handler)
+    if interrupted.is_set():
+        raise KeyboardInterrupt(interrupted.message(run_dir))
+
+
+class _Interrupted(threading.Event):
+    signal = "SIGINT"
+
+    def message(self, run_dir: Path) -> str:
+        return (
+            f"{self.signal}; rerun with --resume to continue from the last checkpoint in {run_dir}"
+        )
+
+
+def _abort_on_signals(trainer, run_dir: Path) -> _Interrupted:
+    """Ctrl-C and SIGTERM abort the run through Ray Train's controller (its checkpoints stay
+    for --resume) and then end the command as an interrupt (one line, exit 130). Ray Train
+    installs its own SIGINT handler in `fit`, which exits the process in its own way; ours
+    takes its place and handles SIGTERM too."""
+    import ray
+
+    interrupted = _Interrupted()
+
+    def register(controller) -> None:
+        def handler(signum, frame) -> None:
+            if interrupted.is_set():
+                raise KeyboardInterrupt(interrupted.message(run_dir))  # a second signal: now
+            interrupted.signal = signal.Signals(signum).name
+            interrupted.set()
+            log.info("%s: aborting the training run", interrupted.signal)
+            with contextlib.suppress(ray.exceptions.RayActorError):
+                ray.get(controller.abort.remote())
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handler)
+
+    trainer._register_sigint_handler = register  # Ray Train's hook for its handler
+    return interrupted
 
 
 def _first_line(exc: BaseException) -> str:
