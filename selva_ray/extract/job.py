@@ -27,7 +27,6 @@ from .config import ExtractConfig
 from .stages import write_batch
 
 log = logging.getLogger(__name__)
-GiB = 1 << 30
 
 
 @dataclass

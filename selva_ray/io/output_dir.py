@@ -41,7 +41,6 @@ import socket
 import threading
 import time
 import uuid
-from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -506,47 +505,6 @@ class OutputDir:
     def _delete_dir(self, path: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.delete_dir(path)
-
-
-class ShardTracker:
-    """Driver side of a sharded job: count the status rows that come back from the writer and
-    commit each shard once all of its clips are accounted for."""
-
-    def __init__(self, out: OutputDir, expected: Counter):
-        self.out = out
-        self.expected = expected
-        self.seen: Counter = Counter()
-        self.committed: set[str] = set()
-        self.ok = 0
-        self.failed: Counter = Counter()  # by stage
-
-    @property
-    def done(self) -> int:
-        return self.ok + sum(self.failed.values())
-
-    def add(self, shard: str, status: str, stage: str) -> None:
-        self.seen[shard] += 1
-        if status == "ok":
-            self.ok += 1
-        else:
-            self.failed[stage] += 1
-        if self.seen[shard] == self.expected[shard] and shard not in self.committed:
-            commit = self.out.commit(shard)
-            self.committed.add(shard)
-            log.info("committed shard %s: %d ok, %d failed", shard, commit.ok, commit.failed)
-
-    def finish(self) -> None:
-        """Commit shards that lost rows upstream with what was written, then clean up."""
-        for shard in sorted(set(self.expected) - self.committed):
-            log.warning(
-                "shard %s saw %d/%d clips; committing what was written",
-                shard,
-                self.seen[shard],
-                self.expected[shard],
-            )
-            self.out.commit(shard)
-            self.committed.add(shard)
-        self.out.recover()
 
 
 class Lease:

@@ -31,7 +31,6 @@ from .stages import measure_batch
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
-PROGRESS_EVERY_S = 10.0
 
 
 def qa_settings(config: QAConfig) -> dict:
