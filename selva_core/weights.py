@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import pickle
+import socket
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 if TYPE_CHECKING:  # torch is imported where checkpoints are read: `weights list` needs none
     import torch
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 WEIGHTS_DIR_ENV = "SELVA_WEIGHTS_DIR"
 DEFAULT_WEIGHTS_DIR = Path("~/.cache/selva-ray/weights")
 MANIFEST_NAME = ".selva-verified.json"
+HUB_TIMEOUT_ENV = "SELVA_HUB_TIMEOUT"
+DEFAULT_HUB_TIMEOUT_S = 3.0
+DEFAULT_HUB = "https://huggingface.co"
 SELVA_REPO = "jnwnlee/SelVA"
 MMAUDIO_REPO = "hkchengrex/MMAudio"
 
@@ -173,6 +178,38 @@ def default_weights_dir() -> Path:
 
 def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def hub_endpoint() -> str:
+    """The hub the downloads go to: $HF_ENDPOINT (a mirror, a test server) or huggingface.co."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_HUB).rstrip("/")
+
+
+def hub_timeout() -> float:
+    """Seconds a driver waits to connect to the hub before calling it unreachable
+    ($SELVA_HUB_TIMEOUT, default 3)."""
+    text = os.environ.get(HUB_TIMEOUT_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_HUB_TIMEOUT_S
+    except ValueError:
+        value = DEFAULT_HUB_TIMEOUT_S
+    return value if value > 0 else DEFAULT_HUB_TIMEOUT_S
+
+
+def hub_reachable(timeout: float | None = None) -> bool:
+    """One TCP connection to the hub, so a machine without network is told so in seconds
+    instead of after the hub library's retries (False when HF_HUB_OFFLINE is set)."""
+    if offline():
+        return False
+    url = urlparse(hub_endpoint())
+    if not url.hostname:
+        return False
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout or hub_timeout()):
+            return True
+    except OSError:
+        return False
 
 
 def file_md5(path: Path, chunk: int = 16 << 20) -> str:

@@ -14,6 +14,7 @@ The same bounds apply to values read from catalogs (see `selva_ray.io.catalog`).
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import re
@@ -27,6 +28,8 @@ from .errors import (  # noqa: F401 - the bounds and the error live in errors.py
     MIN_LEVEL_DB,
     UsageError,
 )
+
+log = logging.getLogger(__name__)
 
 # ---- argparse types ----------------------------------------------------------------------------
 
@@ -133,28 +136,140 @@ def check_weights(
     *,
     offline: bool,
     keys: tuple[str, ...] | list[str] | None = None,
+    notes: dict[str, str] | None = None,
 ) -> None:
-    """Every file a real variant needs (or just `keys`) is present, or may be downloaded: all
-    missing files named at once, with the command that fetches them. Presence only; digests
-    are checked when the models load."""
+    """Every file a real variant needs (or just `keys`) is present, or fetched now, in the
+    driver: each missing file's download is tried once (after a connect probe of the hub with
+    a short timeout, $SELVA_HUB_TIMEOUT), and every file still missing is named at once, with
+    the command that fetches them, before Ray starts or an output folder is claimed (a worker
+    finding it missing would fail the run after a minute, naming one file). Presence only;
+    digests are checked when the models load. `notes`: why a key is needed, shown with it."""
     from selva_core.variants import get_spec
-    from selva_core.weights import WeightStore
+    from selva_core.weights import (
+        HUB_TIMEOUT_ENV,
+        WeightsError,
+        WeightStore,
+        hub_endpoint,
+        hub_reachable,
+        hub_timeout,
+    )
 
     spec = get_spec(variant)
     if spec.is_tiny and keys is None:
         return
     store = WeightStore(weights_dir, allow_download=False if offline else None)
-    needed = spec.weight_keys if keys is None else tuple(keys)
+    needed = spec.weight_keys if keys is None else tuple(dict.fromkeys(keys))
     missing = [key for key in needed if store.find(key) is None]
-    if not missing or store.allow_download:
+    if not missing:
         return
-    where = ", ".join(f"{k} ({store.local_path(k)})" for k in missing)
-    which = f"--variant {variant}" if keys is None else " ".join(f"--only {k}" for k in missing)
-    raise UsageError(
-        f"{'variant ' + variant if keys is None else 'this job'} is missing {len(missing)} "
-        f"weight file(s) and downloads are off: {where}; fetch them with: "
-        f"selva-ray weights download {which} --weights-dir {store.root}"
+    failed: dict[str, str] = {}
+    if not store.allow_download:
+        reason = "downloads are off (--offline or HF_HUB_OFFLINE=1)"
+    elif not hub_reachable():
+        reason = (
+            f"the hub ({hub_endpoint()}) cannot be reached within {hub_timeout():g} s "
+            f"(no network? ${HUB_TIMEOUT_ENV} waits longer, $HF_ENDPOINT names a mirror)"
+        )
+    else:
+        for key in missing:
+            log.info("downloading %s to %s", key, store.root)
+            try:
+                store.download(key)
+            except WeightsError as exc:
+                failed[key] = " ".join(str(exc).split())[:300]
+        missing = list(failed)
+        if not missing:
+            return
+        reason = "their download failed"
+    notes = notes or {}
+    where = ", ".join(
+        f"{k} ({store.local_path(k)}{'; ' + notes[k] if k in notes else ''}"
+        f"{': ' + failed[k] if k in failed else ''})"
+        for k in missing
     )
+    rest = list(missing)
+    which = []
+    if not spec.is_tiny and set(spec.weight_keys) <= set(missing):
+        which.append(f"--variant {variant}")
+        rest = [k for k in missing if k not in spec.weight_keys]
+    which += [f"--only {k}" for k in rest]
+    subject = "this job" if spec.is_tiny else f"variant {variant}"
+    raise UsageError(
+        f"{subject} is missing {len(missing)} weight file(s) and {reason}: {where}; fetch "
+        f"them with: selva-ray weights download {' '.join(which)} --weights-dir {store.root} "
+        f"(on a machine with network, then copy the folder here)"
+    )
+
+
+def desync_weight_keys(variant: str | None, desync: bool) -> tuple[str, ...]:
+    """The DeSync model's file when a run scores DeSync with the published Synchformer
+    (a tiny variant scores with the tiny model, which has none)."""
+    from selva_core.variants import VARIANTS
+
+    if not desync or (variant in VARIANTS and VARIANTS[variant].is_tiny):
+        return ()
+    return ("synchformer",)  # the catalog key (selva_core.model.desync imports torch)
+
+
+DESYNC_NOTE = "DeSync; --no-desync skips it"
+
+
+def check_generate_weights(
+    variant: str,
+    weights_dir: str | None,
+    *,
+    offline: bool,
+    from_features: bool,
+    negative_text: bool,
+    desync: bool,
+) -> None:
+    """`check_weights` over every file a generation run loads: the encoders for a catalog
+    (from features only the decoding side, plus CLIP for a negative prompt given as text),
+    generator, VAE, vocoder, and the Synchformer when DeSync scores the tracks."""
+    if from_features:
+        keys = decoder_weight_keys(variant)
+        if negative_text and keys:
+            keys += ("clip_dfn5b",)  # a negative prompt given as text goes through CLIP
+    else:
+        keys = real_weight_keys(variant)
+    extra = desync_weight_keys(variant, desync)
+    check_weights(
+        variant,
+        weights_dir,
+        offline=offline,
+        keys=keys + extra,
+        notes={k: DESYNC_NOTE for k in extra if k not in keys},
+    )
+
+
+def real_weight_keys(variant: str) -> tuple[str, ...]:
+    """Every file a variant's inference loads (encoders, generator, VAE, vocoder); none for
+    a tiny variant (random weights)."""
+    from selva_core.variants import get_spec
+
+    return get_spec(variant).weight_keys
+
+
+def encoder_weight_keys(variant: str, *, with_vae: bool) -> tuple[str, ...]:
+    """The files that turn clips into features (sync encoder, CLIP, T5 for SelVA; the VAE
+    for audio latents): what extraction loads; no generator or vocoder."""
+    from selva_core.variants import get_spec
+
+    spec = get_spec(variant)
+    return tuple(
+        k
+        for k in spec.weight_keys
+        if k.startswith(("textsynch", "synchformer", "clip_", "flan_t5"))
+        or (with_vae and k.startswith("vae_"))
+    )
+
+
+def check_extract_weights(
+    variant: str, weights_dir: str | None, *, offline: bool, with_vae: bool
+) -> None:
+    """`check_weights` over the files an extraction loads (`encoder_weight_keys`)."""
+    keys = encoder_weight_keys(variant, with_vae=with_vae)
+    check_weights(variant, weights_dir, offline=offline, keys=keys)
 
 
 def decoder_weight_keys(variant: str) -> tuple[str, ...]:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -145,7 +146,8 @@ CASES = [
             p, "--variant", "small_16k", "--offline", "--weights-dir", str(p / "weights")
         ),
         2,
-        ["generator_small_16k", "textsynch", "vae_16k", "selva-ray weights download"],
+        # extraction loads the encoders only (no generator, VAE without --with-audio-latents)
+        ["textsynch", "clip_dfn5b", "flan_t5_base", "selva-ray weights download"],
     ),
     (
         "steps 0",
@@ -426,6 +428,87 @@ def test_weights_download_offline_is_quick_and_names_each_missing_file(place):
     assert len(lines) >= 4 and all(line.startswith("MISSING") for line in lines), out.stderr
     assert any("generator_small_16k" in line for line in lines)
     assert "Traceback" not in out.stderr and "retry" not in out.stderr.lower()
+
+
+# Without --offline and without network: the driver tries the hub once (a refused port
+# here), names every missing file at once and stops before Ray or the output folder.
+NO_HUB = dict(ENV, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:1")
+ENCODERS = ["textsynch", "clip_dfn5b", "flan_t5_base"]
+DECODERS = ["generator_small_16k", "vae_16k", "bigvgan_16k"]
+UNREACHABLE = [
+    (
+        "generate",
+        lambda p: generate(p, "--variant", "small_16k", "--weights-dir", str(p / "weights")),
+        [*ENCODERS, *DECODERS, "synchformer", "--no-desync skips it", "missing 7 weight"],
+        [],
+    ),
+    (
+        "generate no desync",
+        lambda p: generate(
+            p, "--variant", "small_16k", "--no-desync", "--weights-dir", str(p / "weights")
+        ),
+        [*ENCODERS, *DECODERS, "missing 6 weight", "--variant small_16k"],
+        ["synchformer"],
+    ),
+    (
+        "generate from features",
+        lambda p: generate(
+            p, "--variant", "small_16k", "--weights-dir", str(p / "weights"), source="feats"
+        ),
+        [*DECODERS, "synchformer", "--only generator_small_16k", "--only synchformer"],
+        ENCODERS,
+    ),
+    (
+        "extract",
+        lambda p: extract(
+            p, "--variant", "small_16k", "--with-audio-latents", "--weights-dir", str(p / "weights")
+        ),
+        [*ENCODERS, "vae_16k"],
+        ["generator_small_16k", "bigvgan_16k", "synchformer"],
+    ),
+    (
+        "qa",
+        lambda p: qa(p, "--weights-dir", str(p / "weights")),
+        ["synchformer", "selva-ray weights download --only synchformer"],
+        [],
+    ),
+    ("train", lambda p: train(p, "--weights-dir", str(p / "weights")), DECODERS, ENCODERS),
+]
+
+
+@pytest.mark.parametrize("name,argv,named,unnamed", UNREACHABLE, ids=[c[0] for c in UNREACHABLE])
+def test_unreachable_hub_names_every_missing_file_before_ray(
+    place, tmp_path, name, argv, named, unnamed
+):
+    before = {p for p in place.rglob("*")}
+    ray_tmp = tmp_path / "ray"  # where a Ray started by the command would make its session
+    t0 = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "selva_ray.cli", *argv(place)],
+        capture_output=True,
+        text=True,
+        env=dict(NO_HUB, RAY_TMPDIR=str(ray_tmp)),
+        cwd=place,
+        timeout=120,
+    )
+    took = time.monotonic() - t0
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    line = lines[0]
+    assert "http://127.0.0.1:1" in line and "cannot be reached" in line, line
+    assert "selva-ray weights download" in line and str(place / "weights") in line, line
+    for word in named:
+        assert word in line, (word, line)
+    for word in unnamed:
+        assert word not in line, (word, line)
+    assert "Started a local Ray instance" not in out.stdout + out.stderr
+    assert not ray_tmp.exists(), "Ray was started"
+    # the failure it replaces started Ray and failed in the actors after 49-64 s; the bound
+    # leaves room for a loaded test machine (a quiet one answers in a few seconds)
+    assert took < 45, f"took {took:.1f} s"
+    created = {p for p in place.rglob("*")} - before
+    assert not created, f"a failed start left {created}"  # nothing claimed, nothing downloaded
 
 
 def test_every_help_shows_defaults():

@@ -59,7 +59,6 @@ def check_inputs(args: argparse.Namespace):
             prompt_flag="--prompt",
             variant=args.variant,
         )
-        keys = None  # the encoders run too
     else:
         made_for = meta["settings"].get("variant")
         if args.variant is None:
@@ -71,11 +70,15 @@ def check_inputs(args: argparse.Namespace):
             )
         validate.check_features_clips(args.input)
         catalog = None
-        keys = validate.decoder_weight_keys(args.variant)
-        if args.negative_prompt is not None and keys:
-            keys += ("clip_dfn5b",)  # a negative prompt given as text goes through CLIP
     if args.check_weights:
-        validate.check_weights(args.variant, args.weights_dir, offline=args.offline, keys=keys)
+        validate.check_generate_weights(
+            args.variant,
+            args.weights_dir,
+            offline=args.offline,
+            from_features=meta is not None,
+            negative_text=args.negative_prompt is not None,
+            desync=args.desync,
+        )
     return catalog
 
 

@@ -49,14 +49,13 @@ def check_inputs(args: argparse.Namespace) -> tuple[list, list]:
             thresholds_from_args(args)
         except ThresholdsError as exc:
             raise validate.UsageError(str(exc)) from None
-    if args.desync and args.check_weights:
-        from selva_core.variants import VARIANTS
-
-        tiny = args.desync_variant in VARIANTS and VARIANTS[args.desync_variant].is_tiny
-        if not tiny:
-            validate.check_weights(
-                "tiny", args.weights_dir, offline=args.offline, keys=("synchformer",)
-            )
+    if args.check_weights and args.desync_variant is not None:
+        validate.check_weights(
+            "tiny",
+            args.weights_dir,
+            offline=args.offline,
+            keys=validate.desync_weight_keys(args.desync_variant, args.desync),
+        )
     return catalog
 
 

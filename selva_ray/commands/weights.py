@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import sys
-from urllib.parse import urlparse
 
 from selva_core.variants import VARIANTS, get_spec
 from selva_core.weights import (
@@ -15,13 +12,11 @@ from selva_core.weights import (
     HubSnapshot,
     WeightsError,
     WeightStore,
-    offline,
+    hub_reachable,
 )
 
 from ..shared_settings import variant_name
 from ..validate import UsageError
-
-HUB_PROBE_TIMEOUT_S = 3.0
 
 
 def catalog_entry(text: str) -> str:
@@ -99,20 +94,6 @@ def _list(args: argparse.Namespace) -> int:
         if spec.is_tiny:
             print("    (random weights, no files)")
     return 0
-
-
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """One TCP connection to the hub (honouring $HF_ENDPOINT), so an offline machine is told
-    so in seconds instead of after the hub library's retries."""
-    if offline():
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def _download(args: argparse.Namespace) -> int:

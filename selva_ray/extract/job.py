@@ -70,7 +70,12 @@ def check_config(config: ExtractConfig) -> None:
     validate.check_device(config.device, local=validate.local_cluster(config.ray_address))
     validate.check_output_writable(config.output)
     if config.check_weights:
-        validate.check_weights(config.variant, config.weights_dir, offline=config.offline)
+        validate.check_extract_weights(
+            config.variant,
+            config.weights_dir,
+            offline=config.offline,
+            with_vae=config.with_audio_latents,
+        )
 
 
 class ExtractJob(ShardedJob):

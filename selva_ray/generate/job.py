@@ -110,6 +110,15 @@ class GenerateJob(ShardedJob):
                 f"features in {config.input} were made for variant {self.features.variant!r}, "
                 f"not {self.spec.name!r}; pass --variant {self.features.variant}"
             )
+        if config.check_weights:  # every missing file named at once, before DeSync's
+            validate.check_generate_weights(
+                config.variant,
+                config.weights_dir,
+                offline=config.offline,
+                from_features=self.features is not None,
+                negative_text=config.negative_prompt is not None,
+                desync=config.desync,
+            )
         self.qa = qa_settings(config)  # resolves the DeSync weights before Ray starts
         # The input is read before Ray starts and before the output folder is claimed.
         if self.features is None:

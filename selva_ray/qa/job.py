@@ -93,6 +93,13 @@ class QAJob(ShardedJob):
             allow_roots=config.allow_roots,
             default_prompt="",  # QA measures tracks: a manifest needs no prompt column
         )
+        if config.check_weights and config.desync_variant is not None:
+            validate.check_weights(  # a missing Synchformer named at once, with its fetch
+                "tiny",
+                config.weights_dir,
+                offline=config.offline,
+                keys=validate.desync_weight_keys(config.desync_variant, config.desync),
+            )
         self.settings = qa_settings(config)
         validate.check_output_writable(config.output)
 
