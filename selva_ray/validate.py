@@ -157,7 +157,10 @@ def check_weights(
     spec = get_spec(variant)
     if spec.is_tiny and keys is None:
         return
-    store = WeightStore(weights_dir, allow_download=False if offline else None)
+    # the hub probed is the hub downloaded from ($HF_ENDPOINT as it is now)
+    store = WeightStore(
+        weights_dir, allow_download=False if offline else None, endpoint=hub_endpoint()
+    )
     needed = spec.weight_keys if keys is None else tuple(dict.fromkeys(keys))
     missing = [key for key in needed if store.find(key) is None]
     if not missing:

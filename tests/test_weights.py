@@ -277,3 +277,47 @@ def test_cli_verify_reports_missing_files_and_exits_nonzero(tmp_path):
     assert out.returncode == 1
     assert "missing   textsynch" in out.stdout
     assert "selva-ray weights download" in out.stderr
+
+
+def _online(monkeypatch, endpoint: str) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)  # read by the driver check when it runs
+
+
+def test_driver_check_downloads_a_missing_file_once_and_passes(tmp_path, monkeypatch):
+    from selva_ray import validate
+
+    data = torch_bytes({"w": torch.ones(3)})
+    entry = WeightFile("synchformer", "jnwnlee/SelVA", "ext_weights/sync.pth", md5(data))
+    monkeypatch.setitem(CATALOG, "synchformer", entry)
+    with serve_hub({"jnwnlee/SelVA/ext_weights/sync.pth": data}) as (endpoint, requests):
+        _online(monkeypatch, endpoint)
+        validate.check_weights("tiny", str(tmp_path), offline=False, keys=("synchformer",))
+        assert (tmp_path / "ext_weights" / "sync.pth").read_bytes() == data
+        n = len(requests)
+        validate.check_weights("tiny", str(tmp_path), offline=False, keys=("synchformer",))
+    assert len(requests) == n  # present now: no second download
+
+
+def test_driver_check_names_every_file_the_hub_lacks(tmp_path, monkeypatch):
+    from selva_ray import validate
+
+    with serve_hub({}) as (endpoint, requests):
+        _online(monkeypatch, endpoint)
+        with pytest.raises(validate.UsageError) as caught:
+            validate.check_weights(
+                "small_16k",
+                str(tmp_path),
+                offline=False,
+                keys=("generator_small_16k", "vae_16k", "synchformer"),
+            )
+    message = str(caught.value)
+    assert "missing 3 weight file(s)" in message and "download failed" in message
+    for key in ("generator_small_16k", "vae_16k", "synchformer"):
+        assert key in message
+    assert "--only generator_small_16k --only vae_16k --only synchformer" in message
+    asked = " ".join(path for _, path in requests)
+    for name in ("generator_small_16k_sup_5.pth", "v1-16.pth", "synchformer_state_dict.pth"):
+        assert name in asked  # each download was tried
+    assert "\n" not in message
