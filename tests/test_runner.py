@@ -213,6 +213,10 @@ def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog,
             last = stopped.stderr.strip().splitlines()[-1]
             assert last.startswith(f"interrupted ({sig.name}; rerun with --resume"), last
             assert "Traceback" not in stopped.stderr.split("Started training worker group")[-1]
+            # Ray Train's PlacementGroupCleaner looked Ray up with address "auto": with this
+            # other Ray on the host it failed (a traceback) or asked the wrong cluster
+            for noise in ("Found multiple active Ray instances", "PlacementGroupCleaner"):
+                assert noise not in stopped.stderr, stopped.stderr[-3000:]
             assert not list((tmp_path / "t" / "_lease").glob("*.json"))
         done = cli("qa", "--input", str(catalog), "--output", str(qa), "--no-desync", env=env)
         assert done.returncode == 0, done.stderr[-3000:]

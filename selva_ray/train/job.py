@@ -204,11 +204,13 @@ def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
         config.workers,
         config.steps,
     )
-    _fit(config, info, split, run_dir, plan)
+    _fit(config, info, split, run_dir, plan, private=connection.kind == "private")
     return _summary(config, run_dir, t0)
 
 
-def _fit(config: TrainConfig, info, split: dict, run_dir: Path, plan: TrainPlan) -> None:
+def _fit(
+    config: TrainConfig, info, split: dict, run_dir: Path, plan: TrainPlan, *, private: bool
+) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -251,6 +253,8 @@ def _fit(config: TrainConfig, info, split: dict, run_dir: Path, plan: TrainPlan)
         # Every worker reads both splits whole: batches are cut from a global permutation.
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
+    if private:
+        _without_pg_cleaner(trainer)
     interrupted = _abort_on_signals(trainer, run_dir)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -305,6 +309,26 @@ def _abort_on_signals(trainer, run_dir: Path) -> _Interrupted:
 
     trainer._register_sigint_handler = register  # Ray Train's hook for its handler
     return interrupted
+
+
+def _without_pg_cleaner(trainer) -> None:
+    """Leave out Ray Train's PlacementGroupCleaner on the private cluster a command starts.
+
+    The cleaner is a detached actor that removes the run's placement group once the Train
+    controller is gone, asking Ray's state API whether it lives; the actor finds that API
+    through address "auto", i.e. whatever Ray instance the host shows it, not necessarily
+    the cluster it runs on. With another Ray on the host that printed a `ConnectionError:
+    Found multiple active Ray instances` traceback in every run (or, with another cluster
+    registered by `ray start`, asked that cluster about our controller). A private cluster
+    ends with the driver and takes its placement groups with it, so there is nothing for the
+    cleaner to do. Ray Train has no setting for it: its default callbacks are filtered, as
+    `_abort_on_signals` takes its SIGINT hook. Clusters joined by address keep it."""
+    defaults = trainer._create_default_callbacks
+
+    def callbacks() -> list:
+        return [cb for cb in defaults() if type(cb).__name__ != "PlacementGroupCleanerCallback"]
+
+    trainer._create_default_callbacks = callbacks
 
 
 def _first_line(exc: BaseException) -> str:
