@@ -243,6 +243,23 @@ def test_unusable_settings_are_refused(features, tmp_path):
         run_train(config(features, tmp_path / "b", resume=True))
 
 
+def test_private_cluster_runs_without_the_placement_group_cleaner():
+    """Ray Train's PlacementGroupCleaner finds Ray with address "auto" (another Ray on the
+    host: a traceback in every run); on the private cluster it is left out, the rest kept.
+    Fails too when Ray Train stops adding it under that name (then the filter is dead code)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from selva_ray.train.job import _without_pg_cleaner
+
+    trainer = TorchTrainer(lambda _: None, scaling_config=ray.train.ScalingConfig(num_workers=1))
+    before = [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+    assert "PlacementGroupCleanerCallback" in before
+    _without_pg_cleaner(trainer)
+    after = [type(cb).__name__ for cb in trainer._create_default_callbacks()]
+    assert after == [name for name in before if name != "PlacementGroupCleanerCallback"]
+
+
 # ---- training runs ----------------------------------------------------------------------------
 
 
