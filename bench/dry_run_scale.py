@@ -158,13 +158,20 @@ def main() -> None:
                     print("   ", r["tail"].replace("\n", "\n    "))
                 results.setdefault((job, fmt), []).append((rows, r["cpu_s"], mib))
                 sys.stdout.flush()
-    print("\nslopes (log-log, 1.0 = linear): CPU time / peak RSS")
+    print(
+        "\nslopes (log-log, 1.0 = linear; the totals include the fixed start-up) and the "
+        "marginal cost per row between sizes (flat = linear): CPU time / peak RSS"
+    )
     for (job, fmt), pts in results.items():
         parts = []
         for a, b in zip(pts, pts[1:], strict=False):
             t = slope((a[0], a[1]), (b[0], b[1]))
             m = slope((a[0], a[2]), (b[0], b[2]))
-            parts.append(f"{a[0]:.0e}->{b[0]:.0e}: {t:.2f} / {m:.2f}")
+            us = (b[1] - a[1]) / (b[0] - a[0]) * 1e6
+            kb = (b[2] - a[2]) * 1024 / (b[0] - a[0])
+            parts.append(
+                f"{a[0]:.0e}->{b[0]:.0e}: {t:.2f} / {m:.2f} ({us:.1f} us, {kb:.2f} KiB per row)"
+            )
         print(f"  {job:9} {fmt:8} " + "; ".join(parts))
     print(f"(machine: {os.cpu_count()} CPUs; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
 
