@@ -212,6 +212,17 @@ def ray_address_opt(group: str | None = None, **extra) -> Any:
     return opt(None, help=RAY_ADDRESS_HELP, group=group, **extra)
 
 
+DRY_RUN_HELP = (
+    "read and check the input, plan the run (actors, batches, shards) and print the plan with "
+    "an estimate of the work, then exit: no model, no output folder, and no Ray unless "
+    "--ray-address names a cluster (then only its resources are read)"
+)
+
+
+def dry_run_opt(group: str | None = None, **extra) -> Any:
+    return opt(False, kind=SWITCH, help=DRY_RUN_HELP, group=group, **extra)
+
+
 def progress_opt(**extra) -> Any:
     return opt(True, kind=NEGATED, help="no Ray Data progress output", **extra)
 
@@ -228,6 +239,7 @@ class BatchJobSettings:
     ray_address: str | None = ray_address_opt()
     check_weights: bool = check_weights_opt()
     progress: bool = progress_opt()
+    dry_run: bool = dry_run_opt()
     cpus_per_actor: float = 1.0
     decode_cpus: float = 1.0
     decode_memory_gb: float = 1.0

@@ -7,6 +7,7 @@ catalog -> skip finished ids -> shards -> decode (CPU tasks) -> encode (model ac
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -16,7 +17,14 @@ from .. import validate
 from ..io.catalog import CatalogProblem, check_not_empty, read_catalog, split_problems
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
-from ..io.windows import WindowSettings, check_long_settings, plan_rows, stale_windows
+from ..io.windows import (
+    WindowSettings,
+    check_long_settings,
+    clip_extents,
+    plan_rows,
+    stale_windows,
+    window_id,
+)
 from ..runner.plan import Plan, plan_one_model
 from ..runner.skeleton import Pipeline, Selection, ShardedJob
 from ..runner.stages import Stage, apply
@@ -115,6 +123,31 @@ class ExtractJob(ShardedJob):
         return plan_one_model(
             self.config, "encoder", memory_gb=memory, precision=self.config.precision
         )
+
+    def estimate(self, finished: dict, plan: Plan | None) -> dict:
+        config = self.config
+        extents = clip_extents(self.records, self.windows, self.spec, config.max_duration)
+        rows = clips = long_clips = 0
+        seconds = 0.0
+        for r, (span, windows) in zip(self.records, extents, strict=True):
+            ids = [window_id(r.id, k) for k in range(windows)] if windows else [r.id]
+            left = [i for i in ids if i not in finished]
+            if not left:
+                continue
+            clips += 1
+            long_clips += bool(windows)
+            rows += len(left)
+            seconds += span * len(left) / len(ids)
+        return {
+            "catalog clips": len(self.records),
+            "catalog problems (error rows)": len(split_problems(self.problems)[0]),
+            "clips to do": clips,
+            "long videos cut into windows": long_clips,
+            "feature rows to compute (clips + windows)": rows,
+            "encoder batches": math.ceil(rows / config.batch_size),
+            "shards": math.ceil(rows / config.shard_size),
+            "video seconds to decode and encode": seconds,
+        }
 
     def new_summary(self) -> ExtractSummary:
         return ExtractSummary(output=self.config.output)

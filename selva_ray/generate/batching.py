@@ -5,6 +5,7 @@ then cut into planned batches labelled with their shards)."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pyarrow as pa
 
@@ -37,12 +38,35 @@ def generator_memory_gb(variant: str, use_gpu: bool) -> float:
     return {"small": 4.0, "medium": 8.0}.get(variant.split("_")[0], 12.0)
 
 
+class SequenceKeys:
+    """`sequence_key` computed once per distinct (duration, steps, cfg): a million clips
+    share a handful of them."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.known: dict[tuple, tuple] = {}
+
+    def __call__(self, duration: float, steps: int, cfg: float) -> tuple:
+        args = (duration, steps, cfg)
+        key = self.known.get(args)
+        if key is None:
+            key = self.known[args] = sequence_key(self.spec, duration, steps, cfg)
+        return key
+
+
+def bucket_sizes(spec, planned: list[float], steps: list[int], cfgs: list[float]) -> Counter:
+    """Clips per sequence key (the batches' buckets), without building plan rows."""
+    keys = SequenceKeys(spec)
+    return Counter(keys(d, n, c) for d, n, c in zip(planned, steps, cfgs, strict=True))
+
+
 def order_batches(rows: list[dict], spec, batch_size: int, shard_size: int, run: str) -> list[list]:
     """Rows sorted by sequence key and cut into planned batches (full ones first), each
     labelled with its shard. Returns the batches."""
     groups: dict[tuple, list[dict]] = {}
+    keys = SequenceKeys(spec)
     for r in rows:
-        key = sequence_key(spec, r["planned"], r["steps"], r["cfg"])
+        key = keys(r["planned"], r["steps"], r["cfg"])
         groups.setdefault(key, []).append(r)
     full, tails = [], []
     for key in sorted(groups):

@@ -5,6 +5,7 @@ output folder already holds (finished clips, failed clips)."""
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -47,26 +48,47 @@ def feature_rows(uri: str) -> list[dict]:
     return rows
 
 
-def probe_duration(record: ClipRecord, max_duration: float) -> float:
-    """Expected clip duration, for grouping only: the manifest's, or a look at the container
-    header of a local file (the decoder's exact value is used for generation)."""
-    if record.duration is not None:
-        return record.duration
-    fs, path = resolve(record.source)
+def container_seconds(source: str) -> float | None:
+    """A local file's length from its container header (None: not local, or unreadable)."""
+    fs, path = resolve(source)
     if fs.type_name != "local":
-        return max_duration
+        return None
     try:
         import av
 
         with av.open(path) as c:
             stream = c.streams.video[0]
             if stream.duration is not None and stream.time_base is not None:
-                total = float(stream.duration * stream.time_base)
-            else:
-                total = c.duration / av.time_base
+                return float(stream.duration * stream.time_base)
+            return c.duration / av.time_base
     except Exception:  # noqa: BLE001 - the decode stage reports it properly
-        return max_duration
-    return min(max_duration, max(total - record.start, 16 / 25))
+        return None
+
+
+def planned_durations(records: list[ClipRecord], max_duration: float) -> list[float]:
+    """Expected duration of each clip, for grouping only: the manifest's, or what the
+    container header of its local file leaves after its start (the decoder's exact value is
+    used for generation). Each distinct file is probed once, however many rows use it."""
+    sources = list(dict.fromkeys(r.source for r in records if r.duration is None))
+    lengths: dict[str, float | None] = {}
+    if sources:
+        with ThreadPoolExecutor(8) as pool:
+            lengths = dict(zip(sources, pool.map(container_seconds, sources), strict=True))
+    out = []
+    for r in records:
+        if r.duration is not None:
+            out.append(r.duration)
+            continue
+        total = lengths[r.source]
+        out.append(
+            max_duration if total is None else min(max_duration, max(total - r.start, 16 / 25))
+        )
+    return out
+
+
+def probe_duration(record: ClipRecord, max_duration: float) -> float:
+    """`planned_durations` of one clip."""
+    return planned_durations([record], max_duration)[0]
 
 
 def read_catalog(config: GenerateConfig) -> tuple[list, list]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import pyarrow as pa
@@ -30,7 +29,7 @@ from .. import validate
 from ..io.feature_schema import FeatureLayout
 from ..io.output_dir import OutputDir
 from ..io.results_schema import COLUMN_NAMES
-from ..io.windows import parent_of
+from ..io.windows import clip_extents, parent_of
 from ..runner.plan import ModelRole, Plan, plan_models
 from ..runner.skeleton import Pipeline, Selection, ShardedJob
 from ..runner.stages import Stage, apply
@@ -38,7 +37,13 @@ from ..stages.decode import decode_args
 from ..stages.desync import DesyncActor, actor_kwargs
 from ..stages.results import write_batch
 from .adapters import resolve_adapters
-from .batching import PLAN_FIELDS, batch_size_for, generator_memory_gb, order_batches
+from .batching import (
+    PLAN_FIELDS,
+    batch_size_for,
+    bucket_sizes,
+    generator_memory_gb,
+    order_batches,
+)
 from .config import (
     DEFAULT_BATCH,
     GROUP_WINDOW,
@@ -57,7 +62,7 @@ from .inputs import (
     feature_rows,
     features_layout,
     finished_clips,
-    probe_duration,
+    planned_durations,
     read_catalog,
 )
 from .qa_stage import (
@@ -76,7 +81,13 @@ from .stages import (
     load_features,
     write_outputs,
 )
-from .windows import WINDOW_PLAN_COLUMNS, LongAudioGenerator, WindowAssembler, plan_long
+from .windows import (
+    WINDOW_PLAN_COLUMNS,
+    LongAudioGenerator,
+    WindowAssembler,
+    plan_long,
+    window_settings,
+)
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30
@@ -123,12 +134,12 @@ class GenerateJob(ShardedJob):
         # The input is read before Ray starts and before the output folder is claimed.
         if self.features is None:
             records, problems = self.catalog or read_catalog(config)
-            rows = [catalog_row(r, config) for r in records]
+            self.records = records
+            rows = [] if config.dry_run else [catalog_row(r, config) for r in records]
             if rows:
-                with ThreadPoolExecutor(8) as pool:
-                    planned = pool.map(lambda r: probe_duration(r, config.max_duration), records)
-                    for row, d in zip(rows, planned, strict=True):
-                        row["planned"] = d
+                planned = planned_durations(records, config.max_duration)
+                for row, d in zip(rows, planned, strict=True):
+                    row["planned"] = d
         else:
             rows, problems = feature_rows(config.input), []
             for row in rows:
@@ -215,6 +226,44 @@ class GenerateJob(ShardedJob):
             "settings": settings,
             "settings_hash": settings_digest(settings),
             "results_columns": COLUMN_NAMES,
+        }
+
+    def estimate(self, finished: dict, plan: Plan | None) -> dict:
+        """Clips to do, their sequence-length buckets and generator batches, from the
+        records (catalog input: no plan rows are built) or the stored features' rows."""
+        config, spec = self.config, self.spec
+        if self.features is None:
+            todo = [r for r in self.records if r.id not in finished]
+            settings = window_settings(config, None)
+            extents = clip_extents(todo, settings, spec, config.max_duration)
+            short = [r for r, (_, w) in zip(todo, extents, strict=True) if not w]
+            planned = planned_durations(short, config.max_duration)
+            steps = [config.steps if r.steps is None else r.steps for r in short]
+            cfgs = [config.cfg if r.cfg is None else r.cfg for r in short]
+            windows = [w for _, w in extents if w]
+            seconds = sum(planned) + sum(s for s, w in extents if w)
+        else:
+            rows = [r for r in self.rows if r["id"] not in finished]
+            planned = [r["planned"] for r in rows]
+            steps, cfgs, windows = [r["steps"] for r in rows], [r["cfg"] for r in rows], []
+            seconds = sum(planned)
+        buckets = bucket_sizes(spec, planned, steps, cfgs)
+        batch_size = batch_size_for(config, plan["generator"], len(planned))
+        batches = {key: math.ceil(n / batch_size) for key, n in buckets.items()}
+        largest = max(buckets, key=buckets.get, default=None)
+        return {
+            "catalog clips": len(self.records) if self.features is None else len(self.rows),
+            "catalog problems (error rows)": len(self.problems),
+            "clips to do": len(planned) + len(windows),
+            "long videos (windows)": f"{len(windows):,} ({sum(windows):,} windows)",
+            "sequence-length buckets": f"{len(buckets)}"
+            + (f" (largest: {buckets[largest]:,} clips, key {largest})" if largest else ""),
+            "generator batch size": batch_size,
+            "generator batches (short clips)": sum(batches.values()),
+            "sampler steps (batches x steps)": sum(b * key[3] for key, b in batches.items()),
+            "shards": math.ceil(len(planned) / config.shard_size)
+            + math.ceil(len(windows) / config.shard_size),
+            "audio seconds to generate": seconds,
         }
 
     # ---- after the claim ----------------------------------------------------------------------

@@ -26,7 +26,7 @@ import os
 import posixpath
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -67,7 +67,7 @@ class MissingColumnError(CatalogError):
         self.column = column
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million records take a fifth of the memory
 class ClipRecord:
     id: str
     source: str  # absolute path or URI
@@ -82,12 +82,16 @@ class ClipRecord:
     mask: str | None = None  # object mask (image or video aligned with the clip), path or URI
 
     def to_row(self) -> dict:
-        return asdict(self)
+        # the fields are scalars: no deep copy (`asdict`) needed
+        return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     def input_hash(self, fields: Iterable[str] = IDENTITY_FIELDS) -> str:
         """Digest of the fields an output row depends on (jobs that use cfg/steps add them)."""
         values = [[f, getattr(self, f)] for f in fields]
         return _digest(values)
+
+
+_RECORD_FIELDS = tuple(f.name for f in fields(ClipRecord))
 
 
 @dataclass(frozen=True)
@@ -437,6 +441,38 @@ def _read_manifest(
 ) -> tuple[list[ClipRecord], list[CatalogProblem]]:
     rows, columns = _read_rows(fs, path, original)
     needed = ("video",) if default_prompt is not None else ("video", "prompt")
+    if columns:  # known before the rows (CSV, Parquet): refuse before reading them
+        _check_columns(columns, needed, original)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    base = posixpath.dirname(path) if local else original.rsplit("/", 1)[0]
+    roots = _allowed_roots(allow_roots, base)
+    records, problems = [], []
+    paths = _Paths(base, roots)
+    texts: dict[str, str] = {}  # one string object per distinct prompt
+    for row, item in enumerate(rows):
+        given = item.get("prompt")
+        if default_prompt is not None and (
+            given is None or (isinstance(given, str) and blank_prompt(given))
+        ):
+            item["prompt"] = default_prompt
+        result = _typed_row(row, item, base, roots, max_duration, require_prompt, paths)
+        if isinstance(result, CatalogProblem):
+            problems.append(result)
+        else:
+            if len(texts) < 1 << 16:
+                texts.setdefault(result.prompt, result.prompt)
+            prompt = texts.get(result.prompt)
+            if prompt is not None and prompt is not result.prompt:
+                object.__setattr__(result, "prompt", prompt)
+            records.append(result)
+    _check_columns(columns, needed, original)  # JSON: known once every row was read
+    unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
+    if unknown:
+        log.warning("manifest %s: ignoring unknown columns %s", original, unknown)
+    return records, problems
+
+
+def _check_columns(columns: list[str], needed: tuple[str, ...], original: str) -> None:
     for name in needed:
         if name not in columns:
             raise MissingColumnError(
@@ -444,22 +480,38 @@ def _read_manifest(
                 f"expected video, prompt and optional {', '.join(MANIFEST_COLUMNS[2:])}",
                 name,
             )
-    unknown = [c for c in columns if c not in MANIFEST_COLUMNS]
-    if unknown:
-        log.warning("manifest %s: ignoring unknown columns %s", original, unknown)
-    local = isinstance(fs, pafs.LocalFileSystem)
-    base = posixpath.dirname(path) if local else original.rsplit("/", 1)[0]
-    roots = _allowed_roots(allow_roots, base)
-    records, problems = [], []
-    for row, item in enumerate(rows):
-        given = item.get("prompt")
-        if default_prompt is not None and (
-            given is None or (isinstance(given, str) and blank_prompt(given))
-        ):
-            item["prompt"] = default_prompt
-        result = _typed_row(row, item, base, roots, max_duration, require_prompt)
-        (problems if isinstance(result, CatalogProblem) else records).append(result)
-    return records, problems
+
+
+class _Paths:
+    """A manifest's `video`/`mask` cells resolved once per distinct value (a million rows
+    over a few files resolve a few paths): the source, or the `_RowError` it raises."""
+
+    def __init__(self, base: str, roots: list[str] | None):
+        self.base, self.roots = base, roots
+        self.known: dict[tuple[str, str], str | _RowError] = {}
+
+    def source(self, column: str, value: str) -> str:
+        key = (column, value)
+        found = self.known.get(key)
+        if found is None:
+            try:
+                found = self._resolve(column, value)
+            except _RowError as exc:
+                found = exc
+            if len(self.known) < 1 << 20:
+                self.known[key] = found
+        if isinstance(found, _RowError):
+            raise _RowError(*found.args)
+        return found
+
+    def _resolve(self, column: str, value: str) -> str:
+        source = _local_source(_join(self.base, value.strip()))
+        if self.roots is not None and not _inside(source, self.roots):
+            raise _RowError(
+                f"column {column!r}: {value!r} is outside the allowed roots "
+                f"{[r for r in self.roots if r != '*://']} (add its folder with --allow-root)"
+            )
+        return source
 
 
 class _RowError(ValueError):
@@ -473,17 +525,19 @@ def _typed_row(
     roots: list[str] | None,
     max_duration: float,
     require_prompt: bool = False,
+    paths: _Paths | None = None,
 ) -> ClipRecord | CatalogProblem:
     line = item.pop("__line__", None)
     where = f"row {row}" + (f" (line {line})" if line else "")
-    problem_hash = _digest(item)
     if "__error__" in item:
         return CatalogProblem(
-            f"row-{row}", "", row, f"{where}: {item['__error__']}", True, problem_hash
+            f"row-{row}", "", row, f"{where}: {item['__error__']}", True, _digest(item)
         )
+    paths = paths or _Paths(base, roots)
     raw_id = item.get("id")
+    bad_id = id_problem(raw_id) if isinstance(raw_id, str) and raw_id else None
     fallback_id = f"row-{row}"
-    if isinstance(raw_id, str) and raw_id and not id_problem(raw_id):
+    if isinstance(raw_id, str) and raw_id and not bad_id:
         fallback_id = raw_id
     elif isinstance(raw_id, int) and not isinstance(raw_id, bool):
         fallback_id = str(raw_id)
@@ -492,12 +546,7 @@ def _typed_row(
         video = item.get("video")
         if not isinstance(video, str) or not video.strip():
             raise _RowError(f"column 'video': no 'video' value ({video!r})")
-        source = _local_source(_join(base, video.strip()))
-        if roots is not None and not _inside(source, roots):
-            raise _RowError(
-                f"column 'video': {video!r} is outside the allowed roots "
-                f"{[r for r in roots if r != '*://']} (add its folder with --allow-root)"
-            )
+        source = paths.source("video", video)
         prompt = item.get("prompt")
         if prompt is None:
             raise _RowError("column 'prompt': no prompt")
@@ -517,18 +566,19 @@ def _typed_row(
         seed = _integer(item.get("seed"), "seed", 0, MAX_SEED)
         cfg = _number(item.get("cfg"), None, "cfg", low=0.0, high=MAX_CFG)
         steps = _integer(item.get("steps"), "steps", 1, MAX_STEPS)
-        mask = _mask_source(item.get("mask"), base, roots)
+        mask = _mask_source(item.get("mask"), base, roots, paths)
         if raw_id in (None, ""):
             cid = clip_id(source, start, duration)
         elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
             raise _RowError(f"column 'id': must be text or an integer, got {raw_id!r}")
         else:
-            cid = str(raw_id)
-            bad_id = id_problem(cid)
+            cid = raw_id if isinstance(raw_id, str) else str(raw_id)
+            if not isinstance(raw_id, str):
+                bad_id = id_problem(cid)
             if bad_id:
                 raise _RowError(f"column 'id': {bad_id}")
     except _RowError as exc:
-        return CatalogProblem(fallback_id, source, row, f"{where}, {exc}", True, problem_hash)
+        return CatalogProblem(fallback_id, source, row, f"{where}, {exc}", True, _digest(item))
     return ClipRecord(
         id=cid,
         source=source,
@@ -544,19 +594,15 @@ def _typed_row(
     )
 
 
-def _mask_source(value, base: str, roots: list[str] | None) -> str | None:
+def _mask_source(
+    value, base: str, roots: list[str] | None, paths: _Paths | None = None
+) -> str | None:
     """The `mask` cell resolved like `video` (relative to the manifest, allowed roots)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if not isinstance(value, str):
         raise _RowError(f"column 'mask': must be a path or URI, got {value!r}")
-    source = _local_source(_join(base, value.strip()))
-    if roots is not None and not _inside(source, roots):
-        raise _RowError(
-            f"column 'mask': {value!r} is outside the allowed roots "
-            f"{[r for r in roots if r != '*://']} (add its folder with --allow-root)"
-        )
-    return source
+    return (paths or _Paths(base, roots)).source("mask", value)
 
 
 def _allowed_roots(allow_roots: Iterable[str] | None, base: str) -> list[str] | None:
@@ -626,19 +672,21 @@ def _number(value, default, name: str, *, low=None, high=None, low_open=False):
     return x
 
 
-def _read_rows(fs: pafs.FileSystem, path: str, original: str) -> tuple[list[dict], list[str]]:
-    """Manifest rows as dicts and the column names. Text formats are parsed row by row, so a
-    bad line (bad bytes, wrong field count, not JSON) becomes that row's problem
-    (`{"__error__": ...}`) instead of failing the catalog."""
+def _read_rows(fs: pafs.FileSystem, path: str, original: str) -> tuple[Iterable[dict], list[str]]:
+    """Manifest rows as dicts (an iterator: Parquet and CSV rows are made one batch at a time,
+    so a million rows never exist as dicts together) and the column names (JSON: filled in
+    as the rows are read). Text formats are parsed row by row, so a bad line (bad bytes,
+    wrong field count, not JSON) becomes that row's problem (`{"__error__": ...}`) instead of
+    failing the catalog."""
     import pyarrow.parquet as pq
 
     lower = path.lower()
     if lower.endswith(".parquet"):
         try:
-            table = pq.read_table(path, filesystem=fs)
+            file = pq.ParquetFile(fs.open_input_file(path))
         except (pa.ArrowInvalid, OSError) as exc:
             raise CatalogError(f"cannot read manifest {original}: {exc}") from exc
-        return table.to_pylist(), table.column_names
+        return _parquet_rows(file, original), file.schema_arrow.names
     try:
         with fs.open_input_stream(path) as f:
             data = f.read()
@@ -656,11 +704,19 @@ def _read_rows(fs: pafs.FileSystem, path: str, original: str) -> tuple[list[dict
     return _jsonl_rows(text, original)
 
 
+def _parquet_rows(file, original: str) -> Iterable[dict]:
+    try:
+        for batch in file.iter_batches(batch_size=1 << 16):
+            yield from batch.to_pylist()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise CatalogError(f"cannot read manifest {original}: {exc}") from exc
+
+
 def _bad_bytes(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
 
-def _csv_rows(text: str, original: str) -> tuple[list[dict], list[str]]:
+def _csv_rows(text: str, original: str) -> tuple[Iterable[dict], list[str]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -669,53 +725,62 @@ def _csv_rows(text: str, original: str) -> tuple[list[dict], list[str]]:
     header = [h.strip() for h in header]
     if _bad_bytes("".join(header)):
         raise CatalogError(f"manifest {original}: the header line is not UTF-8 text")
-    rows = []
+    return _csv_items(reader, header), header
+
+
+def _csv_items(reader, header: list[str]) -> Iterable[dict]:
     line = reader.line_num + 1
     while True:
         try:
-            fields = next(reader)
+            cells = next(reader)
         except StopIteration:
             break
         except csv.Error as exc:
-            rows.append({"__line__": line, "__error__": f"not valid CSV: {exc}"})
+            yield {"__line__": line, "__error__": f"not valid CSV: {exc}"}
             line = reader.line_num + 1
             continue
         first, line = line, reader.line_num + 1
-        if not fields or not any(f.strip() for f in fields):
+        if not cells or not any(f.strip() for f in cells):
             continue
-        if _bad_bytes("".join(fields)):
-            rows.append({"__line__": first, "__error__": "not UTF-8 text (a bad byte)"})
-        elif len(fields) != len(header):
-            rows.append(
-                {
-                    "__line__": first,
-                    "__error__": f"{len(fields)} fields, but the header has {len(header)}",
-                }
-            )
+        if _bad_bytes("".join(cells)):
+            yield {"__line__": first, "__error__": "not UTF-8 text (a bad byte)"}
+        elif len(cells) != len(header):
+            yield {
+                "__line__": first,
+                "__error__": f"{len(cells)} fields, but the header has {len(header)}",
+            }
         else:
-            item = {k: (v if v != "" else None) for k, v in zip(header, fields, strict=True)}
-            rows.append({**item, "__line__": first})
-    return rows, header
+            item = {k: (v if v != "" else None) for k, v in zip(header, cells, strict=True)}
+            item["__line__"] = first
+            yield item
 
 
-def _jsonl_rows(text: str, original: str) -> tuple[list[dict], list[str]]:
-    rows, columns = [], {}
+def _jsonl_rows(text: str, original: str) -> tuple[Iterable[dict], list[str]]:
+    columns: list[str] = []  # filled as the rows are read
+    return _jsonl_items(text, columns), columns
+
+
+def _jsonl_items(text: str, columns: list[str]) -> Iterable[dict]:
+    seen: set[str] = set()
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if _bad_bytes(line):
-            rows.append({"__line__": number, "__error__": "not UTF-8 text (a bad byte)"})
+            yield {"__line__": number, "__error__": "not UTF-8 text (a bad byte)"}
             continue
         try:
             item = json.loads(line)
             if not isinstance(item, dict):
                 raise ValueError("not a JSON object")
         except ValueError as exc:
-            rows.append({"__line__": number, "__error__": f"not a JSON object: {exc}"})
+            yield {"__line__": number, "__error__": f"not a JSON object: {exc}"}
             continue
-        columns.update(dict.fromkeys(item))
-        rows.append({**item, "__line__": number})
-    return rows, list(columns)
+        for key in item:
+            if key not in seen:
+                seen.add(key)
+                columns.append(key)
+        item["__line__"] = number
+        yield item
 
 
 def _json_array_rows(text: str, original: str) -> tuple[list[dict], list[str]]:

@@ -94,18 +94,34 @@ def with_mask(input_hash: str, digest: str | None) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def probe_span(source: str, start: float) -> float | None:
-    """Seconds of `source`'s video stream after `start`; None if the file cannot be probed."""
+def probe_length(source: str) -> float | None:
+    """Seconds of `source`'s video stream; None if the file cannot be probed."""
     from selva_core.long import video_duration
 
     from .rows import local_copy
 
     try:
         with local_copy(source) as path:
-            return max(0.0, video_duration(path) - float(start or 0.0))
+            return video_duration(path)
     except Exception as exc:  # noqa: BLE001 - the decode stage reports it properly
         log.debug("cannot probe %s: %s", source, exc)
         return None
+
+
+def probe_span(source: str, start: float) -> float | None:
+    """Seconds of `source`'s video stream after `start`; None if the file cannot be probed."""
+    length = probe_length(source)
+    return None if length is None else max(0.0, length - float(start or 0.0))
+
+
+def probe_lengths(sources: Iterable[str]) -> dict[str, float | None]:
+    """`probe_length` of each distinct source, once: a catalog of a million rows over a few
+    long videos (clips at different starts) probes a few files."""
+    distinct = list(dict.fromkeys(sources))
+    if not distinct:
+        return {}
+    with ThreadPoolExecutor(8) as pool:
+        return dict(zip(distinct, pool.map(probe_length, distinct), strict=True))
 
 
 def probe_spans(rows: list[dict], settings: WindowSettings) -> list[float | None]:
@@ -113,12 +129,12 @@ def probe_spans(rows: list[dict], settings: WindowSettings) -> list[float | None
     if not settings.enabled:
         return [None] * len(rows)
     todo = [i for i, r in enumerate(rows) if r.get("catalog_duration") is None]
+    lengths = probe_lengths(rows[i]["source"] for i in todo)
     spans: list[float | None] = [None] * len(rows)
-    if todo:
-        with ThreadPoolExecutor(8) as pool:
-            found = pool.map(lambda i: probe_span(rows[i]["source"], rows[i]["start"]), todo)
-            for i, span in zip(todo, found, strict=True):
-                spans[i] = span
+    for i in todo:
+        length = lengths[rows[i]["source"]]
+        if length is not None:
+            spans[i] = max(0.0, length - float(rows[i]["start"] or 0.0))
     return spans
 
 
@@ -169,6 +185,31 @@ def expand(rows: list[dict], settings: WindowSettings, spec) -> tuple[list[dict]
     return out, long_clips
 
 
+def clip_extents(records, settings: WindowSettings, spec, max_duration: float) -> list:
+    """(seconds, windows) of each catalog record, for a dry run's estimate: an ordinary clip
+    has 0 windows and its duration (the catalog's, else what its video leaves after its start,
+    at most `max_duration`); a long one is cut into windows. Each distinct file is probed
+    once; records are not copied into rows."""
+    lengths = probe_lengths(r.source for r in records if r.duration is None)
+    cuts: dict[float, int] = {}
+    out = []
+    for r in records:
+        if r.duration is not None:
+            out.append((r.duration, 0))
+            continue
+        length = lengths[r.source]
+        span = None if length is None else max(0.0, length - float(r.start or 0.0))
+        if span is None:
+            out.append((max_duration, 0))
+            continue
+        if span not in cuts:
+            windows = clip_windows(span, settings, spec)
+            cuts[span] = len(windows) if windows else 0
+        n = cuts[span]
+        out.append((span, n) if n else (min(span, max_duration), 0))
+    return out
+
+
 def check_long_settings(config) -> None:
     """The window and mask flags of a job config (`window`, `overlap`, `mask_strength`,
     `mask_paths`): one-line `UsageError`s."""
@@ -205,16 +246,20 @@ def catalog_rows(records, config) -> list[dict]:
     catalog's, else the run's max duration), `catalog_duration`, and `input_hash` extended by
     the digest of the clip's mask (a changed mask file or strength redoes the clip)."""
     rows = []
+    masks: dict[str, str] = {}  # each mask file is read once, however many rows use it
     for r in records:
         row = r.to_row()
         row["catalog_duration"] = r.duration
         row["duration"] = r.duration or config.max_duration
         digest = None
         if r.mask:
-            try:
-                digest = mask_digest(r.mask, config.mask_strength, config.mask_paths)
-            except Exception as exc:  # noqa: BLE001 - the decode stage names the problem
-                digest = f"unreadable:{exc}"
+            digest = masks.get(r.mask)
+            if digest is None:
+                try:
+                    digest = mask_digest(r.mask, config.mask_strength, config.mask_paths)
+                except Exception as exc:  # noqa: BLE001 - the decode stage names the problem
+                    digest = f"unreadable:{exc}"
+                masks[r.mask] = digest
         row["input_hash"] = with_mask(r.input_hash(), digest)
         rows.append(row)
     return rows
@@ -258,12 +303,15 @@ __all__ = [
     "catalog_rows",
     "check_long_settings",
     "check_window_args",
+    "clip_extents",
     "clip_windows",
     "expand",
     "mask_digest",
     "parent_of",
     "parse_mask_paths",
     "plan_rows",
+    "probe_length",
+    "probe_lengths",
     "probe_span",
     "stale_windows",
     "window_id",

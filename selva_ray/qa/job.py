@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -118,6 +119,18 @@ class QAJob(ShardedJob):
         return plan_one_model(
             self.config, "desync", memory_gb=memory, precision=self.config.desync_precision
         )
+
+    def estimate(self, finished: dict, plan: Plan | None) -> dict:
+        config = self.config
+        todo = sum(r.id not in finished for r in self.records)
+        desync = config.desync_settings() is not None
+        return {
+            "catalog clips": len(self.records),
+            "catalog problems (error rows)": len(self.problems),
+            "clips to measure": todo,
+            "DeSync batches": math.ceil(todo / config.desync_batch_size) if desync else 0,
+            "shards": math.ceil(todo / config.shard_size),
+        }
 
     def new_summary(self) -> QASummary:
         return QASummary(output=self.config.output)

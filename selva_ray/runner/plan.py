@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from ..errors import UsageError
@@ -45,6 +46,8 @@ class ClusterView:
 
     @classmethod
     def current(cls) -> ClusterView:
+        if _assumed is not None:  # a dry run plans without (or before) a Ray connection
+            return _assumed
         import ray
 
         from ..runtime import node_cores
@@ -76,6 +79,20 @@ class ClusterView:
             fit = int(node["memory"] // max(1, memory)) if node["memory"] else node["cores"]
             slots += max(0, min(node["cores"], fit))
         return max(1, slots)
+
+
+_assumed: ClusterView | None = None
+
+
+@contextmanager
+def assume_cluster(view: ClusterView):
+    """Plan against `view` instead of the connected cluster (`runner.dry_run`)."""
+    global _assumed
+    _assumed, before = view, _assumed
+    try:
+        yield view
+    finally:
+        _assumed = before
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The run skeleton of every resumable Ray Data job:
 
     check (driver only: settings, catalog, weights; nothing written, no Ray)
+    [--dry-run: plan for the cluster view, print the estimate, stop (`runner.dry_run`)]
     -> connect -> plan -> lease -> claim -> recover -> finished -> run -> problems -> record
 
 A job supplies its settings and stages through the `ShardedJob` hooks; the skeleton owns the
@@ -86,6 +87,11 @@ class ShardedJob:
     def finish(self, summary, tally: Tally, pipelines: list[Pipeline]) -> None:
         """Job-specific counts from the tally (flags, batch fill)."""
 
+    def estimate(self, finished: dict, plan: Plan | None) -> dict:
+        """`--dry-run`: the work a run would do, as printed lines (name -> number), given
+        the output folder's committed rows (`OutputDir.finished`). Reads, never writes."""
+        return {}
+
     # ---- the skeleton -----------------------------------------------------------------------
 
     def run(self):
@@ -95,6 +101,12 @@ class ShardedJob:
             self.config, input=absolute(self.config.input), output=absolute(self.config.output)
         )
         self.check()
+        if getattr(config, "dry_run", False):
+            from .dry_run import dry_run
+
+            report = dry_run(self)
+            report.wall_s = time.perf_counter() - t0
+            return report
         out = OutputDir(config.output, kind=self.kind)
         layout = None if self.layout_needs_plan else self.layout(None)
         if layout is not None:

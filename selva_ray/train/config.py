@@ -85,6 +85,7 @@ class TrainConfig:
     weights_dir: str | None = s.weights_dir_opt(group=CLUSTER, resumable=True)
     offline: bool = s.offline_opt(group=CLUSTER, resumable=True)
     check_weights: bool = s.check_weights_opt(group=CLUSTER, resumable=True)
+    dry_run: bool = s.dry_run_opt(group=CLUSTER, resumable=True)
     rank: int = opt(
         16, type=validate.int_range(1, 1024), group=ADAPTER, help="LoRA rank, 1..1024 (default 16)"
     )

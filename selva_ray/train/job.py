@@ -168,6 +168,8 @@ def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
     config = replace(config, variant=info.variant)
     run_dir = Path(config.output).absolute()
     config = replace(config, output=str(run_dir))
+    if config.dry_run:
+        return _dry_run(config, info, run_dir, t0)
     if config.resume:
         done = read_json(run_dir / "summary.json")
         if done and done.get("status") == "complete" and done.get("steps") == config.steps:
@@ -206,6 +208,50 @@ def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
     )
     _fit(config, info, split, run_dir, plan, private=connection.kind == "private")
     return _summary(config, run_dir, t0)
+
+
+def _dry_run(config: TrainConfig, info, run_dir: Path, t0: float):
+    """`--dry-run`: the worker group planned for the cluster view (`runner.dry_run`), the
+    split and the steps, with the run folder only read."""
+    import math
+
+    from ..runner.dry_run import DryRun, cluster_view
+
+    saved = _prepare_run_dir(config, run_dir)  # refuses what a run would refuse; writes nothing
+    view, where = cluster_view(config.ray_address)
+    plan = plan_training(config.workers, config.cpus_per_worker, use_gpu=config.use_gpu, view=view)
+    listing = list_clips(info)
+    train, val = split_ids(listing.usable, config.val_fraction, listing.groups)
+    if len(train) < config.batch_size:
+        raise FeatureFolderError(
+            f"{info.path}: {len(train)} training clips with audio (of {len(listing.usable)}, "
+            f"{len(val)} kept for validation) but the global batch is {config.batch_size}; "
+            f"lower --batch-size or add clips"
+        )
+    state = "resumes the run there" if saved else "does not exist (a run creates it)"
+    if saved is None and run_dir.exists():
+        state = "exists, holds no run (a run claims it)"
+    estimate = {
+        "clips with audio": len(listing.usable),
+        "clips without audio (left out)": len(listing.silent),
+        "training clips": len(train),
+        "validation clips": len(val),
+        "steps": config.steps,
+        "global batch (clips per step)": config.batch_size,
+        "micro-batch per worker": config.micro_batch,
+        "epochs": config.steps * config.batch_size / max(1, len(train)),
+        "clip passes (steps x batch)": config.steps * config.batch_size,
+        "evaluations": math.ceil(config.steps / config.eval_every) if config.eval_every else 0,
+    }
+    return DryRun(
+        job="train",
+        input=config.features,
+        output=f"{run_dir} ({state})",
+        cluster=where,
+        plan=plan,
+        estimate=estimate,
+        wall_s=time.perf_counter() - t0,
+    )
 
 
 def _fit(
