@@ -492,12 +492,7 @@ def _typed_row(
         video = item.get("video")
         if not isinstance(video, str) or not video.strip():
             raise _RowError(f"column 'video': no 'video' value ({video!r})")
-        source = _local_source(_join(base, video.strip()))
-        if roots is not None and not _inside(source, roots):
-            raise _RowError(
-                f"column 'video': {video!r} is outside the allowed roots "
-                f"{[r for r in roots if r != '*://']} (add its folder with --allow-root)"
-            )
+        source = _allowed_source(video, "video", base, roots)
         prompt = item.get("prompt")
         if prompt is None:
             raise _RowError("column 'prompt': no prompt")
@@ -550,10 +545,16 @@ def _mask_source(value, base: str, roots: list[str] | None) -> str | None:
         return None
     if not isinstance(value, str):
         raise _RowError(f"column 'mask': must be a path or URI, got {value!r}")
+    return _allowed_source(value, "mask", base, roots)
+
+
+def _allowed_source(value: str, column: str, base: str, roots: list[str] | None) -> str:
+    """A path cell (`video`, `mask`) relative to the manifest, refused outside the allowed
+    roots."""
     source = _local_source(_join(base, value.strip()))
     if roots is not None and not _inside(source, roots):
         raise _RowError(
-            f"column 'mask': {value!r} is outside the allowed roots "
+            f"column '{column}': {value!r} is outside the allowed roots "
             f"{[r for r in roots if r != '*://']} (add its folder with --allow-root)"
         )
     return source
