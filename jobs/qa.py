@@ -2,17 +2,12 @@
 
 Same options as `selva-ray qa`; inside a Ray job it connects to the job's cluster.
 
-`python` is run on the head, found on the PATH `ray start` had: it must be an interpreter with
-selva-ray installed (the cluster image's is); on a head of your own, give that interpreter's
-full path, e.g. `"$(command -v python3)"` (README: "Which `python` runs the job").
+Which `python` runs it, and how it finds this checkout: see `_entry.py` beside it.
 """
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from selva_ray.cli import main  # noqa: E402
+from _entry import run_job
 
 if __name__ == "__main__":
-    sys.exit(main(["qa", *sys.argv[1:]]))
+    sys.exit(run_job("qa"))

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import torch
 import torch.nn.functional as F
@@ -179,6 +180,17 @@ def decode_config_for(
         keep_clip_frames=spec.uses_clip_frames,
         ignore_rotation=ignore_rotation,
     )
+
+
+class SamplingOptions(TypedDict, total=False):
+    """The keyword options of `Pipeline.sample_latents`, which `generate` passes on."""
+
+    negative_prompt: str | None | Sequence[str | None]
+    seed: int | Sequence[int]
+    steps: int
+    cfg: float
+    progress: Callable[[int, int], None] | None
+    known_latents: Sequence[torch.Tensor | None] | None
 
 
 class Pipeline:
@@ -366,33 +378,18 @@ class Pipeline:
 
     @torch.no_grad()
     def generate(
-        self,
-        features: Features | Sequence[Features],
-        *,
-        negative_prompt: str | None | Sequence[str | None] = DEFAULT_NEGATIVE_PROMPT,
-        seed: int | Sequence[int] = DEFAULT_SEED,
-        steps: int = defaults.DEFAULT_STEPS,
-        cfg: float = defaults.DEFAULT_CFG,
-        progress: Callable[[int, int], None] | None = None,
-        known_latents: Sequence[torch.Tensor | None] | None = None,
+        self, features: Features | Sequence[Features], **sampling: Unpack[SamplingOptions]
     ) -> torch.Tensor:
         """Waveforms (B, samples) float32 on the CPU, exactly the clips' duration long
         (`track_samples`; sampled at one sync window at least, then trimmed).
 
-        All clips in one call must share a duration (they share sequence lengths). A
-        `negative_prompt` of None uses the stored empty-string features (official batch
-        inference); a string, "" included, uses its CLIP features (official demo).
+        The keyword options, and their defaults, are `sample_latents`'s. All clips in one call
+        must share a duration (they share sequence lengths). A `negative_prompt` of None uses
+        the stored empty-string features (official batch inference); a string, "" included,
+        uses its CLIP features (official demo).
         """
         feats = [features] if isinstance(features, Features) else list(features)
-        latents = self.sample_latents(
-            feats,
-            negative_prompt=negative_prompt,
-            seed=seed,
-            steps=steps,
-            cfg=cfg,
-            progress=progress,
-            known_latents=known_latents,
-        )
+        latents = self.sample_latents(feats, **sampling)
         duration = feats[0].duration
         wav = self.decode_latents(latents, duration)
         return fit_length(wav, track_samples(duration, self.sampling_rate), dim=1)

@@ -186,7 +186,7 @@ def test_schedule_counts_optimizer_steps():
 def test_augmentations_are_wired_and_split_independent():
     """Mixup and latent noise change the targets, and a clip's inputs depend only on
     (seed, step, position): the same whether its worker runs 1 or 4 positions."""
-    from selva_ray.train.loop import _micro_batch, mixup_plan
+    from selva_ray.train.loop import _micro_batch, _TrainTensors, mixup_plan
 
     g = torch.Generator().manual_seed(1)
     n, length, c = 6, 30, 4
@@ -195,10 +195,11 @@ def test_augmentations_are_wired_and_split_independent():
     lengths = torch.tensor([30, 30, 12, 30, 20, 30])
     empty = {"clip": torch.zeros(1, 3), "sync": torch.zeros(1, 3), "text": torch.zeros(5, 3)}
     idx = torch.tensor([4, 0, 2, 5])
+    data = _TrainTensors(x1_all, *conds, lengths, empty)
 
     def inputs(cfg, positions):
         mix = mixup_plan(cfg, 3)
-        return _micro_batch(cfg, 3, positions, idx, mix, x1_all, *conds, lengths, empty, (30, 4))
+        return _micro_batch(cfg, 3, positions, idx, mix, data)
 
     plain = TrainConfig("f", "o", batch_size=4, cfg_dropout=0.0)
     augmented = TrainConfig("f", "o", batch_size=4, cfg_dropout=0.0, mixup=0.4, latent_noise=0.2)

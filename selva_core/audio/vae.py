@@ -263,13 +263,32 @@ class _Level(nn.Module):
         self.block = nn.ModuleList(ResBlock(i, o, kernel_size) for i, o in widths)
         self.attn = nn.ModuleList(AttnBlock(o) for _, o in widths) if attention else nn.ModuleList()
 
-    def run_blocks(self, x: torch.Tensor, clip_act: float) -> torch.Tensor:
+    def run(self, x: torch.Tensor, clip_act: float) -> torch.Tensor:
+        """The blocks, then the level's resampler if it has one."""
         for i, block in enumerate(self.block):
             x = block(x)
             if len(self.attn):
                 x = self.attn[i](x)
             x = x.clamp(-clip_act, clip_act)
+        for name in ("downsample", "upsample"):
+            if hasattr(self, name):
+                x = getattr(self, name)(x)
         return x
+
+
+def _level(
+    c: VAEConfig, i: int, width: int, blocks: int, resample: tuple[str, type] | None
+) -> tuple[_Level, int]:
+    """Level `i` of the encoder or decoder: `blocks` ResBlocks from `width` channels to the
+    level's own width, then `resample` (attribute name, module class) if given. Returns the
+    level and its width."""
+    out = c.hidden_dim * c.ch_mult[i]
+    widths = [(width if b == 0 else out, out) for b in range(blocks)]
+    level = _Level(widths, c.kernel_size, attention=i in c.attn_layers)
+    if resample is not None:
+        name, module = resample
+        setattr(level, name, module(out))  # registered after the blocks: checkpoint key order
+    return level, out
 
 
 class _Mid(nn.Module):
@@ -283,68 +302,61 @@ class _Mid(nn.Module):
         return self.block_2(self.attn_1(self.block_1(x))).clamp(-clip_act, clip_act)
 
 
-class Encoder(nn.Module):
-    """Normalised mel (B, data_dim, T) -> moments (B, 2 * embed_dim, T / 2)."""
+class _Codec(nn.Module):
+    """What the encoder and decoder share: the activation clip and the output gain."""
 
     def __init__(self, config: VAEConfig):
         super().__init__()
-        c = config
-        self.clip_act = c.clip_act
+        self.clip_act = config.clip_act
         self.learnable_gain = nn.Parameter(torch.zeros([]))
+
+
+class Encoder(_Codec):
+    """Normalised mel (B, data_dim, T) -> moments (B, 2 * embed_dim, T / 2)."""
+
+    def __init__(self, config: VAEConfig):
+        super().__init__(config)
+        c = config
         self.conv_in = MPConv1d(c.data_dim, c.hidden_dim, c.kernel_size)
         self.down = nn.ModuleList()
         width = c.hidden_dim
-        for i, mult in enumerate(c.ch_mult):
-            out = c.hidden_dim * mult
-            widths = [(width if b == 0 else out, out) for b in range(c.num_res_blocks)]
-            level = _Level(widths, c.kernel_size, attention=i in c.attn_layers)
-            if i in c.down_layers:
-                level.downsample = Downsample(out)
+        for i in range(len(c.ch_mult)):
+            down = ("downsample", Downsample) if i in c.down_layers else None
+            level, width = _level(c, i, width, c.num_res_blocks, down)
             self.down.append(level)
-            width = out
         self.mid = _Mid(width, c.kernel_size)
         self.conv_out = MPConv1d(width, 2 * c.embed_dim, c.kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv_in(x)
         for level in self.down:
-            x = level.run_blocks(x, self.clip_act)
-            if hasattr(level, "downsample"):
-                x = level.downsample(x)
+            x = level.run(x, self.clip_act)
         x = mp_silu(self.mid(x, self.clip_act))
         return self.conv_out(x, gain=self.learnable_gain + 1)
 
 
-class Decoder(nn.Module):
+class Decoder(_Codec):
     """Latent (B, embed_dim, T') -> normalised mel (B, data_dim, 2 T')."""
 
     def __init__(self, config: VAEConfig):
-        super().__init__()
+        super().__init__(config)
         c = config
-        self.clip_act = c.clip_act
-        self.learnable_gain = nn.Parameter(torch.zeros([]))
         width = c.hidden_dim * c.ch_mult[-1]
         self.conv_in = MPConv1d(c.embed_dim, width, c.kernel_size)
         self.mid = _Mid(width, c.kernel_size)
         upsample_after = {i + 1 for i in c.down_layers}  # the level above each encoder downsample
         levels = []
         for i in reversed(range(len(c.ch_mult))):
-            out = c.hidden_dim * c.ch_mult[i]
-            widths = [(width if b == 0 else out, out) for b in range(c.num_res_blocks + 1)]
-            level = _Level(widths, c.kernel_size, attention=i in c.attn_layers)
-            if i in upsample_after:
-                level.upsample = Upsample(out)
+            up = ("upsample", Upsample) if i in upsample_after else None
+            level, width = _level(c, i, width, c.num_res_blocks + 1, up)
             levels.append(level)
-            width = out
         self.up = nn.ModuleList(reversed(levels))  # indexed by level, like the checkpoint keys
         self.conv_out = MPConv1d(width, c.data_dim, c.kernel_size)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.mid(self.conv_in(z), self.clip_act)
         for level in reversed(self.up):
-            x = level.run_blocks(x, self.clip_act)
-            if hasattr(level, "upsample"):
-                x = level.upsample(x)
+            x = level.run(x, self.clip_act)
         return self.conv_out(mp_silu(x), gain=self.learnable_gain + 1)
 
 

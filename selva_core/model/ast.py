@@ -93,6 +93,19 @@ class ASTEmbeddings(nn.Module):
         return torch.cat([extra, patches], dim=1) + self.position_embeddings
 
 
+def qkv_heads(
+    x: torch.Tensor, query: nn.Module, key: nn.Module, value: nn.Module, num_heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Queries, keys and values of `x` (B, L, D), each split into heads: (B, H, L, D / H).
+    Shared by the self-attentions of the audio tower and of the DeSync model."""
+    n, length, dim = x.shape
+
+    def heads(t: torch.Tensor) -> torch.Tensor:
+        return t.view(n, length, num_heads, dim // num_heads).transpose(1, 2)
+
+    return heads(query(x)), heads(key(x)), heads(value(x))
+
+
 class ASTSelfAttention(nn.Module):
     def __init__(self, cfg: AudioTowerConfig):
         super().__init__()
@@ -103,17 +116,11 @@ class ASTSelfAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, length, dim = x.shape
-        h = self.num_heads
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(n, length, h, dim // h).transpose(1, 2)
-
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        q, k, v = qkv_heads(x, self.query, self.key, self.value, self.num_heads)
         # Explicit softmax(q k^T / sqrt(d)) v, the official order of operations.
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(dim // h)
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
         out = torch.matmul(scores.softmax(dim=-1), v)
-        return out.transpose(1, 2).reshape(n, length, dim)
+        return out.transpose(1, 2).reshape(x.shape)
 
 
 class ASTAttention(nn.Module):

@@ -54,7 +54,7 @@ from ..checkpoint import StateSource, load_strict, read_state_dict
 from ..random_init import randomize_
 from ..variants import get_spec
 from ..weights import WeightStore, load_verified
-from .ast import AudioTower, AudioTowerConfig
+from .ast import AudioTower, AudioTowerConfig, qkv_heads
 from .fp32_tables import fp32_kept
 from .motionformer import MotionFormer, MotionFormerConfig, map_windows, normalize_sync_frames
 
@@ -244,16 +244,10 @@ class _SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, length, dim = x.shape
-        h = self.num_heads
-
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, length, h, dim // h).transpose(1, 2)
-
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(dim // h))
+        q, k, v = qkv_heads(x, self.query, self.key, self.value, self.num_heads)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
         y = att.softmax(dim=-1) @ v
-        return self.proj(y.transpose(1, 2).reshape(b, length, dim))
+        return self.proj(y.transpose(1, 2).reshape(x.shape))
 
 
 class _Block(nn.Module):

@@ -300,27 +300,24 @@ def qa_flags(metrics: ClipMetrics | Mapping, thresholds: QAThresholds) -> list[s
     """Names of the checks a clip fails, in a fixed order; a metric that is None never flags."""
     m = metrics.as_dict() if isinstance(metrics, ClipMetrics) else dict(metrics)
     t = thresholds
-    flags = []
     desync = m.get("desync_s")
-    if t.max_abs_desync_s is not None and desync is not None and abs(desync) > t.max_abs_desync_s:
-        flags.append("desync")
-    silence = m.get("silence_ratio")
-    if t.max_silence_ratio is not None and silence is not None and silence > t.max_silence_ratio:
-        flags.append("silence")
-    clipped = m.get("clipped_ratio")
-    if t.max_clipped_ratio is not None and clipped is not None and clipped > t.max_clipped_ratio:
-        flags.append("clipping")
     lufs = m.get("loudness_lufs")
-    if (
-        t.target_lufs is not None
-        and lufs is not None
-        and abs(lufs - t.target_lufs) > t.loudness_tolerance_lu
-    ):
-        flags.append("loudness")
-    tp = m.get("true_peak_dbtp")
-    if t.max_true_peak_dbtp is not None and tp is not None and tp > t.max_true_peak_dbtp:
-        flags.append("true_peak")
-    flat = m.get("spectral_flatness")
-    if t.max_spectral_flatness is not None and flat is not None and flat > t.max_spectral_flatness:
-        flags.append("noise")
-    return flags
+    target = t.target_lufs
+    # (flag, measured value, limit): a value over its limit flags the clip
+    checks = (
+        ("desync", None if desync is None else abs(desync), t.max_abs_desync_s),
+        ("silence", m.get("silence_ratio"), t.max_silence_ratio),
+        ("clipping", m.get("clipped_ratio"), t.max_clipped_ratio),
+        (
+            "loudness",
+            None if lufs is None or target is None else abs(lufs - target),
+            None if target is None else t.loudness_tolerance_lu,
+        ),
+        ("true_peak", m.get("true_peak_dbtp"), t.max_true_peak_dbtp),
+        ("noise", m.get("spectral_flatness"), t.max_spectral_flatness),
+    )
+    return [
+        flag
+        for flag, value, limit in checks
+        if limit is not None and value is not None and value > limit
+    ]

@@ -7,7 +7,7 @@ import argparse
 import sys
 
 from .. import validate
-from .report import check_run_dir
+from .report import add_run_dir, check_run_dir
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,16 +19,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "clipping, silence, distance from the loudness target) and print the worst ones."
         ),
     )
-    p.add_argument(
-        "run_dir", metavar="RUN_DIR", help="output folder of generate or qa (path or URI)"
-    )
+    add_run_dir(p, run, "generate or qa")
     p.add_argument(
         "--worst",
         type=validate.int_range(0, 1_000_000),
         default=10,
         help="how many clips (default 10)",
     )
-    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:

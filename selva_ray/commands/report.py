@@ -22,9 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "URI (s3://...): then --out names the local folder for the page."
         ),
     )
-    p.add_argument(
-        "run_dir", metavar="RUN_DIR", help="output folder of generate, qa or train (path or URI)"
-    )
+    add_run_dir(p, run, "generate, qa or train")
     p.add_argument(
         "--out",
         metavar="DIR",
@@ -37,6 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         type=validate.int_range(0, 1_000_000),
         default=500,
         help="clips in the table (the worst ones; default 500)",
+    )
+
+
+def add_run_dir(p: argparse.ArgumentParser, run, written_by: str) -> None:
+    """RUN_DIR, the run folder that `report` and `inspect` read, and the command's `run`."""
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help=f"output folder of {written_by} (path or URI)"
     )
     p.set_defaults(run=run)
 

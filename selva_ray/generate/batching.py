@@ -7,8 +7,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-import pyarrow as pa
-
+from ..io.rows import ROW_COLUMNS, ROW_TYPES
 from ..runner.plan import ActorPlan
 from .config import DEFAULT_BATCH, GenerateConfig
 from .stages import sequence_key
@@ -83,17 +82,4 @@ def order_batches(rows: list[dict], spec, batch_size: int, shard_size: int, run:
     return batches
 
 
-PLAN_FIELDS = [
-    ("id", pa.string()),
-    ("shard", pa.string()),
-    ("row", pa.int64()),
-    ("source", pa.string()),
-    ("prompt", pa.string()),
-    ("negative_prompt", pa.string()),
-    ("seed", pa.int64()),
-    ("start", pa.float64()),
-    ("duration", pa.float64()),
-    ("cfg", pa.float64()),
-    ("steps", pa.int64()),
-    ("mask", pa.string()),
-]
+PLAN_FIELDS = [(k, ROW_TYPES[k]) for k in (*ROW_COLUMNS, "duration", "cfg", "steps", "mask")]

@@ -36,15 +36,16 @@ import torch
 from ..io.catalog import CatalogProblem
 from ..io.feature_schema import WINDOW_SCALARS
 from ..io.output_dir import OutputDir
-from ..io.rows import OK_RESULT, batch_rows, error_result
+from ..io.rows import OK_RESULT, ROW_COLUMNS, batch_rows, error_result
 from ..io.windows import DEFAULT_OVERLAP, DEFAULT_WINDOW, WindowSettings, expand
+from ..stages.decode import WINDOW_COLUMNS
 from .config import JOIN_MODES, GenerateInputError
 from .stages import GEN_COLUMNS, NAN, STATUS_COLUMNS, AudioGenerator, finite_or_none
 
 log = logging.getLogger(__name__)
 
 # plan columns of a window row besides the ordinary clip's
-WINDOW_PLAN_COLUMNS = (*WINDOW_SCALARS, "pad_to", "mask")
+WINDOW_PLAN_COLUMNS = WINDOW_COLUMNS
 
 
 def window_settings(config, layout) -> WindowSettings:
@@ -228,14 +229,7 @@ class LongAudioGenerator(AudioGenerator):
                     row.update(error_result(row, "generate", exc))
             wav, extra = made if made is not None else (np.zeros(0, np.float32), {})
             keep = (
-                "id",
-                "shard",
-                "row",
-                "source",
-                "prompt",
-                "negative_prompt",
-                "seed",
-                "start",
+                *ROW_COLUMNS,
                 "duration",
                 "input_hash",
                 *GEN_COLUMNS,

@@ -35,6 +35,23 @@ ERROR_SCHEMA = pa.schema(
     ]
 )
 OK_RESULT = {"status": "ok", "stage": "", "error_type": "", "message": ""}
+# The columns of a planned catalog row that every stage carries on (the planner adds `shard`),
+# and the Arrow type of each planned column, wherever a table holds one.
+ROW_COLUMNS = ("id", "shard", "row", "source", "prompt", "negative_prompt", "seed", "start")
+ROW_TYPES = {
+    "id": pa.string(),
+    "shard": pa.string(),
+    "row": pa.int64(),
+    "source": pa.string(),
+    "prompt": pa.string(),
+    "negative_prompt": pa.string(),
+    "seed": pa.int64(),
+    "start": pa.float64(),
+    "duration": pa.float64(),
+    "cfg": pa.float64(),
+    "steps": pa.int64(),
+    "mask": pa.string(),
+}
 
 
 def batch_rows(batch: dict[str, np.ndarray]) -> Iterator[dict]:

@@ -12,30 +12,14 @@ import numpy as np
 
 from selva_core.pipeline import clip_duration
 
-from ..io.rows import OK_RESULT, batch_rows, error_result, local_copy
+from ..io.feature_schema import WINDOW_SCALARS
+from ..io.rows import OK_RESULT, ROW_COLUMNS, batch_rows, error_result, local_copy
 
 log = logging.getLogger(__name__)
 
-CLIP_COLUMNS = (
-    "id",
-    "shard",
-    "row",
-    "source",
-    "prompt",
-    "negative_prompt",
-    "seed",
-    "start",
-    "input_hash",
-    # windows of a long video (selva_ray.io.windows) and the clip's object mask
-    "parent_id",
-    "window_index",
-    "window_count",
-    "window_start",
-    "window_end",
-    "parent_duration",
-    "pad_to",
-    "mask",
-)
+# a long video's window and the clip's object mask (selva_ray.io.windows)
+WINDOW_COLUMNS = (*WINDOW_SCALARS, "pad_to", "mask")
+CLIP_COLUMNS = (*ROW_COLUMNS, "input_hash", *WINDOW_COLUMNS)
 EMPTY_FRAMES = np.zeros((0, 3, 1, 1), dtype=np.uint8)
 EMPTY_AUDIO = np.zeros((0,), dtype=np.float32)
 

@@ -227,7 +227,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         "sync": generator.empty_sync_feat.detach().float().cpu(),
         "text": generator.empty_string_feat.detach().float().cpu(),
     }
-    latent_shape = tuple(x1_all.shape[1:])
+    data = _TrainTensors(x1_all, clip_all, sync_all, text_all, train.lengths, empty)
     b_local = config.batch_size // w.world
     micro = config.micro_batch
     evaluator = _Evaluator(config, spec, generator, store, w, val, train_seq, autocast)
@@ -248,20 +248,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for m in range(config.grad_accum):
             first = w.rank * b_local + m * micro
             positions = list(range(first, first + micro))
-            batch = _micro_batch(
-                config,
-                step,
-                positions,
-                idx,
-                mix,
-                x1_all,
-                clip_all,
-                sync_all,
-                text_all,
-                train.lengths,
-                empty,
-                latent_shape,
-            )
+            batch = _micro_batch(config, step, positions, idx, mix, data)
             batch = {k: v.to(w.device, non_blocking=True) for k, v in batch.items()}
             sync_ctx = objective.no_sync() if w.world > 1 and m < config.grad_accum - 1 else None
             with sync_ctx or nullcontext(), autocast or nullcontext():
@@ -307,36 +294,41 @@ def train_loop_per_worker(loop_config: dict) -> None:
 # ---- pieces of the loop -----------------------------------------------------------------------
 
 
-def _micro_batch(
-    config,
-    step,
-    positions,
-    idx,
-    mix,
-    x1_all,
-    clip_all,
-    sync_all,
-    text_all,
-    lengths,
-    empty,
-    latent_shape,
-) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class _TrainTensors:
+    """Every training clip's inputs on the CPU, made once per run: normalised zero-padded
+    targets, conditions, valid lengths, and the generator's empty (dropped) conditions."""
+
+    x1: torch.Tensor
+    clip: torch.Tensor
+    sync: torch.Tensor
+    text: torch.Tensor
+    lengths: torch.Tensor
+    empty: dict[str, torch.Tensor]
+
+
+def _micro_batch(config, step, positions, idx, mix, data: _TrainTensors) -> dict[str, torch.Tensor]:
     """Inputs of the clips at global-batch `positions` of step `step`, on the CPU."""
     rows = idx[positions]
-    x1 = x1_all[rows].clone()
-    lens = lengths[rows]
+    x1 = data.x1[rows].clone()
+    lens = data.lengths[rows]
     if mix is not None:
         partner, lam = mix
-        x1 = lam * x1 + (1.0 - lam) * x1_all[idx[partner[positions]]]
-    clip_f, sync_f, text_f = clip_all[rows].clone(), sync_all[rows].clone(), text_all[rows].clone()
+        x1 = lam * x1 + (1.0 - lam) * data.x1[idx[partner[positions]]]
+    clip_f, sync_f, text_f = (
+        data.clip[rows].clone(),
+        data.sync[rows].clone(),
+        data.text[rows].clone(),
+    )
+    latent_shape = tuple(data.x1.shape[1:])
     x0, ts = [], []
     for i, pos in enumerate(positions):
         d = clip_draw(config, step, pos, latent_shape)
         if d.drop_video:
-            clip_f[i] = empty["clip"].expand_as(clip_f[i])
-            sync_f[i] = empty["sync"].expand_as(sync_f[i])
+            clip_f[i] = data.empty["clip"].expand_as(clip_f[i])
+            sync_f[i] = data.empty["sync"].expand_as(sync_f[i])
         if d.drop_text:
-            text_f[i] = empty["text"]
+            text_f[i] = data.empty["text"]
         if d.eps is not None:
             n = int(lens[i])
             std = x1[i, :n].std() if n > 1 else x1.new_tensor(1.0)
