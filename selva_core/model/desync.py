@@ -56,7 +56,13 @@ from ..variants import get_spec
 from ..weights import WeightStore, load_verified
 from .ast import AudioTower, AudioTowerConfig, qkv_heads
 from .fp32_tables import fp32_kept
-from .motionformer import MotionFormer, MotionFormerConfig, map_windows, normalize_sync_frames
+from .motionformer import (
+    MotionFormer,
+    MotionFormerConfig,
+    map_windows,
+    normalize_sync_frames,
+    window_chunk_for,
+)
 
 # Seed of the `tiny` DeSync model (every process builds the same weights).
 TINY_DESYNC_SEED = 1247
@@ -337,7 +343,7 @@ class DesyncSynchformer(nn.Module):
 
         Windows run `window_chunk` at a time (-1: `self.window_chunk`; None: all at once).
         """
-        chunk = self.window_chunk if window_chunk == -1 else window_chunk
+        chunk = window_chunk_for(self.window_chunk, window_chunk)
         cfg = self.config.video
         out = map_windows(
             frames,

@@ -292,6 +292,11 @@ def check_sync_frames(frames: torch.Tensor, cfg: MotionFormerConfig) -> None:
         )
 
 
+def window_chunk_for(own: int | None, requested: int | None) -> int | None:
+    """The windows a call runs at a time: `requested`, or the model's own setting for -1."""
+    return own if requested == -1 else requested
+
+
 def map_windows(
     frames: torch.Tensor,
     cfg: MotionFormerConfig,

@@ -21,6 +21,7 @@ from selva_core.model.motionformer import (
     MotionFormer,
     MotionFormerConfig,
     map_windows,
+    window_chunk_for,
 )
 
 SYNCHFORMER_PREFIXES = ("vfeat_extractor",)
@@ -42,7 +43,7 @@ class Synchformer(nn.Module):
 
         Windows run `window_chunk` at a time (-1: `self.window_chunk`; None: all at once).
         """
-        chunk = self.window_chunk if window_chunk == -1 else window_chunk
+        chunk = window_chunk_for(self.window_chunk, window_chunk)
         token = self.vfeat_extractor.cls_token
 
         def encode(clips: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

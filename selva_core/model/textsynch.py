@@ -21,6 +21,7 @@ from selva_core.model.motionformer import (
     MotionFormerConfig,
     check_sync_frames,
     map_windows,
+    window_chunk_for,
 )
 from selva_core.random_init import randomize_
 
@@ -208,7 +209,7 @@ class TextSynch(nn.Module):
         text_f = text_f_with_sup.to(device=param.device, dtype=param.dtype)
         text = self.text_proj(text_f)  # once per item, then gathered per window
         mask = text_mask_with_sup.to(device=param.device, dtype=torch.bool)
-        chunk = self.window_chunk if window_chunk == -1 else window_chunk
+        chunk = window_chunk_for(self.window_chunk, window_chunk)
 
         def encode(clips: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
             return self.encode_windows(clips, text[items], mask[items])

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .. import validate
-from ..extract.config import ExtractConfig
+from ..extract.config import ExtractConfig, check_weights
 from ..settings import add_options, from_args
 from .common import finish
 
@@ -41,22 +40,10 @@ def config_from_args(args: argparse.Namespace) -> ExtractConfig:
     return from_args(ExtractConfig, args, flags=job_settings(args))
 
 
-def check_inputs(args: argparse.Namespace) -> None:
-    """The weight files, before the job's imports (torch, Ray): a missing one is named in
-    seconds (the job checks the rest, and these again when run from Python)."""
-    validate.check_variant(args.variant)
-    if args.check_weights:
-        validate.check_extract_weights(
-            args.variant,
-            args.weights_dir,
-            offline=args.offline,
-            with_vae=args.with_audio_latents,
-        )
-
-
 def run(args: argparse.Namespace) -> int:
-    check_inputs(args)  # before the job's imports (torch): a missing file answers at once
+    config = config_from_args(args)
+    check_weights(config)  # before the job's imports (torch): a missing file answers at once
     from ..extract import run_extract
 
     # unusable input or settings raise a usage error: one line, exit 2 (cli.main)
-    return finish(run_extract(config_from_args(args)), args.fail_on_error)
+    return finish(run_extract(config), args.fail_on_error)

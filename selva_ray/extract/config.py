@@ -52,3 +52,17 @@ class ExtractConfig(s.BatchJobSettings):
     # Benchmarks only: build the encoders by hand (real sizes, random weights),
     # `factory(device, dtype, "encoder") -> Components`.
     components_factory: Callable | None = None
+
+
+def check_weights(config: ExtractConfig) -> None:
+    """The weight files an extraction loads (the encoders, the VAE with audio latents): all
+    missing ones named at once, before Ray. The command calls it before its heavy imports, the
+    job again when run from Python."""
+    validate.check_variant(config.variant)
+    if config.check_weights:
+        validate.check_extract_weights(
+            config.variant,
+            config.weights_dir,
+            offline=config.offline,
+            with_vae=config.with_audio_latents,
+        )

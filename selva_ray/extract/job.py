@@ -31,7 +31,7 @@ from ..runner.stages import Stage, apply
 from ..stages.decode import decode_args, decode_batch
 from ..stages.encode import FeatureEncoder
 from ..summary import ClipCounts
-from .config import ExtractConfig
+from .config import ExtractConfig, check_weights
 from .stages import write_batch
 
 log = logging.getLogger(__name__)
@@ -77,13 +77,7 @@ def check_config(config: ExtractConfig) -> None:
     check_long_settings(config)
     validate.check_device(config.device, local=validate.local_cluster(config.ray_address))
     validate.check_output_writable(config.output)
-    if config.check_weights:
-        validate.check_extract_weights(
-            config.variant,
-            config.weights_dir,
-            offline=config.offline,
-            with_vae=config.with_audio_latents,
-        )
+    check_weights(config)
 
 
 class ExtractJob(ShardedJob):

@@ -123,6 +123,18 @@ def _prepare_run_dir(config: TrainConfig, run_dir: Path) -> dict | None:
     return saved
 
 
+def _train_val(config: TrainConfig, info, listing) -> tuple[list, list]:
+    """The clip-level split; refused when the training side cannot fill one global batch."""
+    train, val = split_ids(listing.usable, config.val_fraction, listing.groups)
+    if len(train) < config.batch_size:
+        raise FeatureFolderError(
+            f"{info.path}: {len(train)} training clips with audio (of {len(listing.usable)}, "
+            f"{len(val)} kept for validation) but the global batch is {config.batch_size}; "
+            f"lower --batch-size or add clips"
+        )
+    return train, val
+
+
 def _split(config: TrainConfig, info, run_dir: Path) -> dict:
     saved = read_json(run_dir / SPLIT_FILE)
     if saved is not None:
@@ -132,13 +144,7 @@ def _split(config: TrainConfig, info, run_dir: Path) -> dict:
         log.warning(
             "%d clip(s) have no audio track and are left out of training", len(listing.silent)
         )
-    train, val = split_ids(listing.usable, config.val_fraction, listing.groups)
-    if len(train) < config.batch_size:
-        raise FeatureFolderError(
-            f"{info.path}: {len(train)} training clips with audio (of {len(listing.usable)}, "
-            f"{len(val)} kept for validation) but the global batch is {config.batch_size}; "
-            f"lower --batch-size or add clips"
-        )
+    train, val = _train_val(config, info, listing)
     blob = json.dumps({"train": train, "val": val}).encode()
     split = {
         "train": train,
@@ -221,13 +227,7 @@ def _dry_run(config: TrainConfig, info, run_dir: Path, t0: float):
     view, where = cluster_view(config.ray_address)
     plan = plan_training(config.workers, config.cpus_per_worker, use_gpu=config.use_gpu, view=view)
     listing = list_clips(info)
-    train, val = split_ids(listing.usable, config.val_fraction, listing.groups)
-    if len(train) < config.batch_size:
-        raise FeatureFolderError(
-            f"{info.path}: {len(train)} training clips with audio (of {len(listing.usable)}, "
-            f"{len(val)} kept for validation) but the global batch is {config.batch_size}; "
-            f"lower --batch-size or add clips"
-        )
+    train, val = _train_val(config, info, listing)
     state = "resumes the run there" if saved else "does not exist (a run creates it)"
     if saved is None and run_dir.exists():
         state = "exists, holds no run (a run claims it)"
