@@ -276,3 +276,31 @@ def test_generation_on_s3_survives_a_lost_node(servers: Servers, features):
     assert sorted(i.path.removeprefix("out/lost/") for i in audio) == sorted(
         r["audio_path"] for r in rows
     )
+
+
+def test_a_manifest_passes_its_endpoint_to_its_rows(servers: Servers, media):
+    """Rows of the manifest's own kind reach the manifest's server; a row with its own query
+    keeps it; ids and input hashes do not depend on the query."""
+    from selva_ray.io.catalog import clip_id, read_catalog
+
+    fs = servers.fs(on_uri=True)
+    other = "endpoint_override=127.0.0.1:1&scheme=http"
+    rows = [
+        "video,prompt,id",
+        "dog_barking/clip0.mp4,a,relative",
+        "s3://media/dog_barking/clip1.mp4,b,absolute",
+        f"s3://media/dog_barking/clip2.mp4?{other},c,own",
+        "dog_barking/clip0.mp4,d,",
+    ]
+    with fs.open_output_stream("media/clips.csv") as f:
+        f.write(("\n".join(rows) + "\n").encode())
+    records, problems = read_catalog(servers.uri("media/clips.csv"))
+    assert not problems
+    by_id = {r.id: r.source for r in records}
+    assert by_id["relative"] == servers.uri("media/dog_barking/clip0.mp4")
+    assert by_id["absolute"] == servers.uri("media/dog_barking/clip1.mp4")
+    assert by_id["own"] == f"s3://media/dog_barking/clip2.mp4?{other}"
+    unnamed = next(r for r in records if r.prompt == "d")
+    assert unnamed.id == clip_id("s3://media/dog_barking/clip0.mp4", 0.0, None)
+    plain = type(unnamed)(id=unnamed.id, source="s3://media/dog_barking/clip0.mp4", prompt="d")
+    assert unnamed.input_hash() == plain.input_hash()
