@@ -311,9 +311,10 @@ def local_cluster(ray_address: str | None) -> bool:
 
 
 def check_output_writable(uri: str, *, flag: str = "--output") -> None:
-    """The output folder is a folder (or can become one) that we may write to. Local paths
-    only; object stores report permission errors at the first write."""
+    """The output folder is a folder (or can become one) that we may write to. On an object
+    store, its bucket exists (permission errors come at the first write)."""
     if "://" in uri and not uri.startswith("file://"):
+        check_output_bucket(uri, flag=flag)
         return
     path = os.path.abspath(os.path.expanduser(uri.removeprefix("file://")))
     if os.path.exists(path) and not os.path.isdir(path):
@@ -334,6 +335,33 @@ def check_output_writable(uri: str, *, flag: str = "--output") -> None:
         os.unlink(name)
     except OSError as exc:
         raise UsageError(f"{flag} {uri} is not writable ({exc.strerror} in {probe_dir})") from None
+
+
+def check_output_bucket(uri: str, *, flag: str = "--output") -> None:
+    """An object-store output's bucket exists: jobs never create buckets (pyarrow would
+    refuse at the first write, with a traceback, after Ray started)."""
+    import pyarrow.fs as pafs
+
+    from .io.catalog import resolve, split_query
+
+    fs, path = resolve(uri)
+    if fs.type_name == "local":
+        return
+    bucket = path.split("/", 1)[0]
+    scheme = split_query(uri)[0].partition("://")[0]
+    how = f" (e.g. `aws s3 mb s3://{bucket}`)" if scheme == "s3" else ""
+    try:
+        found = fs.get_file_info(bucket).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise UsageError(
+            f"{flag} {split_query(uri)[0]}: cannot reach bucket {bucket!r} "
+            f"({' '.join(str(exc).split())})"
+        ) from None
+    if not found:
+        raise UsageError(
+            f"{flag} {split_query(uri)[0]}: bucket {bucket!r} does not exist; create it{how} "
+            "or name an existing one"
+        )
 
 
 # ---- inputs and outputs, read before the cluster starts -----------------------------------------

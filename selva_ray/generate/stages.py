@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from ..io.catalog import plain_source
 from ..io.feature_schema import FeatureLayout, from_storage
 from ..io.names import file_stem
 from ..io.output_dir import OutputDir
@@ -379,7 +380,8 @@ def mux_container(source: str) -> tuple[str, str]:
     MP4 cannot hold."""
     import av
 
-    ext = source.rsplit(".", 1)[-1].lower() if "." in source else ""
+    name = plain_source(source).rsplit("/", 1)[-1]  # an endpoint query is no extension
+    ext = name.rsplit(".", 1)[-1].lower() if "." in name else ""
     if ext in ("mp4", "m4v"):
         return "mp4", "mp4"
     if ext == "mov":

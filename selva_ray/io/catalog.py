@@ -86,8 +86,10 @@ class ClipRecord:
         return {name: getattr(self, name) for name in _RECORD_FIELDS}
 
     def input_hash(self, fields: Iterable[str] = IDENTITY_FIELDS) -> str:
-        """Digest of the fields an output row depends on (jobs that use cfg/steps add them)."""
+        """Digest of the fields an output row depends on (jobs that use cfg/steps add them).
+        The source counts without its endpoint query: the same object, however it is reached."""
         values = [[f, getattr(self, f)] for f in fields]
+        values = [[f, plain_source(v) if f == "source" else v] for f, v in values]
         return _digest(values)
 
 
@@ -113,8 +115,11 @@ class CatalogProblem:
 
 
 def clip_id(source: str, start: float, duration: float | None) -> str:
-    """Deterministic id from what defines the clip (16 hex chars of SHA-1)."""
-    key = json.dumps([source, round(float(start), 6), duration], separators=(",", ":"))
+    """Deterministic id from what defines the clip (16 hex chars of SHA-1); an endpoint
+    query (`?endpoint_override=...`) is no part of it."""
+    key = json.dumps(
+        [plain_source(source), round(float(start), 6), duration], separators=(",", ":")
+    )
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
@@ -124,7 +129,9 @@ def _digest(value) -> str:
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """File system and path for a local path or URI."""
+    """File system and path for a local path or URI. A URI's query (`s3://b/k?endpoint_override=
+    host:port&scheme=http`) configures the file system; credentials in it are refused."""
+    _refuse_credentials(uri)
     try:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, ValueError):
@@ -146,6 +153,42 @@ def _is_uri(text: str) -> bool:
     return "://" in text
 
 
+# Query keys of pyarrow's S3 URIs that hold secrets: a clip's source keeps its URI's query
+# (so every worker reaches the same endpoint) and is stored in every output table.
+CREDENTIAL_KEYS = ("access_key", "secret_key", "session_token")
+
+
+def split_query(uri: str) -> tuple[str, str]:
+    """(the URI without its query, the query); a local path has no query."""
+    if not _is_uri(uri):
+        return uri, ""
+    base, _, query = uri.partition("?")
+    return base, query
+
+
+def plain_source(source: str) -> str:
+    """A source without its endpoint query: what names the object (ids, file names)."""
+    return split_query(source)[0]
+
+
+def with_query(uri: str, query: str) -> str:
+    """`uri` reached like the URI whose `query` is given: a URI of the same kind without a
+    query of its own gets it, so it never falls back to another endpoint."""
+    if not query or not _is_uri(uri) or "?" in uri:
+        return uri
+    return f"{uri}?{query}"
+
+
+def _refuse_credentials(uri: str) -> None:
+    base, query = split_query(uri)
+    keys = {part.partition("=")[0] for part in query.split("&")}
+    if keys & set(CREDENTIAL_KEYS):
+        raise UsageError(
+            f"{base}: credentials in a URI's query would be stored with every clip; give them "
+            "in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) instead"
+        )
+
+
 def _join(base: str, rel: str) -> str:
     """`rel` against the folder `base` (both may be URIs); absolute `rel` wins."""
     if _is_uri(rel) or rel.startswith("/"):
@@ -160,7 +203,7 @@ def _display(fs: pafs.FileSystem, path: str, original: str) -> str:
     """The source string stored with a clip: a local absolute path, or a URI."""
     if isinstance(fs, pafs.LocalFileSystem):
         return path
-    return f"{original.partition('://')[0]}://{path}"
+    return with_query(f"{original.partition('://')[0]}://{path}", split_query(original)[1])
 
 
 def split_problems(problems: Iterable[CatalogProblem]) -> tuple[list[CatalogProblem], int]:
@@ -444,10 +487,11 @@ def _read_manifest(
     if columns:  # known before the rows (CSV, Parquet): refuse before reading them
         _check_columns(columns, needed, original)
     local = isinstance(fs, pafs.LocalFileSystem)
-    base = posixpath.dirname(path) if local else original.rsplit("/", 1)[0]
+    plain, query = split_query(original)
+    base = posixpath.dirname(path) if local else plain.rsplit("/", 1)[0]
     roots = _allowed_roots(allow_roots, base)
     records, problems = [], []
-    paths = _Paths(base, roots)
+    paths = _Paths(base, roots, query)
     texts: dict[str, str] = {}  # one string object per distinct prompt
     for row, item in enumerate(rows):
         given = item.get("prompt")
@@ -486,8 +530,8 @@ class _Paths:
     """A manifest's `video`/`mask` cells resolved once per distinct value (a million rows
     over a few files resolve a few paths): the source, or the `_RowError` it raises."""
 
-    def __init__(self, base: str, roots: list[str] | None):
-        self.base, self.roots = base, roots
+    def __init__(self, base: str, roots: list[str] | None, query: str = ""):
+        self.base, self.roots, self.query = base, roots, query
         self.known: dict[tuple[str, str], str | _RowError] = {}
 
     def source(self, column: str, value: str) -> str:
@@ -505,7 +549,7 @@ class _Paths:
         return found
 
     def _resolve(self, column: str, value: str) -> str:
-        source = _local_source(_join(self.base, value.strip()))
+        source = _row_source(self.base, value.strip(), self.query)
         if self.roots is not None and not _inside(source, self.roots):
             raise _RowError(
                 f"column {column!r}: {value!r} is outside the allowed roots "
@@ -594,6 +638,15 @@ def _typed_row(
     )
 
 
+def _row_source(base: str, value: str, query: str) -> str:
+    """A manifest cell as a path or URI; a URI of the manifest's own kind is reached through
+    the manifest's endpoint (its query), unless the cell gives its own."""
+    source = _local_source(_join(base, value))
+    if query and source.partition("://")[0] == base.partition("://")[0]:
+        return with_query(source, query)
+    return source
+
+
 def _mask_source(
     value, base: str, roots: list[str] | None, paths: _Paths | None = None
 ) -> str | None:
@@ -610,12 +663,13 @@ def _allowed_roots(allow_roots: Iterable[str] | None, base: str) -> list[str] | 
         return [base if _is_uri(base) else os.path.realpath(base), "*://"]
     roots = []
     for root in allow_roots:
-        root = _local_source(root)
+        root = _local_source(plain_source(root))
         roots.append(root.rstrip("/") if _is_uri(root) else os.path.realpath(_abspath(root)))
     return roots
 
 
 def _inside(source: str, roots: list[str]) -> bool:
+    source = plain_source(source)
     if _is_uri(source):
         scheme = source.partition("://")[0]
         return any(

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from selva_core.qa import QAThresholds
 
-from ..io.catalog import resolve
+from ..io.catalog import plain_source, resolve, split_query, with_query
 from ..io.results_schema import read_results
 
 META = "_meta.json"
@@ -105,15 +105,16 @@ class RunFolder:
         absolute local path or a URI."""
         if "://" in path or os.path.isabs(path):
             return path
-        if "://" in self.root:
-            return f"{self.root.rstrip('/')}/{path}"
+        if "://" in self.root:  # a folder URI's endpoint query goes after the joined path
+            root, query = split_query(self.root)
+            return with_query(f"{root.rstrip('/')}/{path}", query)
         return os.path.join(self.root, path)
 
 
 def clip_name(row: dict) -> str:
     """What a person calls a clip: its source file's name, with the start when the clip is
     a window of it (ids are hashes)."""
-    source = str(row.get("source") or "")
+    source = plain_source(str(row.get("source") or ""))
     name = source.rstrip("/").rsplit("/", 1)[-1]
     start = row.get("start")
     if name and isinstance(start, int | float) and start > 0:
