@@ -46,6 +46,28 @@ def shared_ray() -> str:
     return ensure_shared_ray()
 
 
+# The suite runs on several processes (`-n` in pyproject's addopts, pytest-xdist), a module
+# whole on one of them (`--dist loadfile`: its module fixtures and Ray cluster stay in one
+# process). The longest modules start first, so that the last minutes are not one of them
+# running alone; the rest follow in their usual order.
+LONGEST_FIRST = (
+    "test_faults.py",
+    "test_doc_commands.py",
+    "test_demo.py",
+    "test_jobs_api.py",
+    "test_train_job.py",
+    "test_long_jobs.py",
+    "test_ray_job_submit.py",
+    "test_runner.py",
+    "test_generate_job.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 def pytest_sessionfinish(session, exitstatus):
     import sys
 
