@@ -72,4 +72,5 @@ PLAN_FIELDS = [
     ("cfg", pa.float64()),
     ("steps", pa.int64()),
     ("mask", pa.string()),
+    ("input_hash", pa.string()),
 ]

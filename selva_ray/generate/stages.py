@@ -52,7 +52,7 @@ STATUS_COLUMNS = ("status", "stage", "error_type", "message")
 # what a results row takes from the pipeline row as it is, and the timings it renames
 RESULT_FIELDS = (
     "id", "source", "row", "prompt", "negative_prompt", "seed", "cfg", "steps", "duration",
-    "shard", "worker",
+    "shard", "worker", "input_hash",
 )  # fmt: skip
 TIMINGS = {
     "decode_s": "t_decode",
@@ -472,7 +472,7 @@ def write_outputs(
             if rel:
                 with contextlib.suppress(FileNotFoundError):
                     out_dir.fs.delete_file(out_dir.path(rel))
-        keep = {"id", "source", "shard", "row"}
+        keep = {"id", "source", "shard", "row", "input_hash"}
         records[i] = {k: (v if k in keep else None) for k, v in values.items()}
         records[i].update(error_result(values, "write", exc), qa_flags=[])
 
