@@ -195,9 +195,13 @@ def test_catalog_run_gives_a_track_and_a_video_per_good_clip(catalog_run, catalo
     assert summary.exit_code(fail_on_error=True) == 1
     rows = results(output)
     assert sorted(r["source"] for r in rows.values()) == sorted(str(catalog / n) for n in GOOD)
-    assert len(list((output / "audio").iterdir())) == len(GOOD)
-    assert len(list((output / "video").iterdir())) == len(GOOD)
+    # named after the source under the catalog: audio/rain/b0.flac, video/rain/b0.mp4
+    assert len([p for p in (output / "audio").rglob("*") if p.is_file()]) == len(GOOD)
+    assert len([p for p in (output / "video").rglob("*") if p.is_file()]) == len(GOOD)
     for row in rows.values():
+        stem = str(Path(name_of(row)).with_suffix(""))
+        assert row["audio_path"] == f"audio/{stem}.flac"
+        assert row["video_path"].startswith(f"video/{stem}.")
         samples, rate = read_track(output / row["audio_path"])
         decoded = decode_clip(row["source"], max_duration=8.0)
         assert row["audio_path"].endswith(".flac") and samples.dtype == np.int32  # 24-bit
@@ -305,6 +309,9 @@ def test_report_and_inspect_read_the_generation_run(catalog_run, tmp_path, capsy
     assert f"{len(GOOD)} clips ok, 1 flagged, 1 failed" in lines[0]
     first, second = lines[3].split(), lines[4].split()
     assert (first[1], first[2]) == (flagged[0], "desync") and second[2] == "-"
+    # the source, named under the catalog's folder, and the readable track to listen to
+    worst = results(output)[flagged[0]]
+    assert f"{name_of(worst)}  {worst['audio_path']}" in lines[3]
 
 
 def test_generation_qa_settings_are_checked_before_ray(tmp_path, catalog):

@@ -73,4 +73,5 @@ PLAN_FIELDS = [
     ("steps", pa.int64()),
     ("mask", pa.string()),
     ("input_hash", pa.string()),
+    ("name", pa.string()),
 ]

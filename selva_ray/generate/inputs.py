@@ -5,7 +5,10 @@ output folder already holds (finished clips, failed clips)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import os
+import posixpath
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -15,6 +18,7 @@ from selva_core.sampling import SamplerConfig
 from ..io.catalog import CatalogProblem, ClipRecord, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.identity import GENERATE_FIELDS, Redo, input_hash, plan_redo, stamp_rows
+from ..io.names import clip_names, file_stem, source_name, span_suffix
 from ..io.output_dir import Finished, OutputDir
 from ..io.windows import parent_of
 from .config import GenerateConfig, GenerateInputError
@@ -47,6 +51,23 @@ def feature_rows(uri: str) -> list[dict]:
         for k, item in enumerate(_read(out, path, [*columns, "input_hash"])):
             item["feature_hash"] = item.pop("input_hash")
             rows.append({**item, "feature_file": path, "feature_row": k, "row": None})
+    return name_feature_rows(rows)
+
+
+def name_feature_rows(rows: list[dict]) -> list[dict]:
+    """Readable output names of stored clips: the source relative to the folder all local
+    sources share (the file's stem for URIs), '.s<start>' for a clip that starts later; a
+    long video's windows share their video's name."""
+    local = [os.path.dirname(r["source"]) for r in rows if "://" not in (r["source"] or "")]
+    root = os.path.commonpath(local) if local else None
+    wanted = {}
+    for r in rows:
+        parent = parent_of(r["id"])
+        suffix = span_suffix(r["start"] or 0.0, None) if parent == r["id"] else ""
+        wanted.setdefault(parent, source_name(r["source"] or "", root) + suffix)
+    names = clip_names(list(wanted.items()))
+    for r in rows:
+        r["name"] = names[parent_of(r["id"])]
     return rows
 
 
@@ -140,11 +161,14 @@ def bad_settings(rows: list[dict]) -> list[CatalogProblem]:
     return problems
 
 
-def finished_clips(out: OutputDir, mux: bool, wanted: dict[str, str | None]) -> Redo:
+def finished_clips(
+    out: OutputDir, mux: bool, wanted: dict[str, str | None]
+) -> tuple[Redo, dict[str, str]]:
     """What the folder holds of `wanted` (id -> input hash now): done, failed before, and
     stale (made from another input: their files are deleted, then their rows, so a crash in
     between leaves rows without files, which the next run drops and redoes). Result rows
-    whose file is gone are dropped, so those clips are done again (exactly once)."""
+    whose file is gone are dropped, so those clips are done again (exactly once). Also
+    returns the owner of each file stem kept (`name_owners`)."""
     listed = {}
     for folder in ("audio", "video"):
         try:
@@ -188,7 +212,30 @@ def finished_clips(out: OutputDir, mux: bool, wanted: dict[str, str | None]) -> 
             len(redo.stale),
             removed,
         )
-    return redo
+    kept = {cid: rels for cid, rels in files.items() if cid not in redo.stale}
+    return redo, name_owners(kept)
+
+
+def name_owners(files: dict[str, list[str]]) -> dict[str, str]:
+    """File stem (folder/stem, compared without case) -> the id whose files use it."""
+    return {
+        posixpath.splitext(rel.split("/", 1)[-1])[0].casefold(): cid
+        for cid, rels in files.items()
+        for rel in rels
+    }
+
+
+def claim_names(rows: list[dict], owners: dict[str, str]) -> None:
+    """Give a row whose name is used by another clip's kept files (a video that left the
+    catalog, an id that changed) a digest of its id, so no rerun overwrites another clip's
+    file."""
+    for r in rows:
+        cid = parent_of(r["id"])
+        owner = owners.get(file_stem(cid, r.get("name")).casefold())
+        if owner is not None and owner != cid:
+            r["name"] = (
+                f"{r.get('name') or file_stem(cid)}-{hashlib.sha1(cid.encode()).hexdigest()[:8]}"
+            )
 
 
 def _read(out: OutputDir, path: str, columns: list[str]) -> list[dict]:

@@ -53,6 +53,7 @@ from .config import (
 from .inputs import (
     bad_settings,
     catalog_row,
+    claim_names,
     defaults,
     feature_rows,
     features_layout,
@@ -224,11 +225,12 @@ class GenerateJob(ShardedJob):
         problems = self.problems + bad
         wanted = {parent_of(r["id"]): r["input_hash"] for r in rows}
         wanted.update({p.id: p.input_hash or None for p in problems})
-        redo = finished_clips(out, config.mux, wanted)
+        redo, owners = finished_clips(out, config.mux, wanted)
         done, failed_before = redo.done, redo.failed
         summary.redone = len(redo.stale)
         finished = done | failed_before
         todo = [r for r in rows if parent_of(r["id"]) not in finished]
+        claim_names(todo, owners)
         new_problems = [p for p in problems if p.id not in finished]
         # long videos: window rows, one result per video (`parent_id`)
         todo, long_rows, long_problems = plan_long(todo, finished, config, self.spec, self.features)

@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 NAN = float("nan")
 # Per-clip generation settings that ride along through the extraction stages.
-GEN_COLUMNS = ("cfg", "steps")
+GEN_COLUMNS = ("cfg", "steps", "name")  # name: the readable output name (io.names)
 STATUS_COLUMNS = ("status", "stage", "error_type", "message")
 # what a results row takes from the pipeline row as it is, and the timings it renames
 RESULT_FIELDS = (
@@ -500,7 +500,7 @@ def _write_clip(out_dir: OutputDir, row: dict, track: TrackSettings) -> dict:
         )
     wav, gain = normalise(wav, sample_rate, target_lufs=track.loudness, ceiling_dbtp=track.peak)
     wav = wav.clamp(-1.0, 1.0)
-    name = file_stem(row["id"])
+    name = file_stem(row["id"], row.get("name"))
     audio_rel = f"audio/{name}.{audio_format}"
     video_rel = None
     local = out_dir.fs.type_name == "local"
