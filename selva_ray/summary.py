@@ -15,6 +15,7 @@ class ClipCounts:
     failed: int = 0
     skipped: int = 0  # finished before, same input
     failed_before: int = 0  # failed before, same input: skipped unless --retry-errors
+    redone: int = 0  # had a row made from another input (selva_ray.io.identity): done again
     wall_s: float = 0.0
     errors_by_stage: dict = field(default_factory=dict)
     has_errors_folder: bool = False
@@ -34,9 +35,12 @@ class ClipCounts:
         return 0
 
     def failed_before_text(self) -> str:
-        """', N failed before (...)' for a summary with a `failed_before` count, else ''."""
+        """', N failed before (...)' and '; N redone (...)' where those counts are set."""
         n = getattr(self, "failed_before", 0)
-        return f", {n} failed before (--retry-errors redoes them)" if n else ""
+        text = f", {n} failed before (--retry-errors redoes them)" if n else ""
+        if getattr(self, "redone", 0):
+            text += f"; {self.redone} redone (input changed)"
+        return text
 
     def where_text(self, first: str) -> str:
         """Where the output is; the errors folder only when it exists (`has_errors_folder`)."""

@@ -1,12 +1,14 @@
 """Catalog reading: folders with prompts.txt, manifests in three formats, ids, bad rows."""
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from selva_ray.io.catalog import CatalogError, clip_id, parse_prompts_file, read_catalog
+from selva_ray.io.names import file_stem
 
 
 def touch(path):
@@ -354,3 +356,38 @@ def test_a_prompts_line_naming_no_video_is_a_warning_in_every_job(tmp_path, capl
     _, everything = read_catalog(str(tmp_path))
     clips, warnings = split_problems(everything)  # extract's count
     assert clips == [] and warnings == 1
+
+
+def test_output_names_follow_the_source_path_under_the_catalog(tmp_path):
+    root = tmp_path / "lib"
+    for name in ("shows/ep1/scene3.mp4", "shows/ep2/scene3.mp4", "x/a.mp4", "x/A.mkv"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"")
+    records, _ = read_catalog(str(root))
+    names = {Path(r.source).relative_to(root).as_posix(): r.name for r in records}
+    assert names["shows/ep1/scene3.mp4"] == "shows/ep1/scene3"
+    assert names["shows/ep2/scene3.mp4"] == "shows/ep2/scene3"
+    # a.mp4 and A.mkv would share a file (on a case-blind file system): a digest each
+    assert names["x/a.mp4"].startswith("x/a-") and names["x/A.mkv"].startswith("x/A-")
+    again, _ = read_catalog(str(root))
+    assert [(r.id, r.name) for r in again] == [(r.id, r.name) for r in records]  # stable
+
+    manifest = root / "m.csv"
+    manifest.write_text(
+        "video,prompt,start,duration,id\n"
+        "shows/ep1/scene3.mp4,a,12.5,8,\n"
+        "shows/ep1/scene3.mp4,a,,,\n"
+        "x/a.mp4,a,,,my-take\n"
+    )
+    records, problems = read_catalog(str(manifest), max_duration=8.0)
+    assert not problems
+    assert [r.name for r in records] == ["shows/ep1/scene3.s12.5-d8", "shows/ep1/scene3", "my-take"]
+    assert [file_stem(r.id, r.name) for r in records][:2] == [r.name for r in records][:2]
+
+
+def test_file_stem_keeps_folders_and_makes_each_part_safe():
+    assert file_stem("abc", "shows/ep1/scene3") == "shows/ep1/scene3"
+    assert file_stem("abc", "../x/./.hidden/a:b") == "x/hidden/a_b"
+    assert file_stem("abc") == "abc" and file_stem("abc#w003") == "abc.w003"
+    odd = file_stem("a b/c")
+    assert "/" not in odd and odd.startswith("a_b_c-")

@@ -360,6 +360,28 @@ def test_a_changed_prompt_redoes_that_clip_and_replaces_its_row(cluster, catalog
     assert "errors in" not in second.lines()[2]  # no errors folder is named when there is none
 
 
+def test_a_video_rewritten_in_place_is_extracted_again(cluster, tmp_path):
+    """Same path, same catalog row, new file (size and mtime differ): a rerun redoes it."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name, seed in (("a.mp4", 0), ("b.mp4", 1)):
+        write_video(folder / name, duration=1.0, fps=25, size=(48, 32), seed=seed)
+    output = tmp_path / "out"
+    run = config(folder, output)
+    first = run_extract(run)
+    assert (first.ok, first.failed) == (2, 0)
+    old = read_features(str(output))
+    write_video(folder / "a.mp4", duration=1.0, fps=25, size=(48, 32), seed=7, pattern="noise")
+    second = run_extract(run)
+    assert (second.ok, second.skipped, second.redone) == (1, 1, 1)
+    new = read_features(str(output))
+    assert sorted(new["id"].to_pylist()) == sorted(old["id"].to_pylist())  # one row per id
+    a_id = old.filter(pa_equal("source", str(folder / "a.mp4")))["id"][0].as_py()
+    a_old, a_new = (t.filter(pa_equal("id", a_id)) for t in (old, new))
+    assert a_new["input_hash"][0] != a_old["input_hash"][0]
+    assert not read_tensor(a_new, "sync_f").equal(read_tensor(a_old, "sync_f"))
+
+
 def pa_equal(column: str, value: str):
     import pyarrow.compute as pc
 

@@ -195,9 +195,13 @@ def test_catalog_run_gives_a_track_and_a_video_per_good_clip(catalog_run, catalo
     assert summary.exit_code(fail_on_error=True) == 1
     rows = results(output)
     assert sorted(r["source"] for r in rows.values()) == sorted(str(catalog / n) for n in GOOD)
-    assert len(list((output / "audio").iterdir())) == len(GOOD)
-    assert len(list((output / "video").iterdir())) == len(GOOD)
+    # named after the source under the catalog: audio/rain/b0.flac, video/rain/b0.mp4
+    assert len([p for p in (output / "audio").rglob("*") if p.is_file()]) == len(GOOD)
+    assert len([p for p in (output / "video").rglob("*") if p.is_file()]) == len(GOOD)
     for row in rows.values():
+        stem = str(Path(name_of(row)).with_suffix(""))
+        assert row["audio_path"] == f"audio/{stem}.flac"
+        assert row["video_path"].startswith(f"video/{stem}.")
         samples, rate = read_track(output / row["audio_path"])
         decoded = decode_clip(row["source"], max_duration=8.0)
         assert row["audio_path"].endswith(".flac") and samples.dtype == np.int32  # 24-bit
@@ -305,6 +309,9 @@ def test_report_and_inspect_read_the_generation_run(catalog_run, tmp_path, capsy
     assert f"{len(GOOD)} clips ok, 1 flagged, 1 failed" in lines[0]
     first, second = lines[3].split(), lines[4].split()
     assert (first[1], first[2]) == (flagged[0], "desync") and second[2] == "-"
+    # the source, named under the catalog's folder, and the readable track to listen to
+    worst = results(output)[flagged[0]]
+    assert lines[3].split()[-2:] == [name_of(worst), worst["audio_path"]]
 
 
 def test_generation_qa_settings_are_checked_before_ray(tmp_path, catalog):
@@ -414,6 +421,44 @@ def test_rerun_does_only_clips_without_a_result_and_file(features, features_run)
     assert len(ids) == len(set(ids)) == len(GOOD)  # every clip exactly once
     after = tracks(output)
     assert rel_l2(after[victim["id"]], before[victim["id"]]) < 1e-5
+
+
+def test_an_edited_manifest_redoes_exactly_the_changed_clips(cluster, catalog, tmp_path):
+    """A new prompt (A), another source (B) and a source rewritten in place (C) are redone:
+    new audio, one row each, no old file left; the unchanged clip (D) is skipped."""
+    c_video = tmp_path / "c.mp4"
+    shutil.copy(catalog / "dog_bark/a2.mp4", c_video)
+    manifest = tmp_path / "m.csv"
+    a0, a1, a3 = (catalog / f"dog_bark/a{i}.mp4" for i in (0, 1, 3))
+    lines = {"A": f"A,{a0},bark", "B": f"B,{a1},bark", "C": f"C,{c_video},bark", "D": f"D,{a0},x"}
+    manifest.write_text("id,video,prompt\n" + "\n".join(lines.values()) + "\n")
+    output = tmp_path / "out"
+    run = config(manifest, output, batch_size=4, allow_roots=[str(catalog), str(tmp_path)])
+    first = run_generate(run)
+    assert (first.ok, first.failed) == (4, 0)
+    before = {i: (output / r["audio_path"]).read_bytes() for i, r in results(output).items()}
+    hashes = {i: r["input_hash"] for i, r in results(output).items()}
+    assert len(set(hashes.values())) == 4 and all(hashes.values())
+
+    lines["A"], lines["B"] = f"A,{a0},rain on a roof", f"B,{a3},bark"
+    manifest.write_text("id,video,prompt\n" + "\n".join(lines.values()) + "\n")
+    write_video(c_video, duration=1.0, fps=25, size=(64, 48), seed=5)  # same path, new file
+    again = run_generate(run)
+    assert (again.ok, again.failed, again.skipped, again.redone) == (3, 0, 1, 3)
+    assert "3 redone (input changed)" in again.lines()[0]
+    ids = pq.read_table(output / "results")["id"].to_pylist()
+    assert sorted(ids) == ["A", "B", "C", "D"]  # one row each
+    after = results(output)
+    assert after["A"]["prompt"] == "rain on a roof" and after["B"]["source"] == str(a3)
+    for i in "ABC":
+        assert (output / after[i]["audio_path"]).read_bytes() != before[i], i
+        assert after[i]["input_hash"] != hashes[i]
+    assert (output / after["D"]["audio_path"]).read_bytes() == before["D"]
+    assert after["D"]["input_hash"] == hashes["D"]
+    assert sorted(p.name for p in (output / "audio").rglob("*.flac")) == sorted(
+        Path(r["audio_path"]).name for r in after.values()
+    )  # no file of an old row is left
+    assert run_generate(run).skipped == 4  # and a third run has nothing to do
 
 
 def test_a_folder_made_with_other_settings_is_refused(features, features_run):

@@ -140,6 +140,42 @@ def test_qa_rerun_skips_and_other_thresholds_are_refused(qa_run, catalog):
         )
 
 
+def test_qa_rerun_measures_again_exactly_the_clips_whose_row_changed(cluster, catalog, tmp_path):
+    folder = catalog.parent
+    manifest = tmp_path / "m.jsonl"
+
+    def write(rows: list[dict]) -> None:
+        manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    rows = [
+        {"video": f"{folder}/ref.mkv", "prompt": "", "id": "ref"},
+        {"video": f"{folder}/late.mp4", "prompt": "", "id": "late"},
+        {"video": f"{folder}/late.mp4", "prompt": "", "id": "tail", "start": 2.0, "duration": 1.0},
+    ]
+    write(rows)
+    run = QAConfig(
+        input=str(manifest),
+        output=str(tmp_path / "out"),
+        desync_variant=None,
+        progress=False,
+        allow_roots=[str(folder)],
+    )
+    first = run_qa(run)
+    assert (first.ok, first.failed) == (3, 0)
+    old = by_id(read_results(run.output))
+    rows[0]["video"] = f"{folder}/loud.mkv"  # another source
+    rows[2]["start"], rows[2]["duration"] = 1.0, 2.0  # another span
+    write(rows)
+    again = run_qa(run)
+    assert (again.ok, again.failed, again.skipped, again.redone) == (2, 0, 1, 2)
+    new = by_id(read_results(run.output))
+    assert read_results(run.output).num_rows == 3  # one row per id
+    assert new["ref"]["source"].endswith("loud.mkv") and new["ref"]["qa_flags"] != []
+    assert new["tail"]["duration"] == pytest.approx(2.0, abs=0.05)
+    assert new["late"]["input_hash"] == old["late"]["input_hash"]
+    assert new["late"]["t_qa"] == old["late"]["t_qa"]  # the very row of the first run
+
+
 def test_qa_command_threshold_flags_and_bad_file(cluster, catalog, tmp_path, capsys):
     out = tmp_path / "cli-run"
     code = main(

@@ -16,6 +16,7 @@ from selva_core.variants import get_spec
 from .. import validate
 from ..io.catalog import CatalogProblem, check_not_empty, read_catalog, split_problems
 from ..io.feature_schema import FeatureLayout
+from ..io.identity import plan_redo
 from ..io.output_dir import OutputDir
 from ..io.windows import (
     WindowSettings,
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExtractSummary(ClipCounts):
-    redone: int = 0  # had a row computed from a different catalog row: computed again
     warnings: int = 0  # catalog problems that are not clips (prompts.txt lines, symlink loops)
 
     def lines(self) -> list[str]:
@@ -52,7 +52,7 @@ class ExtractSummary(ClipCounts):
         if self.failed_before:
             first += f", {self.failed_before} failed before (--retry-errors redoes them)"
         if self.redone:
-            first += f"; {self.redone} redone (catalog row changed)"
+            first += f"; {self.redone} redone (input changed)"
         if self.warnings:
             first += f"; {self.warnings} catalog warning(s)"
         where = f"features in {self.output}"
@@ -212,20 +212,16 @@ def _plan(
     finished = out.finished()
     clip_problems, summary.warnings = split_problems(problems)
     summary.catalog = len({r.get("parent_id") or r["id"] for r in records}) + len(clip_problems)
-    todo, new_problems, stale = [], [], set()
     items = [(r, r["id"], r["input_hash"]) for r in records]
     items += [(p, p.id, p.input_hash or None) for p in clip_problems]
-    for item, cid, digest in items:
-        done = finished.get(cid)
-        if done is not None and (done.input_hash is None or done.input_hash == digest):
-            if done.kind == "features":
-                summary.skipped += 1
-            else:
-                summary.failed_before += 1
-            continue
-        if done is not None:
-            stale.add(cid)
-        (todo if isinstance(item, dict) else new_problems).append(item)
+    redo = plan_redo(finished, {cid: digest for _, cid, digest in items}, "features")
+    summary.skipped = sum(cid in redo.done for _, cid, _ in items)
+    summary.failed_before = sum(cid in redo.failed for _, cid, _ in items)
+    skip = redo.done | redo.failed
+    left = [item for item, cid, _ in items if cid not in skip]
+    todo = [item for item in left if isinstance(item, dict)]
+    new_problems = [item for item in left if not isinstance(item, dict)]
+    stale = set(redo.stale)
     stale |= stale_windows(finished, records, stale)
     if stale:
         removed = out.remove_ids(stale, finished)

@@ -82,4 +82,7 @@ def order_batches(rows: list[dict], spec, batch_size: int, shard_size: int, run:
     return batches
 
 
-PLAN_FIELDS = [(k, ROW_TYPES[k]) for k in (*ROW_COLUMNS, "duration", "cfg", "steps", "mask")]
+PLAN_FIELDS = [
+    (k, ROW_TYPES[k])
+    for k in (*ROW_COLUMNS, "duration", "cfg", "steps", "mask", "input_hash", "name")
+]

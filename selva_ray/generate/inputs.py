@@ -4,7 +4,11 @@ output folder already holds (finished clips, failed clips)."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow.fs as pafs
@@ -14,7 +18,10 @@ from selva_core.sampling import SamplerConfig
 
 from ..io.catalog import CatalogProblem, ClipRecord, resolve
 from ..io.feature_schema import FeatureLayout
-from ..io.output_dir import OutputDir
+from ..io.identity import GENERATE_FIELDS, Redo, input_hash, plan_redo, stamp_rows
+from ..io.names import clip_names, file_stem, source_name, span_suffix
+from ..io.output_dir import Finished, OutputDir
+from ..io.windows import parent_of
 from .config import GenerateConfig, GenerateInputError
 
 log = logging.getLogger(__name__)
@@ -42,9 +49,26 @@ def feature_rows(uri: str) -> list[dict]:
     rows = []
     columns = ["id", "source", "prompt", "negative_prompt", "seed", "start", "duration"]
     for path in out.part_files():
-        table = pq.read_table(path, columns=columns, filesystem=out.fs)
-        for k, item in enumerate(table.to_pylist()):
+        for k, item in enumerate(_read(out, path, [*columns, "input_hash"])):
+            item["feature_hash"] = item.pop("input_hash")
             rows.append({**item, "feature_file": path, "feature_row": k, "row": None})
+    return name_feature_rows(rows)
+
+
+def name_feature_rows(rows: list[dict]) -> list[dict]:
+    """Readable output names of stored clips: the source relative to the folder all local
+    sources share (the file's stem for URIs), '.s<start>' for a clip that starts later; a
+    long video's windows share their video's name."""
+    local = [os.path.dirname(r["source"]) for r in rows if "://" not in (r["source"] or "")]
+    root = os.path.commonpath(local) if local else None
+    wanted = {}
+    for r in rows:
+        parent = parent_of(r["id"])
+        suffix = span_suffix(r["start"] or 0.0, None) if parent == r["id"] else ""
+        wanted.setdefault(parent, source_name(r["source"] or "", root) + suffix)
+    names = clip_names(list(wanted.items()))
+    for r in rows:
+        r["name"] = names[parent_of(r["id"])]
     return rows
 
 
@@ -125,6 +149,27 @@ def catalog_row(record: ClipRecord, config: GenerateConfig) -> dict:
     return row
 
 
+def hash_rows(rows: list[dict], config: GenerateConfig, features: bool) -> None:
+    """Set each plan row's `input_hash` (after `defaults`): catalog input from its values,
+    source file and mask (`identity.stamp_rows`); features input from its values and the
+    stored row's own hash, the windows of one video sharing one hash (one result row)."""
+    if not features:
+        stamp_rows(
+            rows, GENERATE_FIELDS, mask_strength=config.mask_strength, mask_paths=config.mask_paths
+        )
+        return
+    by_video: dict[str, list[dict]] = {}
+    for r in rows:
+        r["input_hash"] = input_hash(r, GENERATE_FIELDS, f"features:{r.get('feature_hash')}")
+        by_video.setdefault(parent_of(r["id"]), []).append(r)
+    for members in by_video.values():
+        if len(members) > 1:
+            members.sort(key=lambda r: r["id"])
+            joint = input_hash({"windows": [m["input_hash"] for m in members]}, ["windows"], None)
+            for m in members:
+                m["input_hash"] = joint
+
+
 def bad_settings(rows: list[dict]) -> list[CatalogProblem]:
     problems = []
     for r in rows:
@@ -132,33 +177,92 @@ def bad_settings(rows: list[dict]) -> list[CatalogProblem]:
             SamplerConfig(num_steps=r["steps"], cfg_strength=r["cfg"])
         except ValueError as exc:
             row = r["row"] if r.get("row") is not None else -1
-            problems.append(CatalogProblem(r["id"], r["source"], row, str(exc)))
+            problems.append(
+                CatalogProblem(r["id"], r["source"], row, str(exc), input_hash=r["input_hash"])
+            )
     return problems
 
 
-def finished_clips(out: OutputDir, mux: bool) -> tuple[set[str], set[str]]:
-    """(ids with a committed result row whose files exist, ids with an error row). Result
-    rows whose file is gone are dropped, so those clips are done again (exactly once)."""
+def finished_clips(
+    out: OutputDir, mux: bool, wanted: dict[str, str | None]
+) -> tuple[Redo, dict[str, str]]:
+    """What the folder holds of `wanted` (id -> input hash now): done, failed before, and
+    stale (made from another input: their files are deleted, then their rows, so a crash in
+    between leaves rows without files, which the next run drops and redoes). Result rows
+    whose file is gone are dropped, so those clips are done again (exactly once). Also
+    returns the owner of each file stem kept (`name_owners`)."""
     listed = {}
     for folder in ("audio", "video"):
         try:
-            infos = out.fs.get_file_info(pafs.FileSelector(out.path(folder)))
-            listed[folder] = {f"{folder}/{i.base_name}" for i in infos}
+            infos = out.fs.get_file_info(pafs.FileSelector(out.path(folder), recursive=True))
+            root = out.path(folder).rstrip("/") + "/"
+            listed[folder] = {f"{folder}/{i.path[len(root) :]}" for i in infos}
         except FileNotFoundError:
             listed[folder] = set()
-    done, stale = set(), set()
+    finished: dict[str, Finished] = {}
+    errors: dict[str, Finished] = {}
+    files: dict[str, list[str]] = {}
+    for path in out.part_files(errors=True):
+        for item in _read(out, path, ["id", "input_hash"]):
+            finished[item["id"]] = errors[item["id"]] = Finished("errors", item["input_hash"], path)
+    missing = set()
     for path in out.part_files(kind="results"):
-        table = pq.read_table(path, columns=["id", "audio_path", "video_path"], filesystem=out.fs)
-        for item in table.to_pylist():
+        for item in _read(out, path, ["id", "audio_path", "video_path", "input_hash"]):
             whole = item["audio_path"] in listed["audio"] and (
                 not mux or (item["video_path"] or "") in listed["video"]
             )
-            (done if whole else stale).add(item["id"])
-    stale -= done
-    if stale:
-        log.info("%d result row(s) without their file: doing those clips again", len(stale))
-        out.drop_rows("results", stale)
-    failed = set()
-    for path in out.part_files(errors=True):
-        failed.update(pq.read_table(path, columns=["id"], filesystem=out.fs)["id"].to_pylist())
-    return done, failed - done
+            if not whole:
+                missing.add(item["id"])
+                continue
+            finished[item["id"]] = Finished("results", item["input_hash"], path)
+            files[item["id"]] = [p for p in (item["audio_path"], item["video_path"]) if p]
+    missing -= {i for i, f in finished.items() if f.kind == "results"}
+    if missing:
+        log.info("%d result row(s) without their file: doing those clips again", len(missing))
+        out.drop_rows("results", missing)
+    redo = plan_redo(finished, wanted, "results")
+    if redo.stale:
+        for cid in sorted(redo.stale):
+            for rel in files.get(cid, []):
+                with contextlib.suppress(FileNotFoundError):
+                    out.fs.delete_file(out.path(rel))
+        results = {i: f for i, f in finished.items() if f.kind == "results"}
+        removed = out.remove_ids(redo.stale, results) + out.remove_ids(redo.stale, errors)
+        log.info(
+            "%d clip(s) changed since their output was made: removed %d old row(s) and their "
+            "files; doing them again",
+            len(redo.stale),
+            removed,
+        )
+    kept = {cid: rels for cid, rels in files.items() if cid not in redo.stale}
+    return redo, name_owners(kept)
+
+
+def name_owners(files: dict[str, list[str]]) -> dict[str, str]:
+    """File stem (folder/stem, compared without case) -> the id whose files use it."""
+    return {
+        posixpath.splitext(rel.split("/", 1)[-1])[0].casefold(): cid
+        for cid, rels in files.items()
+        for rel in rels
+    }
+
+
+def claim_names(rows: list[dict], owners: dict[str, str]) -> None:
+    """Give a row whose name is used by another clip's kept files (a video that left the
+    catalog, an id that changed) a digest of its id, so no rerun overwrites another clip's
+    file."""
+    for r in rows:
+        cid = parent_of(r["id"])
+        owner = owners.get(file_stem(cid, r.get("name")).casefold())
+        if owner is not None and owner != cid:
+            r["name"] = (
+                f"{r.get('name') or file_stem(cid)}-{hashlib.sha1(cid.encode()).hexdigest()[:8]}"
+            )
+
+
+def _read(out: OutputDir, path: str, columns: list[str]) -> list[dict]:
+    """Rows of a part file, columns it lacks (written before they existed) as None."""
+    names = pq.read_schema(path, filesystem=out.fs).names
+    have = [c for c in columns if c in names]
+    rows = pq.read_table(path, columns=have, filesystem=out.fs).to_pylist()
+    return [{c: r.get(c) for c in columns} for r in rows]

@@ -58,10 +58,12 @@ from .config import (
 from .inputs import (
     bad_settings,
     catalog_row,
+    claim_names,
     defaults,
     feature_rows,
     features_layout,
     finished_clips,
+    hash_rows,
     planned_durations,
     read_catalog,
 )
@@ -145,6 +147,7 @@ class GenerateJob(ShardedJob):
             for row in rows:
                 row.update(defaults(row, config))
                 row["planned"] = row["duration"]
+        hash_rows(rows, config, self.features is not None)
         self.rows, self.problems = rows, problems
         validate.check_output_writable(config.output)
 
@@ -278,9 +281,14 @@ class GenerateJob(ShardedJob):
         bad_ids = {p.id for p in bad}
         rows = [r for r in self.rows if r["id"] not in bad_ids]
         problems = self.problems + bad
-        done, failed_before = finished_clips(out, config.mux)
+        wanted = {parent_of(r["id"]): r["input_hash"] for r in rows}
+        wanted.update({p.id: p.input_hash or None for p in problems})
+        redo, owners = finished_clips(out, config.mux, wanted)
+        done, failed_before = redo.done, redo.failed
+        summary.redone = len(redo.stale)
         finished = done | failed_before
-        todo = [r for r in rows if r["id"] not in finished]
+        todo = [r for r in rows if parent_of(r["id"]) not in finished]
+        claim_names(todo, owners)
         new_problems = [p for p in problems if p.id not in finished]
         # long videos: window rows, one result per video (`parent_id`)
         todo, long_rows, long_problems = plan_long(todo, finished, config, self.spec, self.features)
@@ -512,7 +520,7 @@ class GenerateJob(ShardedJob):
             config.join,
             plan["generator"].actors,
         )
-        fields = [*PLAN_FIELDS, *((c, None) for c in WINDOW_PLAN_COLUMNS), ("input_hash", None)]
+        fields = [*PLAN_FIELDS, *((c, None) for c in WINDOW_PLAN_COLUMNS if c != "mask")]
         ds = self.head(rows, fields, plan, batch_size)
         clip_f = spec.uses_clip_frames if self.features is None else bool(self.features.clip_len)
         tensors = ("sync_f", "text_f", *(["clip_f"] if clip_f else []))

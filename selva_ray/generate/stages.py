@@ -48,12 +48,12 @@ log = logging.getLogger(__name__)
 
 NAN = float("nan")
 # Per-clip generation settings that ride along through the extraction stages.
-GEN_COLUMNS = ("cfg", "steps")
+GEN_COLUMNS = ("cfg", "steps", "name")  # name: the readable output name (io.names)
 STATUS_COLUMNS = ("status", "stage", "error_type", "message")
 # what a results row takes from the pipeline row as it is, and the timings it renames
 RESULT_FIELDS = (
     "id", "source", "row", "prompt", "negative_prompt", "seed", "cfg", "steps", "duration",
-    "shard", "worker",
+    "shard", "worker", "input_hash",
 )  # fmt: skip
 TIMINGS = {
     "decode_s": "t_decode",
@@ -474,7 +474,7 @@ def write_outputs(
             if rel:
                 with contextlib.suppress(FileNotFoundError):
                     out_dir.fs.delete_file(out_dir.path(rel))
-        keep = {"id", "source", "shard", "row"}
+        keep = {"id", "source", "shard", "row", "input_hash"}
         records[i] = {k: (v if k in keep else None) for k, v in values.items()}
         records[i].update(error_result(values, "write", exc), qa_flags=[])
 
@@ -502,7 +502,7 @@ def _write_clip(out_dir: OutputDir, row: dict, track: TrackSettings) -> dict:
         )
     wav, gain = normalise(wav, sample_rate, target_lufs=track.loudness, ceiling_dbtp=track.peak)
     wav = wav.clamp(-1.0, 1.0)
-    name = file_stem(row["id"])
+    name = file_stem(row["id"], row.get("name"))
     audio_rel = f"audio/{name}.{audio_format}"
     video_rel = None
     local = out_dir.fs.type_name == "local"

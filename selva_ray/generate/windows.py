@@ -171,6 +171,7 @@ class WindowAssembler:
             "start": first["start"] - first["window_start"],
             "duration": first["parent_duration"],
             "input_hash": first.get("input_hash"),
+            "name": first.get("name"),
             "cfg": first["cfg"],
             "steps": first["steps"],
             "decode_s": _sum(w.get("decode_s") for w in wins),

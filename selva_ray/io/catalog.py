@@ -26,13 +26,13 @@ import os
 import posixpath
 import unicodedata
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from ..errors import MAX_CFG, MAX_SEED, MAX_STEPS, UsageError
-from .names import id_problem
+from .names import clip_names, id_problem, source_name, span_suffix
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class ClipRecord:
     steps: int | None = None  # generation only; None: the job's --steps
     row: int = -1  # manifest row (0-based) or listing index, for error messages
     mask: str | None = None  # object mask (image or video aligned with the clip), path or URI
+    name: str | None = None  # readable output name (names.clip_names); None: from the id
 
     def to_row(self) -> dict:
         # the fields are scalars: no deep copy (`asdict`) needed
@@ -344,7 +345,13 @@ def _read_folder(
     for index, path in enumerate(videos):
         source = _display(fs, path, original)
         prompt, origin = _folder_prompt(path, prompt_files)
-        record = ClipRecord(id=clip_id(source, 0.0, None), source=source, prompt=prompt, row=index)
+        record = ClipRecord(
+            id=clip_id(source, 0.0, None),
+            source=source,
+            prompt=prompt,
+            row=index,
+            name=source_name(source, _display(fs, root, original)),
+        )
         if require_prompt and blank_prompt(prompt):
             problems.append(
                 CatalogProblem(
@@ -635,6 +642,9 @@ def _typed_row(
         steps=steps,
         row=row,
         mask=mask,
+        name=cid
+        if raw_id not in (None, "")
+        else source_name(source, base) + span_suffix(start, duration),
     )
 
 
@@ -890,4 +900,5 @@ def _validate(
             continue
         seen[r.id] = r.row
         ok.append(r)
-    return ok, problems
+    names = clip_names([(r.id, r.name or r.id) for r in ok])
+    return [replace(r, name=names[r.id]) for r in ok], problems

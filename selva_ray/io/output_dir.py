@@ -416,7 +416,7 @@ class OutputDir:
         removed = 0
         for folder in folders:
             try:
-                infos = self.fs.get_file_info(pafs.FileSelector(self.path(folder)))
+                infos = self.fs.get_file_info(pafs.FileSelector(self.path(folder), recursive=True))
             except FileNotFoundError:
                 continue
             for info in infos:

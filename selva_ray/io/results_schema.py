@@ -69,6 +69,12 @@ COLUMNS: list[tuple[str, pa.DataType, str]] = [
     ("t_qa", pa.float64(), "seconds computing the QA metrics (DeSync included)"),
     ("t_desync", pa.float64(), "seconds of DeSync scoring on the model actor (null: none)"),
     ("settings_hash", pa.string(), "hash of the run's settings (_meta.json)"),
+    (
+        "input_hash",
+        pa.string(),
+        "hash of what the row was computed from (catalog values, source size and mtime, "
+        "mask); a rerun redoes a clip whose hash changed (selva_ray.io.identity)",
+    ),
     # long videos (generate --window): one row per video, null for an ordinary clip
     ("windows", pa.int32(), "windows the video was generated in (null: an ordinary clip)"),
     ("join", pa.string(), "how the windows were joined: continue | crossfade"),

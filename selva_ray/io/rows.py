@@ -51,6 +51,8 @@ ROW_TYPES = {
     "cfg": pa.float64(),
     "steps": pa.int64(),
     "mask": pa.string(),
+    "input_hash": pa.string(),
+    "name": pa.string(),
 }
 
 

@@ -18,8 +18,6 @@ wrong with it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +26,7 @@ from dataclasses import dataclass
 from selva_core.defaults import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 from .. import errors as validate
+from .identity import EXTRACT_FIELDS, stamp_rows
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +72,6 @@ def check_window_args(window: float | None, overlap: float | None) -> None:
             raise validate.UsageError(
                 f"--overlap must be at most half the window ({window / 2:g} s), got {overlap}"
             )
-
-
-def mask_digest(source: str, strength: float, paths: Iterable[str]) -> str:
-    """`MaskSettings.digest` of a mask path or URI (file content + strength + paths)."""
-    from selva_core.video.mask import MaskSettings
-
-    from .rows import local_copy
-
-    with local_copy(source) as path:
-        return MaskSettings(path, float(strength), tuple(paths)).digest()
-
-
-def with_mask(input_hash: str, digest: str | None) -> str:
-    """A clip's input hash, extended by its mask digest when it has a mask (unchanged
-    otherwise, so unmasked rows keep the hash they had before masks existed)."""
-    if not digest:
-        return input_hash
-    blob = json.dumps([input_hash, digest]).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def probe_length(source: str) -> float | None:
@@ -243,25 +223,20 @@ def parse_mask_paths(text: str) -> tuple[str, ...]:
 
 def catalog_rows(records, config) -> list[dict]:
     """Plan rows of catalog records (before windows): the record's fields, `duration` (the
-    catalog's, else the run's max duration), `catalog_duration`, and `input_hash` extended by
-    the digest of the clip's mask (a changed mask file or strength redoes the clip)."""
+    catalog's, else the run's max duration), `catalog_duration`, and `input_hash`
+    (`identity.stamp_rows`: the catalog values, the source file's identity and the mask's
+    digest; a change redoes the clip)."""
     rows = []
-    masks: dict[str, str] = {}  # each mask file is read once, however many rows use it
     for r in records:
         row = r.to_row()
         row["catalog_duration"] = r.duration
-        row["duration"] = r.duration or config.max_duration
-        digest = None
-        if r.mask:
-            digest = masks.get(r.mask)
-            if digest is None:
-                try:
-                    digest = mask_digest(r.mask, config.mask_strength, config.mask_paths)
-                except Exception as exc:  # noqa: BLE001 - the decode stage names the problem
-                    digest = f"unreadable:{exc}"
-                masks[r.mask] = digest
-        row["input_hash"] = with_mask(r.input_hash(), digest)
         rows.append(row)
+    # hashed with the catalog's duration (None: to the end), as before windows existed
+    stamp_rows(
+        rows, EXTRACT_FIELDS, mask_strength=config.mask_strength, mask_paths=config.mask_paths
+    )
+    for row in rows:
+        row["duration"] = row["catalog_duration"] or config.max_duration
     return rows
 
 
@@ -306,7 +281,6 @@ __all__ = [
     "clip_extents",
     "clip_windows",
     "expand",
-    "mask_digest",
     "parent_of",
     "parse_mask_paths",
     "plan_rows",
@@ -316,5 +290,4 @@ __all__ = [
     "stale_windows",
     "window_id",
     "window_rows",
-    "with_mask",
 ]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from selva_core.qa.metrics import CLIP_LEVEL, SILENCE_DBFS, TRUE_PEAK_OVERSAMPLING
 
 from .. import validate
+from ..io.identity import QA_FIELDS, plan_redo, stamp_rows
 from ..io.output_dir import OutputDir
 from ..io.results_schema import RESULTS_VERSION
 from ..runner.plan import Plan, plan_one_model
@@ -101,6 +102,7 @@ class QAJob(ShardedJob):
                 offline=config.offline,
                 keys=validate.desync_weight_keys(config.desync_variant, config.desync),
             )
+        self.rows = stamp_rows([r.to_row() for r in self.records], QA_FIELDS)
         self.settings = qa_settings(config)
         validate.check_output_writable(config.output)
 
@@ -137,15 +139,21 @@ class QAJob(ShardedJob):
 
     def select(self, out: OutputDir, summary: QASummary) -> Selection:
         finished = out.finished()
-        ids = [r.id for r in self.records] + [p.id for p in self.problems]
-        summary.catalog = len(ids)
-        summary.skipped = sum(i in finished and finished[i].kind != "errors" for i in ids)
-        summary.failed_before = sum(i in finished and finished[i].kind == "errors" for i in ids)
-        todo = [r for r in self.records if r.id not in finished]
+        wanted = {r["id"]: r["input_hash"] for r in self.rows}
+        wanted.update({p.id: p.input_hash or None for p in self.problems})
+        redo = plan_redo(finished, wanted, "results")
+        summary.catalog = len(wanted)
+        summary.skipped, summary.failed_before = len(redo.done), len(redo.failed)
+        if redo.stale:
+            summary.redone = len(redo.stale)
+            out.remove_ids(redo.stale, finished)
+            log.info("%d clip(s) changed since they were measured: measured again", len(redo.stale))
+        skip = redo.done | redo.failed
+        todo = [r for r in self.rows if r["id"] not in skip]
         log.info(
-            "%d clips in catalog, %d to do, %d already done", len(ids), len(todo), summary.skipped
+            "%d clips in catalog, %d to do, %d already done", len(wanted), len(todo), len(redo.done)
         )
-        return Selection(todo, [p for p in self.problems if p.id not in finished])
+        return Selection(todo, [p for p in self.problems if p.id not in skip])
 
     def pipelines(self, selection: Selection, plan: Plan | None, run: str) -> list[Pipeline]:
         import ray
@@ -153,8 +161,8 @@ class QAJob(ShardedJob):
         config = self.config
         digest = self.settings_hash
         rows = []
-        for i, record in enumerate(selection.todo):
-            row = record.to_row()
+        for i, item in enumerate(selection.todo):
+            row = dict(item)
             row["shard"] = f"{run}-{i // config.shard_size:05d}"
             rows.append(row)
         expected = Counter(r["shard"] for r in rows)

@@ -45,7 +45,16 @@ def measure_batch(
         values.update(
             {
                 k: row.get(k)
-                for k in ("id", "source", "prompt", "negative_prompt", "seed", "cfg", "steps")
+                for k in (
+                    "id",
+                    "source",
+                    "prompt",
+                    "negative_prompt",
+                    "seed",
+                    "cfg",
+                    "steps",
+                    "input_hash",
+                )  # fmt: skip
             }
         )
         values.update(audio_path="", video_path=row["source"], settings_hash=settings_hash)

@@ -28,7 +28,7 @@ from selva_core.qa import QA_METRICS
 from ..io.catalog import resolve
 from ..io.names import file_stem
 from . import plots
-from .run_folder import RunFolder, RunFolderError, clip_name, load_run, rank_clips
+from .run_folder import RunFolder, RunFolderError, clip_name, load_run, rank_clips, source_root
 
 log = logging.getLogger(__name__)
 REPORT_DIR = "report"
@@ -412,6 +412,7 @@ def _clips_table(
     head += [("prompt", "prompt"), ("video", "")]
     body = []
     images = 0
+    root = source_root(run.results)
     for rank, r in enumerate(rows, 1):
         media = run.media_path(r)
         spec = "<div>no audio</div>"
@@ -433,7 +434,7 @@ def _clips_table(
         flag_html = "".join(f"<span class='flag'>{esc(f)}</span>" for f in flags) or (
             "<span class='ok'>ok</span>"
         )
-        name = clip_name(r)
+        name = clip_name(r, root)
         clip_html = (f"<b>{esc(name)}</b><div class='muted id'>{esc(r.get('id'))}</div>"
                      if name else f"<span class='id'>{esc(r.get('id'))}</span>")  # fmt: skip
         cells = [

@@ -111,11 +111,22 @@ class RunFolder:
         return os.path.join(self.root, path)
 
 
-def clip_name(row: dict) -> str:
-    """What a person calls a clip: its source file's name, with the start when the clip is
-    a window of it (ids are hashes)."""
-    source = plain_source(str(row.get("source") or ""))
-    name = source.rstrip("/").rsplit("/", 1)[-1]
+def source_root(rows: list[dict]) -> str | None:
+    """The folder all local sources of a run share (None: none, or only URIs)."""
+    folders = [os.path.dirname(plain_source(s)) for r in rows if (s := str(r.get("source") or ""))]
+    local = [f for f in folders if "://" not in f and f.startswith("/")]
+    return os.path.commonpath(local) if local and len(local) == len(folders) else None
+
+
+def clip_name(row: dict, root: str | None = None) -> str:
+    """What a person calls a clip: its source file's path under `root` (`source_root` of the
+    run: `shows/ep1/scene3.mp4`), else its file name, with the start when the clip is a
+    window of it (ids are hashes)."""
+    source = plain_source(str(row.get("source") or "")).rstrip("/")
+    if root and source.startswith(root.rstrip("/") + "/"):
+        name = source[len(root.rstrip("/")) + 1 :]
+    else:
+        name = source.rsplit("/", 1)[-1]
     start = row.get("start")
     if name and isinstance(start, int | float) and start > 0:
         name += f" @{start:g} s"
