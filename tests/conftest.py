@@ -60,12 +60,38 @@ LONGEST_FIRST = (
     "test_ray_job_submit.py",
     "test_runner.py",
     "test_generate_job.py",
+    "test_object_storage.py",
+    "test_extract_job.py",
+    "test_runner_gpus.py",
 )
 
 
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile`, but a process is handed its next module only when it is on the last
+    test of its current one (xdist's default queues the next module once fewer than 3 tests
+    are left, so a short module of 2 long tests, like the demo's, keeps another long module
+    waiting behind it while other processes run out of work)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class OneModuleAtATime(LoadFileScheduling):
+        def _reschedule(self, node) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            # a process runs a test once it knows the next one: 1 pending is its last test
+            if self._pending_of(self.assigned_work[node]) <= 1:
+                self._assign_work_unit(node)
+
+    return OneModuleAtATime(config, log)
 
 
 def pytest_sessionfinish(session, exitstatus):
