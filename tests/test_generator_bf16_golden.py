@@ -41,9 +41,10 @@ CONDS = ("cond_clip_f", "cond_sync_f", "cond_text_f", "cond_clip_f_c", "cond_tex
 FLOWS = ("flow", "flow_uncond_negtext")
 SAMPLES = ("sample_negtext", "sample_negtext_unnorm", "sample_emptystr")
 
-# 1. Same roundings, plain kernels: measured 0 (bit-equal); 1e-3 leaves room for another CPU's
-#    bf16 GEMM blocking, 8x below the smallest real divergence measured (7.8e-3).
-MATCHED_TOL = 1e-3
+# 1. Same roundings, plain kernels: measured 0 (bit-equal) on avx512_bf16; 3e-3 leaves room
+#    for another CPU's bf16 GEMM (AMX, or bf16 emulated without native support), 2.6x below the
+#    smallest real divergence measured (7.8e-3: our CPU fast paths alone).
+MATCHED_TOL = 3e-3
 # 2. Shipped bf16 path vs official bf16, relative L2; measured on the v1 fixture:
 #    conditions <= 4.2e-4, flows 9.6e-3, samples 1.74e-2.
 SHIPPED_TOL = {"cond": 2e-3, "flow": 2e-2, "sample": 3.5e-2}
@@ -189,8 +190,8 @@ def test_golden_bf16_check_tells_fp32_and_a_perturbed_weight_apart(pair):
     """The same-roundings check is not passed by our model in fp32, nor by one weight off 1 %."""
     fx, _, official = pair
     fp32 = official_rounding_outputs(_build(fx, torch.float32), fx)
-    assert rel_l2(fp32["flow"], official["flow"].float()) > 5 * MATCHED_TOL
+    assert rel_l2(fp32["flow"], official["flow"].float()) > 2 * MATCHED_TOL
     key = "joint_blocks.0.latent_block.attn.qkv.weight"
     state = {k: v * 1.01 if k == key else v for k, v in fx.state.items()}
     ours = official_rounding_outputs(_build(fx, BF16, state), fx)
-    assert rel_l2(ours["flow"], official["flow"].float()) > 5 * MATCHED_TOL
+    assert rel_l2(ours["flow"], official["flow"].float()) > 2 * MATCHED_TOL
