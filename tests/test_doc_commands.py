@@ -186,6 +186,6 @@ def test_the_documented_commands_run(tmp_path):
     assert train["ray"]["kind"] == "private" and train["plan"]["workers"] == 2
     assert 2 * train["plan"]["cpus_per_worker"] + train["plan"]["reader_cpus"] <= cores
     assert (tmp_path / "runs/a/adapter.safetensors").is_file()
-    assert len(list((tmp_path / "dubbed/video").glob("*.mp4"))) == 6
+    assert len(list((tmp_path / "dubbed/video").rglob("*.mp4"))) == 6  # named after the sources
     assert (tmp_path / "qa-tiny/report/index.html").is_file()
     assert (tmp_path / "park.flac").is_file() and (tmp_path / "park.dubbed.mp4").is_file()

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from selva_core.defaults import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 from .. import errors as validate
-from .identity import EXTRACT_FIELDS, stamp_rows
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +231,8 @@ def catalog_rows(records, config) -> list[dict]:
         row["catalog_duration"] = r.duration
         rows.append(row)
     # hashed with the catalog's duration (None: to the end), as before windows existed
+    from .identity import EXTRACT_FIELDS, stamp_rows  # pyarrow: not on the `--help` path
+
     stamp_rows(
         rows, EXTRACT_FIELDS, mask_strength=config.mask_strength, mask_paths=config.mask_paths
     )
