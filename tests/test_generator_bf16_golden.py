@@ -78,9 +78,15 @@ def _build(fx, dtype: torch.dtype, state: dict | None = None) -> Generator:
     return model.to(dtype).requires_grad_(False)
 
 
-def _conditions(model: Generator, i: dict) -> dict[str, torch.Tensor]:
+def _conditions_and_flows(model: Generator, i: dict) -> tuple[dict, object, object]:
+    """The condition and flow outputs both paths share, with the conditions (prompt and
+    negative text) their sampling goes on from."""
     cond = model.preprocess_conditions(i["clip_f"], i["sync_f"], i["text_f"])
-    return {n: getattr(cond, n[5:]) for n in CONDS}
+    out = {n: getattr(cond, n[5:]) for n in CONDS}
+    out["flow"] = model(i["latent"], i["clip_f"], i["sync_f"], i["text_f"], i["t"])
+    neg = model.empty_conditions(i["latent"].shape[0], negative_text_f=i["neg_text_f"])
+    out["flow_uncond_negtext"] = model.predict_flow(i["latent"], i["t"], neg)
+    return out, cond, neg
 
 
 def shipped_outputs(model: Generator, fx) -> dict[str, torch.Tensor]:
@@ -88,11 +94,7 @@ def shipped_outputs(model: Generator, fx) -> dict[str, torch.Tensor]:
     i, cfg = fx.inputs, fx.config
     b = i["latent"].shape[0]
     with torch.no_grad():
-        out = _conditions(model, i)
-        out["flow"] = model(i["latent"], i["clip_f"], i["sync_f"], i["text_f"], i["t"])
-        cond = model.preprocess_conditions(i["clip_f"], i["sync_f"], i["text_f"])
-        neg = model.empty_conditions(b, negative_text_f=i["neg_text_f"])
-        out["flow_uncond_negtext"] = model.predict_flow(i["latent"], i["t"], neg)
+        out, cond, neg = _conditions_and_flows(model, i)
         sampler = SamplerConfig(cfg["num_steps"], cfg["cfg_strength"], batch_cfg=False)
         x = sample_latents(model, cond, neg, i["x0"], sampler)
         out["sample_negtext"] = x
@@ -112,11 +114,7 @@ def official_rounding_outputs(model: Generator, fx) -> dict[str, torch.Tensor]:
     i = {k: v.to(BF16) if v.is_floating_point() else v for k, v in i.items()}
     b, w, steps = i["latent"].shape[0], cfg["cfg_strength"], cfg["num_steps"]
     with torch.enable_grad():
-        out = _conditions(model, i)
-        out["flow"] = model(i["latent"], i["clip_f"], i["sync_f"], i["text_f"], i["t"])
-        cond = model.preprocess_conditions(i["clip_f"], i["sync_f"], i["text_f"])
-        neg = model.empty_conditions(b, negative_text_f=i["neg_text_f"])
-        out["flow_uncond_negtext"] = model.predict_flow(i["latent"], i["t"], neg)
+        out, cond, neg = _conditions_and_flows(model, i)
         ts = torch.linspace(0, 1, steps + 1)
         for name, empty in (("negtext", neg), ("emptystr", model.empty_conditions(b))):
             x = i["x0"]
