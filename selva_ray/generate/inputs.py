@@ -110,11 +110,6 @@ def planned_durations(records: list[ClipRecord], max_duration: float) -> list[fl
     return out
 
 
-def probe_duration(record: ClipRecord, max_duration: float) -> float:
-    """`planned_durations` of one clip."""
-    return planned_durations([record], max_duration)[0]
-
-
 def read_catalog(config: GenerateConfig) -> tuple[list, list]:
     from ..validate import read_input_catalog
 

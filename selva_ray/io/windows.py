@@ -87,12 +87,6 @@ def probe_length(source: str) -> float | None:
         return None
 
 
-def probe_span(source: str, start: float) -> float | None:
-    """Seconds of `source`'s video stream after `start`; None if the file cannot be probed."""
-    length = probe_length(source)
-    return None if length is None else max(0.0, length - float(start or 0.0))
-
-
 def probe_lengths(sources: Iterable[str]) -> dict[str, float | None]:
     """`probe_length` of each distinct source, once: a catalog of a million rows over a few
     long videos (clips at different starts) probes a few files."""
@@ -287,7 +281,6 @@ __all__ = [
     "plan_rows",
     "probe_length",
     "probe_lengths",
-    "probe_span",
     "stale_windows",
     "window_id",
     "window_rows",
