@@ -5,7 +5,6 @@ output folder already holds (finished clips, failed clips)."""
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import posixpath
@@ -19,7 +18,7 @@ from selva_core.sampling import SamplerConfig
 from ..io.catalog import CatalogProblem, ClipRecord, resolve
 from ..io.feature_schema import FeatureLayout
 from ..io.identity import GENERATE_FIELDS, Redo, input_hash, plan_redo, stamp_rows
-from ..io.names import clip_names, file_stem, source_name, span_suffix
+from ..io.names import clip_names, file_stem, source_name, span_suffix, with_id_digest
 from ..io.output_dir import Finished, OutputDir
 from ..io.windows import parent_of
 from .config import GenerateConfig, GenerateInputError
@@ -250,9 +249,7 @@ def claim_names(rows: list[dict], owners: dict[str, str]) -> None:
         cid = parent_of(r["id"])
         owner = owners.get(file_stem(cid, r.get("name")).casefold())
         if owner is not None and owner != cid:
-            r["name"] = (
-                f"{r.get('name') or file_stem(cid)}-{hashlib.sha1(cid.encode()).hexdigest()[:8]}"
-            )
+            r["name"] = with_id_digest(r.get("name") or file_stem(cid), cid)
 
 
 def _read(out: OutputDir, path: str, columns: list[str]) -> list[dict]:

@@ -88,6 +88,11 @@ def source_name(source: str, root: str | None) -> str:
     return posixpath.basename(stem)
 
 
+def with_id_digest(name: str, clip_id: str) -> str:
+    """`name` made unique by a digest of the clip's id (where names would share a file)."""
+    return f"{name}-{_digest(clip_id)[:8]}"
+
+
 def clip_names(items: list[tuple[str, str]]) -> dict[str, str]:
     """(id, readable name) pairs -> id -> the name its files take: the name itself, plus a
     digest of the id only where two names would share a file (compared as the file system
@@ -97,6 +102,6 @@ def clip_names(items: list[tuple[str, str]]) -> dict[str, str]:
     for stem in stems.values():
         count[stem.casefold()] = count.get(stem.casefold(), 0) + 1
     return {
-        cid: name if count[stems[cid].casefold()] == 1 else f"{name}-{_digest(cid)[:8]}"
+        cid: name if count[stems[cid].casefold()] == 1 else with_id_digest(name, cid)
         for cid, name in items
     }
