@@ -67,7 +67,6 @@ from typing import Literal
 import av
 import torch
 from av.video.reformatter import VideoReformatter
-from torchvision.transforms.v2 import functional as TF
 
 from selva_core.video.audio_track import (
     AudioTrack,
@@ -191,12 +190,23 @@ class DecodedClip:
 # --------------------------------------------------------------------------------------------
 
 
+def _tv_functional():
+    """torchvision's v2 functional ops, imported where frames are resized or normalised: the
+    import costs about a second of CPU (it pulls in torch._dynamo), which every Ray worker that
+    imports this module but never touches a frame (writers, generators from features, DeSync
+    on stored tracks) would otherwise pay."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
+
 def _normalize(frames: torch.Tensor, mean, std, dtype: torch.dtype) -> torch.Tensor:
     if frames.dtype != torch.uint8:
         raise TypeError(f"expected uint8 frames, got {frames.dtype}")
     if frames.ndim < 3 or frames.shape[-3] != 3:
         raise ValueError(f"expected (..., 3, H, W) frames, got shape {tuple(frames.shape)}")
     # same ops as the official v2.ToDtype(float32, scale=True) + v2.Normalize, in float32
+    TF = _tv_functional()
     x = TF.to_dtype(frames, torch.float32, scale=True)
     x = TF.normalize(x, mean=list(mean), std=list(std))
     return x if dtype == torch.float32 else x.to(dtype)
@@ -348,6 +358,7 @@ class _Slots:
 
 def frame_transforms(cfg: DecodeConfig):
     """(sync, clip) resize functions on (C, H, W) uint8 tensors, as applied to every frame."""
+    TF = _tv_functional()
     bicubic = TF.InterpolationMode.BICUBIC
     s, c = cfg.sync_size, cfg.clip_size
     if cfg.family == "selva":
