@@ -11,6 +11,15 @@ import argparse
 
 from .. import validate
 from ..runtime import resolve_device, resolve_dtype
+from ..settings import from_args
+
+
+def job_config(config_cls: type, args: argparse.Namespace, **extra):
+    """A Ray job's config from its parsed command line; the settings given (flags or a config
+    file) are recorded in it for `--print-config` and the run's `_meta.json`."""
+    from ..config_file import job_settings
+
+    return from_args(config_cls, args, flags=job_settings(args), **extra)
 
 
 def check_model_args(args: argparse.Namespace, *, local_device: bool = True) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..extract.config import ExtractConfig, check_weights
-from ..settings import add_options, from_args
-from .common import finish
+from ..settings import add_options
+from .common import finish, job_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,9 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ExtractConfig:
-    from ..config_file import job_settings
-
-    return from_args(ExtractConfig, args, flags=job_settings(args))
+    return job_config(ExtractConfig, args)
 
 
 def run(args: argparse.Namespace) -> int:

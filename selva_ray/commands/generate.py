@@ -8,9 +8,9 @@ from selva_core.defaults import DEFAULT_VARIANT
 
 from .. import validate
 from ..generate.config import GenerateConfig
-from ..settings import add_options, from_args
+from ..settings import add_options
 from ..shared_settings import add_threshold_args, thresholds_from_args
-from .common import finish
+from .common import finish, job_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -96,10 +96,7 @@ def check_adapter_file(text: str) -> None:
 
 def config_from_args(args: argparse.Namespace) -> GenerateConfig:
     """GenerateConfig of a command line (ThresholdsError for a bad thresholds file)."""
-    from ..config_file import job_settings
-
-    thresholds = thresholds_from_args(args)
-    return from_args(GenerateConfig, args, thresholds=thresholds, flags=job_settings(args))
+    return job_config(GenerateConfig, args, thresholds=thresholds_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,9 +6,9 @@ import argparse
 
 from .. import validate
 from ..qa.config import QAConfig
-from ..settings import add_options, from_args
+from ..settings import add_options
 from ..shared_settings import add_threshold_args, thresholds_from_args
-from .common import finish
+from .common import finish, job_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -61,11 +61,7 @@ def check_inputs(args: argparse.Namespace) -> tuple[list, list]:
 
 def config_from_args(args: argparse.Namespace) -> QAConfig:
     """QAConfig of a command line (ThresholdsError for a bad thresholds file)."""
-    from ..config_file import job_settings
-
-    return from_args(
-        QAConfig, args, thresholds=thresholds_from_args(args), flags=job_settings(args)
-    )
+    return job_config(QAConfig, args, thresholds=thresholds_from_args(args))
 
 
 def run(args: argparse.Namespace) -> int:

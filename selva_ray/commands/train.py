@@ -6,9 +6,9 @@ import argparse
 import sys
 
 from .. import validate
-from ..settings import add_options, from_args
+from ..settings import add_options
 from ..train.config import TrainConfig, extract_command
-from .common import finish
+from .common import finish, job_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from ..config_file import job_settings
-
-    return from_args(TrainConfig, args, flags=job_settings(args))
+    return job_config(TrainConfig, args)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
