@@ -76,7 +76,7 @@ def load_generator(
             spec, load_verified(store, spec.generator_weights), source=str(path)
         )
     model.set_sequence(spec.sequence(duration))
-    return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return _frozen(model, dtype, device)
 
 
 def _frozen(module: nn.Module, dtype: torch.dtype, device: torch.device | str) -> nn.Module:

@@ -66,7 +66,7 @@ def write_demo_catalog(root: str | Path) -> Path:
 # ---- the chain ------------------------------------------------------------------------------
 #
 # Every stage builds the command line a user would type, parses it with the `selva-ray` parser
-# and calls the same job function the command calls (`commands.<job>.config_from_args` ->
+# and calls the same job function the command calls (`commands.common.job_config` ->
 # `run_<job>`), so the demo exercises exactly the CLI's code path and records the same
 # `_meta.json` settings. Ray is started once for the whole chain: a local cluster costs several
 # seconds to start on a small machine, and worker processes that already imported torch are
@@ -127,11 +127,10 @@ class DemoStageError(RuntimeError):
 
 def _job_config(argv: list[str]):
     """The job config of a `selva-ray` command line, built by the command's own code."""
-    from . import commands
     from .cli import parse
+    from .commands.common import job_config
 
-    args = parse(argv)
-    return getattr(commands, args.command).config_from_args(args)
+    return job_config(parse(argv))
 
 
 def run_demo(config: DemoConfig, echo=print) -> DemoResult:

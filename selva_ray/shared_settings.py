@@ -273,35 +273,26 @@ def steps_opt(help: str = f"Euler steps, 1..{validate.MAX_STEPS}", group=None, *
 
 
 WINDOW_TYPE = validate.float_range(0, 24 * 3600)
+WINDOW_HELP = (
+    "seconds per window: a video longer than this (a catalog row without 'duration') "
+    f"is cut into overlapping windows (default {DEFAULT_WINDOW:g}; 0: never, the video is "
+    "cut at --max-duration; at most --max-duration)"
+)
+OVERLAP_HELP = (
+    f"seconds shared by consecutive windows (default {DEFAULT_OVERLAP:g}, at most half the window)"
+)
 
 
 def window_opt(
     default: float | None = DEFAULT_WINDOW, help: str | None = None, group=None, **extra
 ):
-    return opt(
-        default,
-        type=WINDOW_TYPE,
-        group=group,
-        help=help
-        or "seconds per window: a video longer than this (a catalog row without 'duration') "
-        f"is cut into overlapping windows (default {DEFAULT_WINDOW:g}; 0: never, the video is "
-        "cut at --max-duration; at most --max-duration)",
-        **extra,
-    )
+    return opt(default, type=WINDOW_TYPE, group=group, help=help or WINDOW_HELP, **extra)
 
 
 def overlap_opt(
     default: float | None = DEFAULT_OVERLAP, help: str | None = None, group=None, **extra
 ):
-    return opt(
-        default,
-        type=WINDOW_TYPE,
-        group=group,
-        help=help
-        or f"seconds shared by consecutive windows (default {DEFAULT_OVERLAP:g}, at most half "
-        "the window)",
-        **extra,
-    )
+    return opt(default, type=WINDOW_TYPE, group=group, help=help or OVERLAP_HELP, **extra)
 
 
 def mask_strength_opt(**extra) -> Any:

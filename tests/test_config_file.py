@@ -83,7 +83,7 @@ def test_settings_are_keyed_by_flag_names_even_where_the_dest_differs(tmp_path):
 def test_every_job_records_the_settings_print_config_prints(tmp_path):
     """The CLI hands each job its effective settings; what the job writes to _meta.json
     (config_record) feeds back through --config to the same --print-config output."""
-    from selva_ray import commands
+    from selva_ray.commands.common import job_config
     from selva_ray.config_file import config_record, job_settings, recorded_config
 
     lines = {
@@ -94,7 +94,7 @@ def test_every_job_records_the_settings_print_config_prints(tmp_path):
     }
     for job, argv in lines.items():
         args = parse([job, *argv])
-        config = getattr(commands, job).config_from_args(args)
+        config = job_config(args)
         meta = {"runs": [{"config": config_record(config)}]}
         if job == "train":
             meta = {"job": "train", "settings": config.to_dict(), "config": config_record(config)}

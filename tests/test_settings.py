@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from selva_ray import commands
 from selva_ray.cli import parse
+from selva_ray.commands.common import job_config
 from selva_ray.config_file import job_settings
 from selva_ray.extract.config import ExtractConfig
 from selva_ray.generate.config import GenerateConfig
@@ -60,7 +60,7 @@ def example(f, o) -> tuple[list[str], object]:
 
 
 def config_of(job: str, argv: list[str]):
-    return getattr(commands, job).config_from_args(parse([job, *argv]))
+    return job_config(parse([job, *argv]))
 
 
 @pytest.mark.parametrize("job", sorted(JOBS))

@@ -1,8 +1,8 @@
 """Text/image conditioning encoders: CLIP (text tokens, frames) and flan-T5 (TextSynch text).
 
-`load_clip` / `load_t5` return seeded random tiny encoders for tiny specs and the published models
-otherwise, resolved through `WeightStore` (offline without files: `MissingWeightsError` naming the
-path and the download command).
+`load_clip` / `load_t5` (both `load_encoder`) return seeded random tiny encoders for tiny specs
+and the published models otherwise, resolved through `WeightStore` (offline without files:
+`MissingWeightsError` naming the path and the download command).
 
 open_clip and transformers take seconds to import, so the encoder modules load lazily: importing
 this package (e.g. for `prompts.validate_prompts` in a driver process) stays cheap.
@@ -11,11 +11,12 @@ this package (e.g. for `prompts.validate_prompts` in a driver process) stays che
 from __future__ import annotations
 
 import importlib
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..variants import TINY_CLIP_DIM, TINY_T5_DIM, ModelSpec, get_spec
+from ..variants import ModelSpec, get_spec
 from ..weights import WeightStore
 from .prompts import PromptError, TokenCount, clean_prompt, validate_prompts
 
@@ -49,48 +50,47 @@ __all__ = [
     "TokenCount",
     "clean_prompt",
     "load_clip",
+    "load_encoder",
     "load_t5",
     "validate_prompts",
     *_LAZY,
 ]
 
 
+# Per encoder: its weight key, its tiny builder (whose default config has the tiny variants'
+# width) and its published loader, the two by their names in `_LAZY` (imported on first use).
+_ENCODERS = {
+    "clip": (CLIP_KEY, "tiny_clip", "load_open_clip"),
+    "t5": (T5_KEY, "tiny_t5", "load_t5_folder"),
+}
+
+
+def _lazy(name: str):
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+
+
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        return _lazy(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def load_clip(
+def load_encoder(
+    kind: str,
     spec: ModelSpec | str,
     store: WeightStore | None = None,
     *,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
-) -> ClipEncoder:
-    """CLIP for a variant: tiny random (text and image width TINY_CLIP_DIM) or DFN5B."""
-    from .clip import TinyClipConfig, load_open_clip, tiny_clip
-
-    spec = get_spec(spec)
-    if spec.is_tiny:
-        cfg = TinyClipConfig(width=TINY_CLIP_DIM, embed_dim=TINY_CLIP_DIM)
-        return tiny_clip(cfg, dtype=dtype, device=device)
+) -> ClipEncoder | T5TextEncoder:
+    """The encoder `kind` ("clip" or "t5") for a variant: seeded random tiny ones for tiny specs
+    (width TINY_CLIP_DIM / TINY_T5_DIM), else DFN5B / google/flan-t5-base through `store`."""
+    key, tiny, published = _ENCODERS[kind]
+    if get_spec(spec).is_tiny:
+        return _lazy(tiny)(dtype=dtype, device=device)
     store = store or WeightStore()
-    return load_open_clip(store.resolve(CLIP_KEY), dtype=dtype, device=device)
+    return _lazy(published)(store.resolve(key), dtype=dtype, device=device)
 
 
-def load_t5(
-    spec: ModelSpec | str,
-    store: WeightStore | None = None,
-    *,
-    dtype: torch.dtype = torch.float32,
-    device: torch.device | str = "cpu",
-) -> T5TextEncoder:
-    """flan-T5 for a variant: tiny random (width TINY_T5_DIM) or google/flan-t5-base."""
-    from .t5 import TinyT5Config, load_t5_folder, tiny_t5
-
-    spec = get_spec(spec)
-    if spec.is_tiny:
-        return tiny_t5(TinyT5Config(d_model=TINY_T5_DIM), dtype=dtype, device=device)
-    store = store or WeightStore()
-    return load_t5_folder(store.resolve(T5_KEY), dtype=dtype, device=device)
+load_clip = partial(load_encoder, "clip")  # CLIP: tiny random or DFN5B
+load_t5 = partial(load_encoder, "t5")  # flan-T5: tiny random or google/flan-t5-base

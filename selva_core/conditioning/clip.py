@@ -28,6 +28,7 @@ from torch import nn
 
 from ..checkpoint import load_strict
 from ..random_init import randomize_
+from ..variants import TINY_CLIP_DIM
 from ..weights import MissingWeightsError, WeightsError, load_state_dict, offline
 from .prompts import TokenCount, clean_prompts, warn_truncated
 
@@ -49,8 +50,8 @@ _LOW_PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 class TinyClipConfig:
     """A 2-layer open_clip CLIP with the real tokenizer's vocab and the real 384-px input."""
 
-    width: int = 64  # text and vision width; text features are this wide
-    embed_dim: int = 64  # image embedding width
+    width: int = TINY_CLIP_DIM  # text and vision width; text features are this wide
+    embed_dim: int = TINY_CLIP_DIM  # image embedding width
     layers: int = 2
     heads: int = 2
     context_length: int = 77

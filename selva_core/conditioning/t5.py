@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
 
 from ..random_init import randomize_
+from ..variants import TINY_T5_DIM
 from ..weights import MissingWeightsError, WeightsError
 from .prompts import PromptError, TokenCount, clean_prompts, warn_truncated
 
@@ -33,7 +34,7 @@ TINY_T5_SEED = 1240
 class TinyT5Config:
     """A 2-layer gated-GELU T5 encoder (flan-T5's layout) over ByT5's 384-token byte vocab."""
 
-    d_model: int = 64
+    d_model: int = TINY_T5_DIM
     d_kv: int = 32
     d_ff: int = 128
     num_layers: int = 2

@@ -59,7 +59,7 @@ from .fp32_tables import fp32_kept
 from .motionformer import (
     MotionFormer,
     MotionFormerConfig,
-    map_windows,
+    map_tower,
     normalize_sync_frames,
     window_chunk_for,
 )
@@ -344,16 +344,8 @@ class DesyncSynchformer(nn.Module):
         Windows run `window_chunk` at a time (-1: `self.window_chunk`; None: all at once).
         """
         chunk = window_chunk_for(self.window_chunk, window_chunk)
-        cfg = self.config.video
-        out = map_windows(
-            frames,
-            cfg,
-            chunk,
-            lambda clips, items: self.vfeat_extractor(clips),
-            device=self.device,
-            dtype=self.dtype,
-        )
-        return out.view(frames.shape[0], -1, cfg.temporal_resolution, out.shape[-1])
+        out = map_tower(self.vfeat_extractor, frames, chunk)
+        return out.view(frames.shape[0], -1, self.config.video.temporal_resolution, out.shape[-1])
 
     def audio_windows(self, wav: torch.Tensor) -> torch.Tensor:
         """(B, N) mono 16 kHz -> (B, S, 10240) windows with hop 5120, S = (N-10240)//5120 + 1."""

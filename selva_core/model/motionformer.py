@@ -331,3 +331,18 @@ def map_windows(
         outs.append(encode(clips, it.to(device or frames.device)))
     out = torch.cat(outs) if len(outs) > 1 else outs[0]
     return out.reshape(b, -1, out.shape[-1])
+
+
+def map_tower(tower: MotionFormer, frames: torch.Tensor, window_chunk: int | None) -> torch.Tensor:
+    """The video tower alone over every window, `window_chunk` windows at a time, on the
+    tower's device and dtype: frames (B, T, 3, 224, 224) -> (B, 8*S, D), segment-major. The
+    sync features of MMAudio's Synchformer and the video half of the DeSync model."""
+    token = tower.cls_token
+    return map_windows(
+        frames,
+        tower.cfg,
+        window_chunk,
+        lambda clips, items: tower(clips),
+        device=token.device,
+        dtype=token.dtype,
+    )

@@ -20,7 +20,7 @@ from selva_core.checkpoint import StateSource, load_strict, read_state_dict
 from selva_core.model.motionformer import (
     MotionFormer,
     MotionFormerConfig,
-    map_windows,
+    map_tower,
     window_chunk_for,
 )
 
@@ -44,14 +44,7 @@ class Synchformer(nn.Module):
         Windows run `window_chunk` at a time (-1: `self.window_chunk`; None: all at once).
         """
         chunk = window_chunk_for(self.window_chunk, window_chunk)
-        token = self.vfeat_extractor.cls_token
-
-        def encode(clips: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-            return self.vfeat_extractor(clips)
-
-        return map_windows(
-            frames, self.config, chunk, encode, device=token.device, dtype=token.dtype
-        )
+        return map_tower(self.vfeat_extractor, frames, chunk)
 
     def forward(self, frames: torch.Tensor, *, window_chunk: int | None = -1) -> torch.Tensor:
         return self.encode_video_with_sync(frames, window_chunk=window_chunk)

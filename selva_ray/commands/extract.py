@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..extract.config import ExtractConfig, check_weights
-from ..settings import add_options, from_args
-from .common import finish
+from .common import add_job_options, finish, job_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,18 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "--fail-on-error), 2 unusable catalog or settings (nothing started)."
         ),
     )
-    add_options(p, ExtractConfig)
-    p.set_defaults(run=run)
-
-
-def config_from_args(args: argparse.Namespace) -> ExtractConfig:
-    from ..config_file import job_settings
-
-    return from_args(ExtractConfig, args, flags=job_settings(args))
+    add_job_options(p, ExtractConfig, run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = job_config(args)
     check_weights(config)  # before the job's imports (torch): a missing file answers at once
     from ..extract import run_extract
 

@@ -8,9 +8,7 @@ from selva_core.defaults import DEFAULT_VARIANT
 
 from .. import validate
 from ..generate.config import GenerateConfig
-from ..settings import add_options, from_args
-from ..shared_settings import add_threshold_args, thresholds_from_args
-from .common import finish
+from .common import add_job_options, finish, job_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "catalog win over the job-level flags."
         ),
     )
-    add_options(p, GenerateConfig)
-    add_threshold_args(p)
-    p.set_defaults(run=run)
+    add_job_options(p, GenerateConfig, run, thresholds=True)
 
 
 def check_inputs(args: argparse.Namespace):
@@ -94,17 +90,9 @@ def check_adapter_file(text: str) -> None:
     validate.check_adapter_header(path.removeprefix("file://"), flag="--adapter")
 
 
-def config_from_args(args: argparse.Namespace) -> GenerateConfig:
-    """GenerateConfig of a command line (ThresholdsError for a bad thresholds file)."""
-    from ..config_file import job_settings
-
-    thresholds = thresholds_from_args(args)
-    return from_args(GenerateConfig, args, thresholds=thresholds, flags=job_settings(args))
-
-
 def run(args: argparse.Namespace) -> int:
     catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
     from ..generate import run_generate
 
     # unusable input or settings raise a usage error: one line, exit 2 (cli.main)
-    return finish(run_generate(config_from_args(args), catalog=catalog), args.fail_on_error)
+    return finish(run_generate(job_config(args), catalog=catalog), args.fail_on_error)

@@ -6,9 +6,8 @@ import argparse
 
 from .. import validate
 from ..qa.config import QAConfig
-from ..settings import add_options, from_args
-from ..shared_settings import add_threshold_args, thresholds_from_args
-from .common import finish
+from ..shared_settings import thresholds_from_args
+from .common import add_job_options, finish, job_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,9 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
         epilog="INPUT is any catalog `extract` reads (folder or .csv/.jsonl/.parquet manifest).",
     )
-    add_options(p, QAConfig)
-    add_threshold_args(p)
-    p.set_defaults(run=run)
+    add_job_options(p, QAConfig, run, thresholds=True)
 
 
 def check_inputs(args: argparse.Namespace) -> tuple[list, list]:
@@ -59,18 +56,9 @@ def check_inputs(args: argparse.Namespace) -> tuple[list, list]:
     return catalog
 
 
-def config_from_args(args: argparse.Namespace) -> QAConfig:
-    """QAConfig of a command line (ThresholdsError for a bad thresholds file)."""
-    from ..config_file import job_settings
-
-    return from_args(
-        QAConfig, args, thresholds=thresholds_from_args(args), flags=job_settings(args)
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     catalog = check_inputs(args)  # before the job's imports (torch): mistakes answer at once
     from ..qa import run_qa
 
     # unusable input or settings raise a usage error: one line, exit 2 (cli.main)
-    return finish(run_qa(config_from_args(args), catalog=catalog), args.fail_on_error)
+    return finish(run_qa(job_config(args), catalog=catalog), args.fail_on_error)

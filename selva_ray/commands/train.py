@@ -6,9 +6,8 @@ import argparse
 import sys
 
 from .. import validate
-from ..settings import add_options, from_args
 from ..train.config import TrainConfig, extract_command
-from .common import finish
+from .common import add_job_options, finish, job_config
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,14 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "interrupted run from its last checkpoint."
         ),
     )
-    add_options(p, TrainConfig)
-    p.set_defaults(run=run)
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from ..config_file import job_settings
-
-    return from_args(TrainConfig, args, flags=job_settings(args))
+    add_job_options(p, TrainConfig, run)
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -87,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from ..train import TrainFailed, run_train
 
     try:  # unusable input or settings raise a usage error: one line, exit 2 (cli.main)
-        summary = run_train(config_from_args(args))
+        summary = run_train(job_config(args))
     except TrainFailed as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
