@@ -42,8 +42,16 @@ class ClipCounts:
             text += f"; {self.redone} redone (input changed)"
         return text
 
+    def folder_text(self, name: str) -> str:
+        """The output's subfolder `name`, as a user reaches it: an object-store output keeps
+        its endpoint query after the folder (`s3://b/out/results/?endpoint_override=...`)."""
+        from .io.catalog import split_query
+
+        base, query = split_query(self.output)
+        return f"{base.rstrip('/')}/{name}/" + (f"?{query}" if query else "")
+
     def where_text(self, first: str) -> str:
         """Where the output is; the errors folder only when it exists (`has_errors_folder`)."""
         if getattr(self, "has_errors_folder", False):
-            return f"{first}, errors in {self.output.rstrip('/')}/errors/"
+            return f"{first}, errors in {self.folder_text('errors')}"
         return first

@@ -307,3 +307,22 @@ def test_a_manifest_passes_its_endpoint_to_its_rows(servers: Servers, media):
     assert unnamed.id == clip_id("s3://media/dog_barking/clip0.mp4", 0.0, None)
     plain = type(unnamed)(id=unnamed.id, source="s3://media/dog_barking/clip0.mp4", prompt="d")
     assert unnamed.input_hash() == plain.input_hash()
+
+
+def test_summaries_name_object_store_folders_with_their_endpoint():
+    """The summary's folders, copied from the terminal, reach the same server: the endpoint
+    query follows the folder instead of being glued into its name."""
+    from selva_ray.extract.job import ExtractSummary
+    from selva_ray.generate.config import GenerateSummary
+    from selva_ray.qa.job import QASummary
+
+    out = "s3://out/gen?endpoint_override=127.0.0.1:5055&scheme=http"
+    query = "?endpoint_override=127.0.0.1:5055&scheme=http"
+    for summary in (GenerateSummary(output=out, has_errors_folder=True), QASummary(output=out)):
+        where = summary.lines()[-1]
+        assert where.startswith(f"results in s3://out/gen/results/{query}"), where
+    where = GenerateSummary(output=out, has_errors_folder=True).lines()[-1]
+    assert where.endswith(f"errors in s3://out/gen/errors/{query}"), where
+    where = ExtractSummary(output=out, has_errors_folder=True).lines()[-1]
+    assert where == f"features in {out}, errors in s3://out/gen/errors/{query}", where
+    assert GenerateSummary(output="dubbed/").lines()[-1] == "results in dubbed/results/"

@@ -57,7 +57,7 @@ class ExtractSummary(ClipCounts):
             first += f"; {self.warnings} catalog warning(s)"
         where = f"features in {self.output}"
         if self.has_errors_folder:
-            where += f", errors in {self.output.rstrip('/')}/errors/"
+            where += f", errors in {self.folder_text('errors')}"
         return [first, f"wall time {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s", where]
 
 

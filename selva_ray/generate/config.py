@@ -199,7 +199,7 @@ class GenerateSummary(ClipCounts):
             + self.failed_before_text(),
             f"wall time {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s, "
             f"{self.batches} generator batches, average batch fill {self.batch_fill:.2f}",
-            self.where_text(f"results in {self.output.rstrip('/')}/results/"),
+            self.where_text(f"results in {self.folder_text('results')}"),
         ]
 
 

@@ -71,7 +71,7 @@ class QASummary(ClipCounts):
             + f", {self.skipped} skipped (already done)"
             + self.failed_before_text(),
             f"wall time {self.wall_s:.1f} s, {self.clips_per_s:.2f} clips/s",
-            self.where_text(f"results in {self.output.rstrip('/')}/results/")
+            self.where_text(f"results in {self.folder_text('results')}")
             + f"; `selva-ray report {self.output}` for a page",
         ]
 
