@@ -30,9 +30,11 @@ SIZE = "small_16k"
 
 
 class GeneratorRss:
-    """Peak VmHWM (MiB) per Ray worker process whose title names the generator stage."""
+    """Peak VmHWM (MiB) per Ray worker process whose title names the generator stage, leaving
+    out the processes of an earlier run that have not exited yet (`before`)."""
 
-    def __init__(self, every_s: float = 0.5):
+    def __init__(self, before: set[int], every_s: float = 0.5):
+        self.before = before
         self.peak: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -42,7 +44,7 @@ class GeneratorRss:
         import os
 
         for pid in common._descendants(os.getpid()):
-            if "AudioGenerator" not in common._cmdline(pid):
+            if pid in self.before or "AudioGenerator" not in common._cmdline(pid):
                 continue
             hwm = common._status_kib(pid, "VmHWM")
             if hwm is not None:
@@ -61,11 +63,13 @@ class GeneratorRss:
         self._thread.join()
 
 
-def run_job(features: Path, out: Path, precision: str, steps: int, duration: float) -> dict:
+def run_job(
+    features: Path, out: Path, precision: str, steps: int, duration: float, seen: set[int]
+) -> dict:
     from selva_ray.generate import GenerateConfig, run_generate
 
     bench_pipeline._clear_ready()
-    with GeneratorRss() as rss:
+    with GeneratorRss(before=set(seen)) as rss:
         summary = run_generate(
             GenerateConfig(
                 input=str(features),
@@ -77,10 +81,12 @@ def run_job(features: Path, out: Path, precision: str, steps: int, duration: flo
                 actor_memory_gb=6.0,
                 progress=False,
                 components_factory=common.components_factory(SIZE),
+                check_weights=False,  # random weights at published sizes: no files
                 desync=False,
             )
         )
     t_end = time.time()
+    seen.update(rss.peak)
     assert summary.failed == 0, summary.errors_by_stage
     steady = bench_pipeline._steady(summary.wall_s, t_end)
     return {
@@ -106,7 +112,7 @@ def main() -> None:
     info = common.machine_info()
     print(common.machine_line(info), flush=True)
     common.start_ray()
-    rows = []
+    rows, seen = [], set()
     with tempfile.TemporaryDirectory(prefix="bench-precision-") as tmp:
         tmp = Path(tmp)
         clips = common.write_clips(tmp / "catalog", args.clips, args.duration)
@@ -115,7 +121,7 @@ def main() -> None:
         common.write_features(SIZE, feats, tmp / "features", max_duration=args.duration)
         for precision in args.precisions.split(","):
             out = tmp / f"job-{precision}"
-            row = run_job(tmp / "features", out, precision, args.steps, args.duration)
+            row = run_job(tmp / "features", out, precision, args.steps, args.duration, seen)
             rows.append(row)
             print(row, flush=True)
     columns = [

@@ -230,6 +230,7 @@ def run_generate_job(
             actor_memory_gb=1.0 if size == "tiny" else 6.0,
             progress=False,
             components_factory=common.components_factory(size),
+            check_weights=False,  # random weights at published sizes: no files
             desync=False,  # the generation pipeline's own speed (DeSync has its own actors)
         )
     )
