@@ -8,6 +8,7 @@ the driver can see ends in one line `error: ...` and exit status 2, before Ray o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
 import sys
@@ -120,6 +121,17 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"{signal.Signals(signum).name}; {RERUN}")
 
 
+def _leave_ray() -> None:
+    """Disconnect from Ray (stopping a private cluster) before the last line is printed: Ray
+    forwards its workers' output to this process until then, and a worker stopped by the
+    interrupt could otherwise print after that line."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    with contextlib.suppress(Exception):  # the line below matters more than a clean exit
+        ray.shutdown()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM (a scheduler, `kill`, `timeout`) ends a run as Ctrl-C does: the output folder's
     # lease released by its context manager, one line, exit 130
@@ -145,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         how = exc.args[0] if exc.args else f"SIGINT; {RERUN}"
+        _leave_ray()
         print(f"interrupted ({how})", file=sys.stderr)
         return 130
     except Exception as exc:
