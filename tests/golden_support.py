@@ -18,6 +18,9 @@ from safetensors import safe_open
 from selva_core.model.motionformer import MotionFormerConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# What the official code computes in bf16 on a fp32 fixture's weights and inputs
+# (scripts/make_bf16_golden.py): <fixture>_bf16.safetensors, outputs only.
+BF16_DIR = Path(__file__).resolve().parent / "golden_bf16"
 
 
 REQUIRE_ENV = "SELVA_REQUIRE_GOLDEN"
@@ -186,3 +189,31 @@ def motionformer_config(cfg: dict, kind: str = "video") -> MotionFormerConfig:
 def video_frames(fx: Fixture) -> torch.Tensor:
     """The uint8 video (B, T, 3, H, W) of a fixture stored as a frame bank plus indices."""
     return fx.inputs["frame_bank_u8"][fx.inputs["frame_index"]]
+
+
+def load_official_bf16(fp32_path: Path, regenerate: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The bf16 fixture made from the fp32 fixture at `fp32_path`: (metadata, outputs)."""
+    path = BF16_DIR / fp32_path.name.replace(".safetensors", "_bf16.safetensors")
+    assert path.is_file(), f"no bf16 fixture {path.name} for {fp32_path.name}: run {regenerate}"
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["config"])
+        outs = {k.partition(".")[2]: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    return meta, outs
+
+
+def assert_bf16_pairs_with(
+    fx: Fixture, meta: dict, official: dict[str, torch.Tensor], names: set[str], regenerate: str
+) -> None:
+    """The bf16 fixture was made from exactly this fp32 fixture by the official commit, and
+    holds the outputs `names` in bf16 with the fp32 outputs' shapes."""
+    import hashlib
+
+    digest = hashlib.sha256(fx.path.read_bytes()).hexdigest()
+    assert meta["source_sha256"] == digest, (
+        f"{fx.path.name} is not the fixture tests/golden_bf16 was made from: run {regenerate}"
+    )
+    assert meta["fixture_config"] == fx.config
+    assert meta["official_commit"].startswith("70a8589")
+    assert set(official) == names
+    for name, value in official.items():
+        assert value.dtype == torch.bfloat16 and value.shape == fx.outputs[name].shape, name

@@ -19,20 +19,21 @@ on the fp32 golden fixtures' weights and inputs, cast as its demo.py casts
 
 from __future__ import annotations
 
-import hashlib
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from golden_support import find_fixtures, fixture_ids, load_fixture, rel_l2
-from safetensors import safe_open
+from golden_support import (
+    assert_bf16_pairs_with,
+    find_fixtures,
+    fixture_ids,
+    load_fixture,
+    load_official_bf16,
+    rel_l2,
+)
 
 from selva_core.model.generator import Generator, GeneratorConfig
 from selva_core.sampling import SamplerConfig, sample_latents
 
 BF16 = torch.bfloat16
-BF16_DIR = Path(__file__).resolve().parent / "golden_bf16"
 REGENERATE = (
     "python scripts/make_bf16_golden.py --official <jnwnlee/selva at 70a8589> "
     "--golden $SELVA_GOLDEN_DIR --out tests/golden_bf16"
@@ -59,15 +60,6 @@ FP32_FIXTURES = find_fixtures("generator_")
 
 def _kind(name: str) -> str:
     return "cond" if name.startswith("cond_") else "flow" if name in FLOWS else "sample"
-
-
-def _load_official_bf16(fp32_path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    path = BF16_DIR / fp32_path.name.replace(".safetensors", "_bf16.safetensors")
-    assert path.is_file(), f"no bf16 fixture {path.name} for {fp32_path.name}: run {REGENERATE}"
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["config"])
-        outs = {k.partition(".")[2]: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    return meta, outs
 
 
 def _build(fx, dtype: torch.dtype, state: dict | None = None) -> Generator:
@@ -136,21 +128,13 @@ def official_rounding_outputs(model: Generator, fx) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module", params=FP32_FIXTURES, ids=fixture_ids(FP32_FIXTURES))
 def pair(request):
     fx = load_fixture(request.param)
-    meta, official = _load_official_bf16(request.param)
+    meta, official = load_official_bf16(request.param, REGENERATE)
     return fx, meta, official
 
 
 def test_golden_bf16_fixture_pairs_with_the_fp32_fixture(pair):
     fx, meta, official = pair
-    digest = hashlib.sha256(fx.path.read_bytes()).hexdigest()
-    assert meta["source_sha256"] == digest, (
-        f"{fx.path.name} is not the fixture tests/golden_bf16 was made from: run {REGENERATE}"
-    )
-    assert meta["fixture_config"] == fx.config
-    assert meta["official_commit"].startswith("70a8589")
-    assert set(official) == set(fx.outputs)
-    for name, value in official.items():
-        assert value.dtype == BF16 and value.shape == fx.outputs[name].shape, name
+    assert_bf16_pairs_with(fx, meta, official, set(fx.outputs), REGENERATE)
 
 
 @torch.no_grad()

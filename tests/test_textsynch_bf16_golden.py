@@ -19,16 +19,19 @@ tests/golden_bf16/textsynch_*_bf16.safetensors holds what the official TextSynch
 
 from __future__ import annotations
 
-import hashlib
-import json
 import types
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from golden_support import find_fixtures, fixture_ids, load_fixture, rel_l2
-from safetensors import safe_open
+from golden_support import (
+    assert_bf16_pairs_with,
+    find_fixtures,
+    fixture_ids,
+    load_fixture,
+    load_official_bf16,
+    rel_l2,
+)
 from test_textsynch_golden import config_from_fixture
 
 import selva_core.model.motionformer as motionformer_module
@@ -37,7 +40,6 @@ from selva_core.model.motionformer import normalize_sync_frames
 from selva_core.model.textsynch import TextSynch
 
 BF16 = torch.bfloat16
-BF16_DIR = Path(__file__).resolve().parent / "golden_bf16"
 REGENERATE = (
     "PYTHONPATH=<omegaconf> python scripts/make_bf16_golden.py --only textsynch "
     "--official <jnwnlee/selva at 70a8589> --golden $SELVA_GOLDEN_DIR --out tests/golden_bf16"
@@ -101,15 +103,6 @@ def official_attention(monkeypatch):
     )
 
 
-def _load_official_bf16(fp32_path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    path = BF16_DIR / fp32_path.name.replace(".safetensors", "_bf16.safetensors")
-    assert path.is_file(), f"no bf16 fixture {path.name} for {fp32_path.name}: run {REGENERATE}"
-    with safe_open(str(path), "pt") as f:
-        meta = json.loads(f.metadata()["config"])
-        outs = {k.partition(".")[2]: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
-    return meta, outs
-
-
 def _build(fx, dtype: torch.dtype, state: dict | None = None) -> TextSynch:
     model = TextSynch(config_from_fixture(fx.config)).eval()
     model.load_state_dict(fx.state if state is None else state, strict=True)
@@ -152,7 +145,7 @@ def run(model: TextSynch, fx, *, bf16_inputs: bool, plain: bool) -> dict[str, to
 @pytest.fixture(scope="module", params=FP32_FIXTURES, ids=fixture_ids(FP32_FIXTURES))
 def pair(request):
     fx = load_fixture(request.param)
-    meta, official = _load_official_bf16(request.param)
+    meta, official = load_official_bf16(request.param, REGENERATE)
     return fx, meta, official
 
 
@@ -163,15 +156,7 @@ def _far(ours: dict, official: dict, names, tol: float) -> dict[str, str]:
 
 def test_textsynch_bf16_fixture_pairs_with_the_fp32_fixture(pair):
     fx, meta, official = pair
-    digest = hashlib.sha256(fx.path.read_bytes()).hexdigest()
-    assert meta["source_sha256"] == digest, (
-        f"{fx.path.name} is not the fixture tests/golden_bf16 was made from: run {REGENERATE}"
-    )
-    assert meta["fixture_config"] == fx.config
-    assert meta["official_commit"].startswith("70a8589")
-    assert set(official) == set(fx.outputs) - {"text_mask_with_sup"}
-    for name, value in official.items():
-        assert value.dtype == BF16 and value.shape == fx.outputs[name].shape, name
+    assert_bf16_pairs_with(fx, meta, official, set(fx.outputs) - {"text_mask_with_sup"}, REGENERATE)
 
 
 def test_textsynch_bf16_same_roundings_reproduce_official_bf16(pair, official_attention):
