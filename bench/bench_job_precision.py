@@ -10,7 +10,7 @@ generation pipeline's own speed), on one local Ray cluster of this machine's cor
 the job's own defaults for actors and batch size. `clips/h` counts the whole job call (actor
 start-up and model build included); `steady clips/h` runs from the moment the last generator
 actor finished building its models. The actor's peak RSS is VmHWM of the processes Ray titled
-after the generator stage, polled every 0.5 s.
+after the generator stage (`common.RssMonitor`, polled every 0.5 s).
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,74 +27,29 @@ import common  # noqa: E402
 SIZE = "small_16k"
 
 
-class GeneratorRss:
-    """Peak VmHWM (MiB) per Ray worker process whose title names the generator stage, leaving
-    out the processes of an earlier run that have not exited yet (`before`)."""
-
-    def __init__(self, before: set[int], every_s: float = 0.5):
-        self.before = before
-        self.peak: dict[int, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self.every_s = every_s
-
-    def _poll(self) -> None:
-        import os
-
-        for pid in common._descendants(os.getpid()):
-            if pid in self.before or "AudioGenerator" not in common._cmdline(pid):
-                continue
-            hwm = common._status_kib(pid, "VmHWM")
-            if hwm is not None:
-                self.peak[pid] = max(self.peak.get(pid, 0.0), hwm / 1024)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self._poll()
-
-    def __enter__(self) -> GeneratorRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def run_job(
     features: Path, out: Path, precision: str, steps: int, duration: float, seen: set[int]
 ) -> dict:
-    from selva_ray.generate import GenerateConfig, run_generate
-
-    bench_pipeline._clear_ready()
-    with GeneratorRss(before=set(seen)) as rss:
-        summary = run_generate(
-            GenerateConfig(
-                input=str(features),
-                output=str(out),
-                variant=SIZE,
-                max_duration=duration,
-                steps=steps,
-                precision=precision,
-                actor_memory_gb=6.0,
-                progress=False,
-                components_factory=common.components_factory(SIZE),
-                check_weights=False,  # random weights at published sizes: no files
-                desync=False,
-            )
+    """One job run; `seen`: worker pids of earlier runs (left out, they may not have exited)."""
+    with common.RssMonitor() as rss:
+        got = bench_pipeline.run_generate_job(
+            SIZE, features, out, steps, 8, duration, 0, precision=precision
         )
-    t_end = time.time()
-    seen.update(rss.peak)
-    assert summary.failed == 0, summary.errors_by_stage
-    steady = bench_pipeline._steady(summary.wall_s, t_end)
+    actors = {
+        pid: kib / 1024
+        for pid, kib in rss.workers.items()
+        if pid not in seen and "AudioGenerator" in rss.titles.get(pid, "")
+    }
+    seen.update(rss.workers)
+    steady = got["job_steady_s"]
     return {
         "precision": precision,
-        "clips": summary.ok,
-        "job_s": summary.wall_s,
-        "clips_per_h": 3600 * summary.ok / summary.wall_s,
-        "steady_clips_per_h": 3600 * summary.ok / steady if steady else None,
-        "actors": len(rss.peak),
-        "actor_peak_rss_mib": max(rss.peak.values()) if rss.peak else None,
+        "clips": got["clips"],
+        "job_s": got["job_s"],
+        "clips_per_h": 3600 * got["clips"] / got["job_s"],
+        "steady_clips_per_h": 3600 * got["clips"] / steady if steady else None,
+        "actors": len(actors),
+        "actor_peak_rss_mib": max(actors.values()) if actors else None,
     }
 
 

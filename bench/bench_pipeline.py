@@ -211,10 +211,17 @@ def run_extract_job(size: str, source: Path, out: Path, batch: int, duration: fl
 
 
 def run_generate_job(
-    size: str, source: Path, out: Path, steps: int, batch: int, dur: float, job_batch: int
+    size: str,
+    source: Path,
+    out: Path,
+    steps: int,
+    batch: int,
+    dur: float,
+    job_batch: int,
+    precision: str | None = None,
 ):
     """The job with its own defaults for actors and batch size (`job_batch` 0), or
-    `--batch-size job_batch`."""
+    `--batch-size job_batch`; `precision` None: the job's default (auto)."""
     from selva_ray.generate import GenerateConfig, run_generate
 
     _clear_ready()
@@ -225,6 +232,7 @@ def run_generate_job(
             variant=size,
             max_duration=dur,
             steps=steps,
+            precision=precision,
             batch_size=job_batch or None,
             shard_size=batch,
             actor_memory_gb=1.0 if size == "tiny" else 6.0,
@@ -237,6 +245,7 @@ def run_generate_job(
     t_end = time.time()
     assert summary.failed == 0, summary.errors_by_stage
     return {
+        "clips": summary.ok,
         "job_s": summary.wall_s,
         "job_steady_s": _steady(summary.wall_s, t_end),
         "batch_fill": summary.batch_fill,

@@ -209,6 +209,7 @@ class RssMonitor:
     def __init__(self, every_s: float = 0.5):
         self.every_s = every_s
         self.workers: dict[int, int] = {}  # pid -> peak KiB
+        self.titles: dict[int, str] = {}  # worker pid -> its latest title (ray::<actor or task>)
         self.daemons: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-monitor", daemon=True)
@@ -223,6 +224,8 @@ class RssMonitor:
             table = self.workers if ("default_worker" in cmd or cmd.startswith("ray::")) else None
             if table is None:
                 table = self.daemons
+            else:
+                self.titles[pid] = cmd
             table[pid] = max(table.get(pid, 0), hwm)
 
     def _run(self) -> None:
