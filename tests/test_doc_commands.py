@@ -1,6 +1,8 @@
 """Every `selva-ray` command shown in the README and docs/ runs as written (the rules are in
 docs/development.md, "Commands in the docs"): synopses and marked lines are only parsed, the
-rest run in order against the demo's catalog on one local Ray cluster."""
+rest run in order against the demo's catalog, each on the private Ray cluster it starts, with
+another Ray on the machine that none of them may join. Train's refused worker group and its
+interrupts run there too, on the chain's features."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from golden_support import REPO_ROOT
+from other_ray import TRAIN_LONG, OtherRay, interrupt, other_ray
 
 from selva_ray.cli import build_parser
 from selva_ray.demo import write_demo_catalog
@@ -158,34 +162,95 @@ def test_every_command_parses(command):
         assert done.value.code == 0, f"{command.where}\n{message}"
 
 
-def test_the_documented_commands_run(tmp_path):
-    """Each runnable command, as written, in the order the docs give them, each on the private
-    Ray cluster a command starts when no cluster is named, exactly as a reader runs it on this
-    machine: every job's plan must fit its real cores (train's 2 workers and data reader too)."""
-    write_demo_catalog(tmp_path / "videos")
+@pytest.fixture(scope="module")
+def other(tmp_path_factory):
+    """Another Ray on this machine, where a bare `ray.init()` would find it, for the whole
+    chain: no command may join it."""
+    with other_ray(tmp_path_factory.mktemp("other-ray") / "head.log", command_env()) as found:
+        yield found
+
+
+def command_env(other: OtherRay | None = None) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
     env.pop("RAY_ADDRESS", None)
+    if other is not None:
+        env["RAY_TMPDIR"] = other.temp  # where the other Ray is registered
+    return env
+
+
+@pytest.fixture(scope="module")
+def documented(other, tmp_path_factory) -> Path:
+    """Each runnable command, as written, in the order the docs give them, in one folder that
+    holds the demo's catalog as `videos/` (run once: the tests below read its outputs)."""
+    folder = tmp_path_factory.mktemp("documented")
+    write_demo_catalog(folder / "videos")
+    env = command_env(other)
     for command in RUNNABLE:
         done = subprocess.run(
             [sys.executable, "-m", "selva_ray.cli", *command.argv],
-            cwd=tmp_path,
+            cwd=folder,
             env=env,
             capture_output=True,
             text=True,
             timeout=600,
         )
         assert done.returncode == 0, f"{command.where}\n{done.stderr[-3000:]}"
-    # each ran as a user runs it: on a private cluster of this machine's cores, its plan fitting
+    return folder
+
+
+def test_the_documented_commands_run(documented, other):
+    """Each command ran on the private Ray cluster a command starts when no cluster is named,
+    exactly as a reader runs it on this machine, never on the other Ray registered where
+    `ray.init()` looks: every job's plan fits its real cores (train's 2 workers and data
+    reader too)."""
     cores = len(os.sched_getaffinity(0))
     for folder in ("feats", "dubbed", "qa-tiny", "qa-cpu"):
-        record = json.loads((tmp_path / folder / "_meta.json").read_text())["runs"][-1]
+        record = json.loads((documented / folder / "_meta.json").read_text())["runs"][-1]
         assert record["ray"]["kind"] == "private", (folder, record["ray"])
+        assert record["ray"]["address"] != other.address, (folder, record["ray"])
         plan = record["plan"]
         assert plan is None or plan["cluster"]["cpus"] == cores, (folder, plan)
-    train = json.loads((tmp_path / "runs/a/_meta.json").read_text())
+    train = json.loads((documented / "runs/a/_meta.json").read_text())
     assert train["ray"]["kind"] == "private" and train["plan"]["workers"] == 2
+    assert train["ray"]["address"] != other.address, train["ray"]
     assert 2 * train["plan"]["cpus_per_worker"] + train["plan"]["reader_cpus"] <= cores
-    assert (tmp_path / "runs/a/adapter.safetensors").is_file()
-    assert len(list((tmp_path / "dubbed/video").rglob("*.mp4"))) == 6  # named after the sources
-    assert (tmp_path / "qa-tiny/report/index.html").is_file()
-    assert (tmp_path / "park.flac").is_file() and (tmp_path / "park.dubbed.mp4").is_file()
+    assert (documented / "runs/a/adapter.safetensors").is_file()
+    assert len(list((documented / "dubbed/video").rglob("*.mp4"))) == 6  # named after sources
+    assert (documented / "qa-tiny/report/index.html").is_file()
+    assert (documented / "park.flac").is_file() and (documented / "park.dubbed.mp4").is_file()
+
+
+def test_train_refuses_what_cannot_fit_and_ends_as_an_interrupt(documented, other, tmp_path):
+    """On the documented chain's features, the other Ray still on the machine: train refuses
+    a worker group that cannot fit before Ray Train starts, naming what fits, and ends as an
+    interrupt on SIGINT and on SIGTERM (one line, exit 130, the lease released); --resume goes
+    on from there. Raw stderr, so that nothing the CLI filters could hide Ray Train's noise."""
+    env = {**command_env(other), "SELVA_RAW_STDERR": "1"}
+    features = str(documented / "feats")
+    done = subprocess.run(
+        [sys.executable, "-m", "selva_ray.cli", "train", "--features", features,
+         "--output", str(tmp_path / "train3"), "--workers", "3", "--cpus-per-worker", "1",
+         "--steps", "2", "--batch-size", "3", "--offline"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-3000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: --workers 3 x 1 CPU does not fit") and "at most" in last
+    assert not (tmp_path / "train3").exists()
+    for sig, extra in ((signal.SIGINT, []), (signal.SIGTERM, ["--resume"])):
+        stopped = interrupt(
+            [*TRAIN_LONG, "--features", features, "--output", str(tmp_path / "t"), *extra],
+            env,
+            sig,
+        )
+        assert stopped.returncode == 130, stopped.stderr[-3000:]
+        last = stopped.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"interrupted ({sig.name}; rerun with --resume"), last
+        assert "Traceback" not in stopped.stderr.split("Started training worker group")[-1]
+        # Ray Train's PlacementGroupCleaner looked Ray up with address "auto": with the other
+        # Ray on the host it failed (a traceback) or asked the wrong cluster
+        for noise in ("Found multiple active Ray instances", "PlacementGroupCleaner"):
+            assert noise not in stopped.stderr, stopped.stderr[-3000:]
+        assert not list((tmp_path / "t" / "_lease").glob("*.json"))
+        record = json.loads((tmp_path / "t" / "_meta.json").read_text())
+        assert record["ray"]["kind"] == "private" and record["ray"]["address"] != other.address

@@ -145,7 +145,8 @@ def _pytest(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(env_extra)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *args],
+        # -n0: in one process (the addopts' -n 3 would start three workers for one module)
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-n0", "-p", "no:cacheprovider", *args],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

@@ -502,6 +502,9 @@ def test_bad_rows_become_error_rows(cluster, catalog, tmp_path):
     assert errors["bad-seed"]["stage"] == "catalog"
     row = results(output)["ok"]
     assert (row["seed"], row["cfg"], row["steps"]) == (7, 3.0, 2)
+    # one clip to make: one generator actor, not one per core (it would only load a model)
+    plan = json.loads((output / "_meta.json").read_text())["runs"][-1]["plan"]
+    assert plan["actors"]["generator"]["actors"] == 1, plan
     samples, rate = read_track(output / row["audio_path"])
     assert row["audio_path"] == "audio/ok.wav" and samples.dtype == np.int16 and rate == RATE
 

@@ -1,18 +1,17 @@
-"""The one job runner as users meet it: each job started from the command line on this
-machine's real cores (a private cluster, never one found on the machine), an unreachable
-address answered at once, a training plan that cannot fit refused before Ray Train starts,
-and the planner's one GPU rule (unit tests on cluster views; the jobs on a cluster that
-declares GPUs are in tests/test_runner_gpus.py)."""
+"""The one job runner as users meet it: an unreachable address answered at once, relative paths
+on a cluster started elsewhere, a training plan that cannot fit refused, and the planner's one
+GPU rule (unit tests on cluster views). Each job run from the command line on this machine's
+real cores, on a private cluster while another Ray runs on the machine, with train's refusal
+and interrupts, is tests/test_doc_commands.py; the jobs on a cluster that declares GPUs are
+tests/test_runner_gpus.py."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -89,6 +88,21 @@ def test_cpu_plans_leave_a_cpu_to_the_tasks_and_refuse_cuda_without_gpus():
         )
 
 
+def test_no_more_model_actors_than_units_of_work_unless_asked():
+    gen = dict(memory_gb=1.5, cpu_actors="per-core", threads=True)
+    one = plan_models([ModelRole("generator", **gen, most=1)], device="cpu", precision=None,
+                      view=view(2))  # fmt: skip
+    assert one["generator"].actors == 1 and one["generator"].cpu_share == 1  # all the cores
+    gpus = plan_models(
+        [ModelRole("encoder", memory_gb=1.5, most=3)], device="auto", precision=None,
+        view=view(8, gpus=8),
+    )  # fmt: skip
+    assert gpus["encoder"].actors == 3
+    asked = plan_models([ModelRole("generator", **gen, actors=2, most=1)], device="cpu",
+                        precision=None, view=view(2))  # fmt: skip
+    assert asked["generator"].actors == 2  # an explicit --actors is kept
+
+
 def test_training_plan_fits_the_reader_or_names_what_fits():
     plan = plan_training(2, None, use_gpu=False, view=view(2))
     assert 2 * plan.cpus_per_worker + plan.reader_cpus <= 2
@@ -116,123 +130,6 @@ def test_an_unreachable_address_is_one_line_and_claims_nothing(catalog, tmp_path
     assert "Traceback" not in done.stderr
     assert time.monotonic() - t0 < 60
     assert not out.exists() or not any(out.iterdir())  # no _meta.json, no lease
-
-
-TRAIN_LONG = [
-    "train",
-    "--steps",
-    "100000",
-    "--batch-size",
-    "2",
-    "--preview-clips",
-    "0",
-    "--offline",
-]
-
-
-def interrupt(args: list[str], env: dict, sig: signal.Signals) -> subprocess.CompletedProcess:
-    """Run a command, send it `sig` once its training worker group has started."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "selva_ray.cli", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    seen = []
-    deadline = time.monotonic() + 300
-    for line in proc.stderr:
-        seen.append(line)
-        if "Started training worker group" in line or time.monotonic() > deadline:
-            break
-    time.sleep(3)
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=240)
-    return subprocess.CompletedProcess(args, proc.returncode, out, "".join(seen) + err)
-
-
-OTHER_HEAD = """
-import sys, time
-import ray
-from ray._private.utils import write_ray_address
-ctx = ray.init(address="local", num_cpus=1, include_dashboard=False, _temp_dir=sys.argv[1])
-write_ray_address(ctx.address_info["gcs_address"], sys.argv[1])
-print("READY", ctx.address_info["gcs_address"], flush=True)
-while True:
-    time.sleep(1)
-"""
-
-
-def test_commands_start_a_private_cluster_and_ignore_one_on_the_machine(catalog, tmp_path):
-    """Another Ray runs on this machine and is registered where `ray.init()` looks for one
-    (its temp dir's `ray_current_cluster`); extract and qa without an address each run on a
-    private cluster of the machine's cores instead, and record it; train refuses a worker
-    group that cannot fit before Ray Train starts, and ends as an interrupt on SIGINT and
-    SIGTERM. (Every job run from the command line as a
-    user runs it, train with 2 workers included, is tests/test_doc_commands.py.)"""
-    temp = tempfile.mkdtemp(prefix="ro-", dir="/tmp")  # short: Ray's socket paths
-    log = tmp_path / "head.log"
-    with open(log, "w") as fh:
-        head = subprocess.Popen(
-            [sys.executable, "-c", OTHER_HEAD, temp], stdout=fh, stderr=subprocess.STDOUT, env=ENV
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while "READY" not in log.read_text():
-            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(1)
-        other = log.read_text().split("READY", 1)[1].split()[0]
-        env = {**ENV, "RAY_TMPDIR": temp}
-        cores = len(os.sched_getaffinity(0))
-        features, qa = tmp_path / "features", tmp_path / "qa"
-        common = ["--variant", "tiny", "--offline", "--max-duration", "1", "--window", "0"]
-        done = cli(
-            "extract", "--input", str(catalog), "--output", str(features), *common,
-            "--with-audio-latents", env=env,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        # a worker group that cannot fit is refused before Ray Train starts, naming what fits
-        done = cli(
-            "train", "--features", str(features), "--output", str(tmp_path / "train3"),
-            "--workers", "3", "--cpus-per-worker", "1", "--steps", "2", "--batch-size", "3",
-            "--offline", env=env,
-        )  # fmt: skip
-        assert done.returncode == 2, done.stderr[-3000:]
-        last = done.stderr.strip().splitlines()[-1]
-        assert last.startswith("error: --workers 3 x 1 CPU does not fit") and "at most" in last
-        assert not (tmp_path / "train3").exists()
-        # Ctrl-C, then SIGTERM on the resumed run: each ends training as an interrupt (one
-        # line, exit 130, the folder's lease released), and --resume goes on from there
-        for sig, extra in ((signal.SIGINT, []), (signal.SIGTERM, ["--resume"])):
-            stopped = interrupt(
-                [*TRAIN_LONG, "--features", str(features), "--output", str(tmp_path / "t"), *extra],
-                env,
-                sig,
-            )
-            assert stopped.returncode == 130, stopped.stderr[-3000:]
-            last = stopped.stderr.strip().splitlines()[-1]
-            assert last.startswith(f"interrupted ({sig.name}; rerun with --resume"), last
-            assert "Traceback" not in stopped.stderr.split("Started training worker group")[-1]
-            # Ray Train's PlacementGroupCleaner looked Ray up with address "auto": with this
-            # other Ray on the host it failed (a traceback) or asked the wrong cluster
-            for noise in ("Found multiple active Ray instances", "PlacementGroupCleaner"):
-                assert noise not in stopped.stderr, stopped.stderr[-3000:]
-            assert not list((tmp_path / "t" / "_lease").glob("*.json"))
-        done = cli("qa", "--input", str(catalog), "--output", str(qa), "--no-desync", env=env)
-        assert done.returncode == 0, done.stderr[-3000:]
-        for folder in (features, qa):
-            record = runs(folder)[-1]
-            assert record["ok"] == 3, record
-            assert record["ray"]["kind"] == "private"
-            assert record["ray"]["address"] != other
-            assert record["plan"] is None or record["plan"]["cluster"]["cpus"] == cores
-    finally:
-        head.terminate()
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_relative_paths_mean_the_commands_folder_on_a_cluster_started_elsewhere(

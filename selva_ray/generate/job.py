@@ -153,11 +153,13 @@ class GenerateJob(ShardedJob):
 
     # ---- plan and settings --------------------------------------------------------------------
 
-    def roles(self, desync: bool) -> list[ModelRole]:
+    def roles(self, desync: bool, units: dict[str, int] | None = None) -> list[ModelRole]:
         """Generators (one per core on CPUs), feature encoders for catalog input, and DeSync
         actors when some clip is long enough to score. On GPUs the DeSync actors together take
-        `DESYNC_GPU_SHARE` of a GPU and the others are scaled to leave it."""
+        `DESYNC_GPU_SHARE` of a GPU and the others are scaled to leave it. `units`: each
+        role's units of work (`work_units`), which cap its actors."""
         config, catalog = self.config, self.features is None
+        units = units or {}
         scale = 1.0 - DESYNC_GPU_SHARE if desync else 1.0
         tiny = self.spec.name == "tiny"
         roles = [
@@ -169,6 +171,7 @@ class GenerateJob(ShardedJob):
                 cpus=config.cpus_per_actor,
                 cpu_actors="per-core",
                 threads=True,
+                most=units.get("generator"),
             )
         ]
         if catalog:
@@ -180,6 +183,7 @@ class GenerateJob(ShardedJob):
                     gpu_share=config.encoder_gpus * scale,
                     cpus=config.cpus_per_actor,
                     threads=True,
+                    most=units.get("encoder"),
                 )
             )
         if desync:
@@ -193,14 +197,15 @@ class GenerateJob(ShardedJob):
                     # Ray counts GPU shares in 1e-4 units: round down so they sum to <= 0.1
                     gpu_share=math.floor(DESYNC_GPU_SHARE / (n or 1) * 1e4) / 1e4,
                     cpus=config.cpus_per_actor,
+                    most=units.get("desync"),
                 )
             )
         return roles
 
-    def make_plan(self, desync: bool) -> Plan:
+    def make_plan(self, desync: bool, units: dict[str, int] | None = None) -> Plan:
         config = self.config
         plan = plan_models(
-            self.roles(desync),
+            self.roles(desync, units),
             device=config.device,
             precision=config.precision,
             task_memory_gb=config.decode_memory_gb,
@@ -218,6 +223,24 @@ class GenerateJob(ShardedJob):
 
     def plan(self) -> Plan:
         return self.make_plan(desync=False)
+
+    def work_units(self, short: list[dict], long_rows: list[dict]) -> dict[str, int]:
+        """What each model role has to do in this run: generator calls (planned batches of
+        the short clips with an explicit --batch-size, else one per clip, as the batch size
+        then shrinks to share them; one per long video), and encoder and DeSync rows."""
+        size = self.config.batch_size
+        if size:
+            planned, steps = [r["planned"] for r in short], [r["steps"] for r in short]
+            buckets = bucket_sizes(self.spec, planned, steps, [r["cfg"] for r in short])
+            calls = sum(math.ceil(n / size) for n in buckets.values())
+        else:
+            calls = len(short)
+        videos = len({r["parent_id"] for r in long_rows})
+        return {
+            "generator": max(calls, videos),
+            "encoder": len(short) + len(long_rows),
+            "desync": len(short) + videos,
+        }
 
     def layout(self, plan: Plan | None) -> dict:
         settings = {
@@ -314,7 +337,7 @@ class GenerateJob(ShardedJob):
         desync = desync_settings(self.config) is not None and any(d >= shortest for d in planned)
         if desync_settings(self.config) is not None and not desync:
             log.info("no clip reaches %.1f s: DeSync is not run (desync_s null)", shortest)
-        plan = self.make_plan(desync)
+        plan = self.make_plan(desync, self.work_units(short, long_rows))
         self.final_plan = plan
         log.info("generate %s", plan.summary())
         pipes = []

@@ -9,6 +9,8 @@ Rules:
   the models on the CPU while planning GPUs (tests on machines without one).
 - GPU: one actor per GPU per model role unless `--actors` says otherwise, each taking its
   role's GPU share.
+- Never more model actors of a role than the job has units of work for it (batches, clips):
+  an actor with nothing to do would only load a model. An explicit `--actors` is kept.
 - CPU: model actors hold their CPUs for the whole run, so together they take at most the
   cluster's CPUs less `TASK_RESERVE_CPUS` for the decode/load/write tasks (else those tasks
   could never be scheduled); torch threads split the node's cores between the model actors
@@ -108,6 +110,7 @@ class ModelRole:
     cpu_actors: int | str = 1  # actors on CPUs when `actors` is None: a count or "per-core"
     gpu_actors: int | None = None  # actors on GPUs when `actors` is None (None: one per GPU)
     threads: bool = False  # split the node's cores between such actors (runtime.cpu_threads)
+    most: int | None = None  # the job's units of work for this stage: no more actors than that
 
 
 @dataclass(frozen=True)
@@ -223,6 +226,8 @@ def plan_models(
             counts[r.role] = view.model_slots(int(r.memory_gb * GiB))
         else:
             counts[r.role] = int(r.cpu_actors)
+        if r.actors is None and r.most is not None:  # an actor with no work only loads a model
+            counts[r.role] = max(1, min(counts[r.role], r.most))
     pool = sum(counts.values())
     threaded = sum(counts[r.role] for r in roles if r.threads)
     free = view.cpus - TASK_RESERVE_CPUS
