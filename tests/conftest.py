@@ -55,24 +55,25 @@ def shared_ray() -> str:
 # by their number of tests, which put the long modules of few tests last.)
 LONGEST_FIRST = (
     "test_train_job.py",
-    "test_faults.py",
     "test_doc_commands.py",
+    "test_faults.py",
+    "test_generate_job.py",
     "test_extract_job.py",
     "test_demo.py",
-    "test_generate_job.py",
-    "test_long_jobs.py",
     "test_jobs_api.py",
+    "test_long_jobs.py",
     "test_object_storage.py",
     "test_pipeline.py",
     "test_front_door.py",
     "test_runner_gpus.py",
     "test_ray_job_submit.py",
     "test_bounded_memory.py",
-    "test_qa_report.py",
     "test_bad_inputs.py",
-    "test_qa_desync.py",
-    "test_runner.py",
+    "test_qa_report.py",
     "test_environment.py",
+    "test_report_page.py",
+    "test_long_memory.py",
+    "test_bf16.py",
 )
 
 

@@ -145,7 +145,7 @@ def _pytest(env_extra: dict, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(env_extra)
     return subprocess.run(
-        # -n0: in one process (the addopts' -n 3 would start three workers for one module)
+        # -n0: in one process (the addopts' -n would start worker processes for one module)
         [sys.executable, "-m", "pytest", "-q", "-rs", "-n0", "-p", "no:cacheprovider", *args],
         cwd=REPO_ROOT,
         env=env,
