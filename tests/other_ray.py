@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ray_head import end_process
+
 OTHER_HEAD = """
 import sys, time
 import ray
@@ -52,11 +54,7 @@ def other_ray(log: Path, env: dict) -> Iterator[OtherRay]:
             time.sleep(1)
         yield OtherRay(temp, log.read_text().split("READY", 1)[1].split()[0])
     finally:
-        head.terminate()
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            head.kill()
+        end_process(head)
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -126,6 +126,16 @@ def start_head(env: dict, temp_dir: str, log: Path, num_cpus: int = 2) -> Head:
     raise AssertionError("unreachable")
 
 
+def end_process(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`: for a head that is a driver process of its own
+    (`ray.init` in a script), which shuts its cluster down when it ends."""
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def stop_head(head: Head, grace_s: float = 60) -> set[tuple[int, int]]:
     """Stop this head and nothing else; returns the processes that SIGTERM did not end (they
     are killed). Afterwards none of its processes, and none naming its temp dir, runs."""

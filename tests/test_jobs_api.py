@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from golden_support import REPO_ROOT
+from ray_head import end_process
 from video_factory import AudioSpec, write_video
 
 from selva_ray.io.feature_schema import read_features
@@ -98,11 +99,7 @@ def jobs(tmp_path_factory):
                 time.sleep(1)
         yield client
     finally:
-        head.terminate()
-        try:
-            head.wait(30)
-        except subprocess.TimeoutExpired:
-            head.kill()
+        end_process(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
