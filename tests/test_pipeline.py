@@ -251,6 +251,7 @@ def test_generate_one_cli_reports_bad_input(tmp_path):
     bad = write_text_file(tmp_path / "clip.mp4")
     out = _cli("generate-one", bad, "--prompt", "a", "--variant", "tiny", cwd=tmp_path)
     assert out.returncode == 2 and "clip.mp4" in out.stderr
+    assert "selva_core.pipeline: loaded" not in out.stderr  # said before any model loads
     out = _cli("generate-one", bad, "--prompt", "a", "--variant", "huge_48k", cwd=tmp_path)
     assert out.returncode == 2 and "unknown variant" in out.stderr
 

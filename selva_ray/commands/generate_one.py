@@ -68,8 +68,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from selva_core.conditioning import PromptError
-    from selva_core.pipeline import Pipeline
+    from selva_core.conditioning import PromptError, validate_prompts
+    from selva_core.pipeline import Pipeline, decode_config_for
+    from selva_core.variants import get_spec
+    from selva_core.video.decode import decode_clip
     from selva_core.video.errors import VideoError
     from selva_core.video.write import mux_audio, write_flac
     from selva_core.weights import WeightsError
@@ -82,11 +84,20 @@ def run(args: argparse.Namespace) -> int:
     check_model_args(args)
     try:
         t0 = time.perf_counter()
-        pipe = Pipeline(pipeline_config(args), resolve_store(args))
-        t1 = time.perf_counter()
-        features = pipe.extract_features(
-            args.video, args.prompt, start=args.start, max_duration=args.duration
+        config = pipeline_config(args)
+        spec = get_spec(config.variant)
+        # The input first: a bad video or prompt is one line before any model loads.
+        validate_prompts([args.prompt], family=spec.family)
+        decoded = decode_clip(
+            args.video,
+            start=args.start,
+            max_duration=args.duration,
+            config=decode_config_for(spec, config.frame_rule),
         )
+        t_load = time.perf_counter()
+        pipe = Pipeline(config, resolve_store(args))
+        t1 = time.perf_counter()
+        features = pipe.extract_features(decoded, args.prompt)
         t2 = time.perf_counter()
         wav = pipe.generate(
             features,
@@ -114,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
             duration=features.duration,
         )
         print(f"wrote {dubbed}")
-    print(f"load {t1 - t0:.1f} s, features {t2 - t1:.1f} s, generation {t3 - t2:.1f} s")
+    print(
+        f"decode {t_load - t0:.1f} s, load {t1 - t_load:.1f} s, features {t2 - t1:.1f} s, "
+        f"generation {t3 - t2:.1f} s"
+    )
     return 0
 
 

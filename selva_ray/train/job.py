@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -301,6 +302,10 @@ def _fit(
     )
     if private:
         _without_pg_cleaner(trainer)
+        # One node that ends with this driver: no other node can be preempted under the run,
+        # so Ray Train's preemption watcher (an actor polling for drained nodes) has nothing
+        # to watch. Ray Train passes the variable from this driver to its controller.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     interrupted = _abort_on_signals(trainer, run_dir)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
