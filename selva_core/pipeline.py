@@ -182,6 +182,28 @@ def decode_config_for(
     )
 
 
+def decode_input(
+    config: PipelineConfig,
+    video: str | Path,
+    *,
+    start: float = 0.0,
+    max_duration: float = 8.0,
+    with_audio: bool = False,
+    mask: MaskSettings | None = None,
+) -> DecodedClip:
+    """`Pipeline.decode` without the models: a command checks its video before any loads."""
+    spec = get_spec(config.variant)
+    decoding = decode_config_for(spec, config.frame_rule)
+    clip = decode_clip(
+        video,
+        start=start,
+        max_duration=max_duration,
+        audio_rate=spec.sampling_rate if with_audio else None,
+        config=decoding,
+    )
+    return clip if mask is None else apply_mask(clip, mask, config=decoding)
+
+
 class SamplingOptions(TypedDict, total=False):
     """The keyword options of `Pipeline.sample_latents`, which `generate` passes on."""
 
@@ -236,15 +258,14 @@ class Pipeline:
     ) -> DecodedClip:
         """Frames for this variant's family, and the audio track at its rate if asked;
         with `mask`, background greyed out (`selva_core.video.mask`)."""
-        config = decode_config_for(self.spec, self.config.frame_rule)
-        clip = decode_clip(
+        return decode_input(
+            self.config,
             video,
             start=start,
             max_duration=max_duration,
-            audio_rate=self.sampling_rate if with_audio else None,
-            config=config,
+            with_audio=with_audio,
+            mask=mask,
         )
-        return clip if mask is None else apply_mask(clip, mask, config=config)
 
     @torch.no_grad()
     def extract_features(

@@ -69,9 +69,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from selva_core.conditioning import PromptError, validate_prompts
-    from selva_core.pipeline import Pipeline, decode_config_for
+    from selva_core.pipeline import Pipeline, decode_input
     from selva_core.variants import get_spec
-    from selva_core.video.decode import decode_clip
     from selva_core.video.errors import VideoError
     from selva_core.video.write import mux_audio, write_flac
     from selva_core.weights import WeightsError
@@ -85,15 +84,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         t0 = time.perf_counter()
         config = pipeline_config(args)
-        spec = get_spec(config.variant)
         # The input first: a bad video or prompt is one line before any model loads.
-        validate_prompts([args.prompt], family=spec.family)
-        decoded = decode_clip(
-            args.video,
-            start=args.start,
-            max_duration=args.duration,
-            config=decode_config_for(spec, config.frame_rule),
-        )
+        validate_prompts([args.prompt], family=get_spec(config.variant).family)
+        decoded = decode_input(config, args.video, start=args.start, max_duration=args.duration)
         t_load = time.perf_counter()
         pipe = Pipeline(config, resolve_store(args))
         t1 = time.perf_counter()
