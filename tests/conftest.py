@@ -15,13 +15,15 @@ torch.backends.cudnn.allow_tf32 = False
 torch.set_num_threads(1)
 
 import pytest  # noqa: E402
+from ray_head import MACHINE_CPUS  # noqa: E402
 
 # One local Ray cluster shared by the modules that need no cluster of their own: starting one
 # costs 5-20 s on this machine. A module that needs its own (several nodes, declared GPUs, a
 # job-submission head) shuts the shared one down first; the next module that asks for it
-# starts it again. The jobs' plans on the machine's real cores are tested by running the
-# commands themselves (tests/test_runner.py), not on this cluster.
-SHARED_RAY_CPUS = 4  # Ray Data tasks and Ray Train workers of the in-process tests side by side
+# starts it again. It declares the machine's real cores, no more: a cluster with more logical
+# CPUs than cores runs plans a user's machine would not (more model actors, a worker group
+# that would not fit) and can hide a hang. The jobs' plans are also tested by running the
+# commands themselves (tests/test_doc_commands.py), on the private cluster each starts.
 
 
 def ensure_shared_ray() -> str:
@@ -30,7 +32,7 @@ def ensure_shared_ray() -> str:
     if not ray.is_initialized():
         ray.init(
             address="local",  # never a cluster another process started on this machine
-            num_cpus=SHARED_RAY_CPUS,
+            num_cpus=MACHINE_CPUS,
             object_store_memory=400 * 1024 * 1024,
             include_dashboard=False,
         )

@@ -17,6 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# The cores this process may run on: what every local Ray a test starts declares, no more (a
+# cluster with more logical CPUs than cores runs plans the user's machine would not, and can
+# hide a hang). Clusters that stand for several machines (cluster_support) are the exception.
+MACHINE_CPUS = len(os.sched_getaffinity(0))
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import ray
+from ray_head import MACHINE_CPUS
 from video_factory import write_long_video
 
 from selva_ray.io.feature_schema import read_features
@@ -52,7 +53,10 @@ def cluster():
     shared cluster's workers carry the peaks of earlier modules' tasks."""
     ray.shutdown()
     ray.init(
-        address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024, include_dashboard=False
+        address="local",
+        num_cpus=MACHINE_CPUS,
+        object_store_memory=400 * 1024 * 1024,
+        include_dashboard=False,
     )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()

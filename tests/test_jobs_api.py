@@ -21,7 +21,7 @@ from video_factory import AudioSpec, write_video
 from selva_ray.io.feature_schema import read_features
 
 HEAD = """
-import sys, time, ray
+import os, sys, time, ray
 import ray._private.parameter as parameter
 from ray._private.utils import write_ray_address
 
@@ -34,8 +34,9 @@ def _init_with_agent_port(self, *args, **kwargs):
 parameter.RayParams.__init__ = _init_with_agent_port
 # A job's driver gets its cluster address from the head's temp dir (ray_current_cluster), and
 # the shared /tmp/ray names whichever cluster `ray start` made last on this machine: our own
-# temp dir names ours.
-ctx = ray.init(address="local", num_cpus=4, object_store_memory=400 * 1024 * 1024,
+# temp dir names ours. It declares the machine's real cores, as a user's head would.
+ctx = ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)),
+               object_store_memory=400 * 1024 * 1024,
                include_dashboard=True, dashboard_host="127.0.0.1",
                dashboard_port=int(sys.argv[1]), _temp_dir=sys.argv[3])
 write_ray_address(ctx.address_info["gcs_address"], sys.argv[3])
