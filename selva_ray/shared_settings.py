@@ -152,7 +152,12 @@ def check_weights_opt(group: str | None = None, **extra) -> Any:
 # ---- model actors -----------------------------------------------------------------------------
 
 
-def actors_opt(role: str, default_text: str = "one per GPU, else 1", group=None, **extra) -> Any:
+def actors_opt(
+    role: str,
+    default_text: str = "one per GPU, else 1; no more than the run has batches",
+    group=None,
+    **extra,
+) -> Any:
     return opt(
         None,
         type=validate.actor_count,

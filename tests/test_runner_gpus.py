@@ -54,20 +54,23 @@ def assert_one_per_gpu(plan: dict, role: str) -> None:
 
 
 def test_every_job_plans_one_model_actor_per_gpu(gpu_cluster, catalog, tmp_path):
-    features = tmp_path / "features"
-    run_extract(
-        ExtractConfig(
-            input=str(catalog),
-            output=str(features),
-            variant="tiny",
-            device="cuda",
-            precision="fp32",
-            max_duration=1.0,
-            offline=True,
-            progress=False,
-        )
+    """With a batch for each GPU (the 2 clips in batches of 1), and no actor beyond the
+    batches: the 2 clips in one batch of 8 load one encoder, not one per GPU."""
+    extract = dict(
+        input=str(catalog),
+        variant="tiny",
+        device="cuda",
+        precision="fp32",
+        max_duration=1.0,
+        offline=True,
+        progress=False,
     )
+    features = tmp_path / "features"
+    run_extract(ExtractConfig(output=str(features), batch_size=1, **extract))
     assert_one_per_gpu(last_plan(features), "encoder")
+    one_batch = tmp_path / "one-batch"
+    run_extract(ExtractConfig(output=str(one_batch), batch_size=8, **extract))
+    assert last_plan(one_batch)["actors"]["encoder"]["actors"] == 1
 
     qa = tmp_path / "qa"
     run_qa(
@@ -76,6 +79,7 @@ def test_every_job_plans_one_model_actor_per_gpu(gpu_cluster, catalog, tmp_path)
             output=str(qa),
             desync_variant="tiny",
             device="cuda:0",
+            desync_batch_size=1,
             progress=False,
         )
     )

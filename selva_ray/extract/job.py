@@ -112,10 +112,11 @@ class ExtractJob(ShardedJob):
     def layout(self, plan: Plan | None) -> dict:
         return self.features.describe()
 
-    def plan(self) -> Plan:
+    def plan(self, batches: int | None = None) -> Plan:
+        """Encoder actors; `batches`: this run's encoder batches, which cap them."""
         memory = 1.5 if self.spec.is_tiny else 10.0
         return plan_one_model(
-            self.config, "encoder", memory_gb=memory, precision=self.config.precision
+            self.config, "encoder", memory_gb=memory, precision=self.config.precision, most=batches
         )
 
     def estimate(self, finished: dict, plan: Plan | None) -> dict:
@@ -157,7 +158,16 @@ class ExtractJob(ShardedJob):
         config, spec = self.config, self.spec
         rows = _shards(selection.todo, config.shard_size, run)
         expected = Counter(r["shard"] for r in rows)
-        log.info("%d clips in %d shard(s)", len(rows), len(expected))
+        batches = math.ceil(len(rows) / config.batch_size)
+        plan = self.final_plan = self.plan(batches)
+        log.info(
+            "%d clips in %d shard(s), %d encoder batch(es) of up to %d on %d actor(s)",
+            len(rows),
+            len(expected),
+            batches,
+            config.batch_size,
+            plan["encoder"].actors,
+        )
         audio_rate = spec.sampling_rate if config.with_audio_latents else None
         stages = [
             Stage(

@@ -113,13 +113,16 @@ class QAJob(ShardedJob):
             "settings_hash": settings_hash(self.settings),
         }
 
-    def plan(self) -> Plan | None:
-        desync = self.config.desync_settings()
+    def plan(self, batches: int | None = None) -> Plan | None:
+        """DeSync actors (none without DeSync); `batches`: this run's DeSync batches, which
+        cap them."""
+        config = self.config
+        desync = config.desync_settings()
         if desync is None:
             return None
         memory = 1.5 if desync.variant == "tiny" else 4.0
         return plan_one_model(
-            self.config, "desync", memory_gb=memory, precision=self.config.desync_precision
+            config, "desync", memory_gb=memory, precision=config.desync_precision, most=batches
         )
 
     def estimate(self, finished: dict, plan: Plan | None) -> dict:
@@ -168,6 +171,15 @@ class QAJob(ShardedJob):
         expected = Counter(r["shard"] for r in rows)
         log.info("%d clips in %d shard(s)", len(rows), len(expected))
         desync = config.desync_settings()
+        if desync is not None:
+            batches = math.ceil(len(rows) / config.desync_batch_size)
+            plan = self.final_plan = self.plan(batches)
+            log.info(
+                "%d DeSync batch(es) of up to %d on %d actor(s)",
+                batches,
+                config.desync_batch_size,
+                plan["desync"].actors,
+            )
         stages = [
             Stage(
                 "measure",

@@ -262,16 +262,20 @@ def plan_models(
     )
 
 
-def plan_one_model(config, role: str, *, memory_gb: float, precision: str | None) -> Plan:
+def plan_one_model(
+    config, role: str, *, memory_gb: float, precision: str | None, most: int | None = None
+) -> Plan:
     """The plan of a job with a single model stage, from the actor flags every such job has
     (`device`, `actors`, `gpus_per_actor`, `cpus_per_actor`, `actor_memory_gb` over the
-    role's `memory_gb` default, `decode_cpus`, `decode_memory_gb`)."""
+    role's `memory_gb` default, `decode_cpus`, `decode_memory_gb`). `most`: the stage's
+    batches in this run, once known (an actor beyond them would never get one)."""
     model = ModelRole(
         role,
         memory_gb=config.actor_memory_gb or memory_gb,
         actors=config.actors,
         gpus_per_actor=config.gpus_per_actor,
         cpus=config.cpus_per_actor,
+        most=most,
     )
     return plan_models(
         [model],
