@@ -16,6 +16,7 @@ from selva_ray.generate import GenerateConfig, run_generate
 from selva_ray.qa import QAConfig, run_qa
 
 GPUS = 2
+CLIPS = 4  # in batches of 1: 4 encoder batches, 2 generator calls (2 batches each), 4 DeSync
 
 
 @pytest.fixture(scope="module")
@@ -37,12 +38,12 @@ def gpu_cluster():
 
 @pytest.fixture(scope="module")
 def catalog(tmp_path_factory) -> Path:
-    return write_folder_catalog(tmp_path_factory.mktemp("gpus") / "catalog", "birds", 2, 1.0)
+    return write_folder_catalog(tmp_path_factory.mktemp("gpus") / "catalog", "birds", CLIPS, 1.0)
 
 
 def last_plan(folder: Path) -> dict:
     record = json.loads((folder / "_meta.json").read_text())["runs"][-1]
-    assert record["ok"] == 2, record
+    assert record["ok"] == CLIPS, record
     return record["plan"]
 
 
@@ -54,8 +55,8 @@ def assert_one_per_gpu(plan: dict, role: str) -> None:
 
 
 def test_every_job_plans_one_model_actor_per_gpu(gpu_cluster, catalog, tmp_path):
-    """With a batch for each GPU (the 2 clips in batches of 1), and no actor beyond the
-    batches: the 2 clips in one batch of 8 load one encoder, not one per GPU."""
+    """With work for each GPU (the clips in batches of 1), and no actor beyond the batches:
+    the clips in one batch of 8 load one encoder, not one per GPU."""
     extract = dict(
         input=str(catalog),
         variant="tiny",
@@ -96,6 +97,7 @@ def test_every_job_plans_one_model_actor_per_gpu(gpu_cluster, catalog, tmp_path)
                 precision="fp32",
                 max_duration=1.0,
                 steps=2,
+                batch_size=1,
                 offline=True,
                 progress=False,
                 desync=False,

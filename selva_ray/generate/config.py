@@ -145,7 +145,7 @@ class GenerateConfig(s.BatchJobSettings):
         type=validate.actor_count,
         metavar="N",
         group=DESYNC,
-        help="DeSync actors (default: one per GPU, else 1)",
+        help="DeSync actors (default: one per GPU, else 1; no more than the run has batches)",
     )
     batch_size: int | None = opt(
         None,
@@ -156,7 +156,7 @@ class GenerateConfig(s.BatchJobSettings):
     actors: int | None = s.actors_opt(
         "generator",
         "one per GPU; on CPUs one per core, each with one torch thread, as many as the nodes' "
-        "memory holds",
+        "memory holds; no more than the run has calls of 2 batches (long videos: one each)",
     )
     gpus_per_actor: float | None = s.gpus_per_actor_opt(
         "generator",
@@ -167,7 +167,8 @@ class GenerateConfig(s.BatchJobSettings):
     encoder_actors: int | None = opt(
         None,
         type=validate.actor_count,
-        help="feature encoder actors (catalog input; default: one per GPU, else 1)",
+        help="feature encoder actors (catalog input; default: one per GPU, else 1; no more than "
+        "the run has batches)",
     )
     # not flags
     encoder_gpus: float = 0.5

@@ -224,22 +224,19 @@ class GenerateJob(ShardedJob):
     def plan(self) -> Plan:
         return self.make_plan(desync=False)
 
-    def work_units(self, short: list[dict], long_rows: list[dict]) -> dict[str, int]:
-        """What each model role has to do in this run: generator calls (planned batches of
-        the short clips with an explicit --batch-size, else one per clip, as the batch size
-        then shrinks to share them; one per long video), and encoder and DeSync rows."""
-        size = self.config.batch_size
-        if size:
-            planned, steps = [r["planned"] for r in short], [r["steps"] for r in short]
-            buckets = bucket_sizes(self.spec, planned, steps, [r["cfg"] for r in short])
-            calls = sum(math.ceil(n / size) for n in buckets.values())
-        else:
-            calls = len(short)
+    def work_units(self, short: list[dict], long_rows: list[dict], batch: int) -> dict[str, int]:
+        """What each model role can be handed in this run, in the bundles its stage takes
+        (Ray Data gives an actor at least `batch_size` rows a call, so an actor beyond them
+        would only load its models): generator calls of `batch` x GROUP_WINDOW short clips
+        and one per long video; encoder batches (of `batch` short clips, of the long
+        pipeline's batch of windows); DeSync batches. The two pipelines run one after the
+        other, so a role needs the larger of the two."""
         videos = len({r["parent_id"] for r in long_rows})
+        long_batch = self.config.batch_size or DEFAULT_BATCH
         return {
-            "generator": max(calls, videos),
-            "encoder": len(short) + len(long_rows),
-            "desync": len(short) + videos,
+            "generator": max(math.ceil(len(short) / (batch * GROUP_WINDOW)), videos),
+            "encoder": max(math.ceil(len(short) / batch), math.ceil(len(long_rows) / long_batch)),
+            "desync": math.ceil(max(len(short), videos) / DESYNC_BATCH_SIZE),
         }
 
     def layout(self, plan: Plan | None) -> dict:
@@ -337,7 +334,11 @@ class GenerateJob(ShardedJob):
         desync = desync_settings(self.config) is not None and any(d >= shortest for d in planned)
         if desync_settings(self.config) is not None and not desync:
             log.info("no clip reaches %.1f s: DeSync is not run (desync_s null)", shortest)
-        plan = self.make_plan(desync, self.work_units(short, long_rows))
+        # on CPUs the batch is cut for the generators a run of this size gets (one per clip at
+        # most); the final plan has no more actors than the stages can hand work to
+        first = self.make_plan(desync, {"generator": max(len(short), 1)})
+        self.short_batch = batch_size_for(self.config, first["generator"], len(short))
+        plan = self.make_plan(desync, self.work_units(short, long_rows, self.short_batch))
         self.final_plan = plan
         log.info("generate %s", plan.summary())
         pipes = []
@@ -489,7 +490,7 @@ class GenerateJob(ShardedJob):
 
     def short_pipeline(self, todo: list[dict], plan: Plan, run: str, desync: bool) -> Pipeline:
         config = self.config
-        batch_size = batch_size_for(config, plan["generator"], len(todo))
+        batch_size = self.short_batch
         batches = order_batches(todo, self.spec, batch_size, config.shard_size, run)
         expected = Counter(r["shard"] for chunk in batches for r in chunk)
         log.info(
