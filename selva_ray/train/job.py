@@ -49,6 +49,7 @@ from .data import (
 )
 from .runlog import read_json, write_json
 
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # off on a private cluster
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "_meta.json"
@@ -300,12 +301,16 @@ def _fit(
         # Every worker reads both splits whole: batches are cut from a global permutation.
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
+    # One node that ends with this driver: no other node can be preempted under the run, so
+    # Ray Train's preemption watcher (an actor polling for drained nodes) has nothing to
+    # watch. Ray Train passes the variable from this driver to its controller, in `fit`; it
+    # is set for this run only (a user's own setting wins), so that a later run in this
+    # process on a cluster joined by address keeps the watcher.
+    watcher_off = private and PREEMPTION_WATCHER not in os.environ
     if private:
         _without_pg_cleaner(trainer)
-        # One node that ends with this driver: no other node can be preempted under the run,
-        # so Ray Train's preemption watcher (an actor polling for drained nodes) has nothing
-        # to watch. Ray Train passes the variable from this driver to its controller.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+    if watcher_off:
+        os.environ[PREEMPTION_WATCHER] = "0"
     interrupted = _abort_on_signals(trainer, run_dir)
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -320,6 +325,8 @@ def _fit(
             f"last checkpoint in {run_dir / STORAGE_NAME}"
         ) from exc
     finally:
+        if watcher_off:
+            os.environ.pop(PREEMPTION_WATCHER, None)
         if threading.current_thread() is threading.main_thread():
             for sig, handler in previous.items():  # the command's own handlers again
                 signal.signal(sig, handler)
