@@ -103,6 +103,40 @@ def test_no_more_model_actors_than_units_of_work_unless_asked():
     assert asked["generator"].actors == 2  # an explicit --actors is kept
 
 
+def test_each_pipeline_of_a_run_starts_only_the_actors_its_work_needs():
+    """Generate runs its short clips, then its long videos, on one plan: a pipeline with less
+    work than the plan's largest need starts fewer actors (a long video is one generator
+    call), and the torch threads are split between the actors it starts."""
+    from selva_ray.generate import GenerateConfig
+    from selva_ray.generate.job import GenerateJob
+
+    short = [{"id": f"c{i}"} for i in range(8)]
+    long_rows = [{"id": f"v#w{k:03d}", "parent_id": "v"} for k in range(3)]
+    job = GenerateJob(GenerateConfig(input="in", output="out", variant="tiny"))
+    short_units, long_units = job.work_units(short, long_rows, batch=2)
+    assert short_units == {"generator": 2, "encoder": 4, "desync": 2}
+    assert long_units == {"generator": 1, "encoder": 1, "desync": 1}
+    roles = [
+        ModelRole("generator", memory_gb=1.5, cpu_actors="per-core", threads=True, most=2),
+        ModelRole("encoder", memory_gb=1.5, cpu_actors="per-core", threads=True, most=4),
+        ModelRole("desync", memory_gb=1.5, cpu_actors=2, most=2),
+    ]
+    plan = plan_models(roles, device="cpu", precision=None, view=view(4))
+    assert [plan[r].actors for r in ("generator", "encoder", "desync")] == [2, 4, 2]
+    assert plan["generator"].cpu_share == 6
+    one = plan.for_work(long_units)
+    assert [one[r].actors for r in ("generator", "encoder", "desync")] == [1, 1, 1]
+    assert one["generator"].cpu_share == one["encoder"].cpu_share == 2
+    assert one["desync"].cpu_share is None
+    assert one["generator"].num_cpus == plan["generator"].num_cpus
+    kept = plan.for_work(long_units, frozenset({"generator"}))  # --actors 2 is kept as given
+    assert kept["generator"].actors == 2 and kept["encoder"].actors == 1
+    assert plan.for_work(short_units).actors == plan.actors  # the plan was made for this one
+    assert job.explicit_roles() == frozenset()
+    asked = GenerateJob(GenerateConfig(input="in", output="out", actors=2, desync_actors=1))
+    assert asked.explicit_roles() == frozenset({"generator", "desync"})
+
+
 def test_training_plan_fits_the_reader_or_names_what_fits():
     plan = plan_training(2, None, use_gpu=False, view=view(2))
     assert 2 * plan.cpus_per_worker + plan.reader_cpus <= 2

@@ -224,20 +224,38 @@ class GenerateJob(ShardedJob):
     def plan(self) -> Plan:
         return self.make_plan(desync=False)
 
-    def work_units(self, short: list[dict], long_rows: list[dict], batch: int) -> dict[str, int]:
-        """What each model role can be handed in this run, in the bundles its stage takes
+    def work_units(
+        self, short: list[dict], long_rows: list[dict], batch: int
+    ) -> tuple[dict[str, int], dict[str, int]]:
+        """What each model role can be handed by each pipeline, in the bundles its stage takes
         (Ray Data gives an actor at least `batch_size` rows a call, so an actor beyond them
-        would only load its models): generator calls of `batch` x GROUP_WINDOW short clips
-        and one per long video; encoder batches (of `batch` short clips, of the long
-        pipeline's batch of windows); DeSync batches. The two pipelines run one after the
-        other, so a role needs the larger of the two."""
+        would only load its models). The short clips': generator calls of `batch` x
+        GROUP_WINDOW clips, encoder batches of `batch`, DeSync batches; the long videos': one
+        generator call per video, encoder batches of the long pipeline's batch of windows,
+        DeSync batches of videos."""
         videos = len({r["parent_id"] for r in long_rows})
         long_batch = self.config.batch_size or DEFAULT_BATCH
-        return {
-            "generator": max(math.ceil(len(short) / (batch * GROUP_WINDOW)), videos),
-            "encoder": max(math.ceil(len(short) / batch), math.ceil(len(long_rows) / long_batch)),
-            "desync": math.ceil(max(len(short), videos) / DESYNC_BATCH_SIZE),
+        short_units = {
+            "generator": math.ceil(len(short) / (batch * GROUP_WINDOW)),
+            "encoder": math.ceil(len(short) / batch),
+            "desync": math.ceil(len(short) / DESYNC_BATCH_SIZE),
         }
+        long_units = {
+            "generator": videos,
+            "encoder": math.ceil(len(long_rows) / long_batch),
+            "desync": math.ceil(videos / DESYNC_BATCH_SIZE),
+        }
+        return short_units, long_units
+
+    def explicit_roles(self) -> frozenset[str]:
+        """Roles whose actor count the user gave (kept as given in every pipeline)."""
+        config = self.config
+        given = {
+            "generator": config.actors,
+            "encoder": config.encoder_actors,
+            "desync": config.desync_actors,
+        }
+        return frozenset(role for role, n in given.items() if n is not None)
 
     def layout(self, plan: Plan | None) -> dict:
         settings = {
@@ -338,14 +356,20 @@ class GenerateJob(ShardedJob):
         # most); the final plan has no more actors than the stages can hand work to
         first = self.make_plan(desync, {"generator": max(len(short), 1)})
         self.short_batch = batch_size_for(self.config, first["generator"], len(short))
-        plan = self.make_plan(desync, self.work_units(short, long_rows, self.short_batch))
+        # The two pipelines run one after the other: the plan holds the larger need of each
+        # role, and each pipeline starts only the actors its own work needs.
+        short_units, long_units = self.work_units(short, long_rows, self.short_batch)
+        units = {role: max(n, long_units[role]) for role, n in short_units.items()}
+        plan = self.make_plan(desync, units)
         self.final_plan = plan
         log.info("generate %s", plan.summary())
+        keep = self.explicit_roles()
         pipes = []
         if short:
-            pipes.append(self.short_pipeline(short, plan, run, desync))
+            pipes.append(self.short_pipeline(short, plan.for_work(short_units, keep), run, desync))
         if long_rows:
-            pipes.append(self.long_pipeline(long_rows, plan, run, desync))
+            long_plan = plan.for_work(long_units, keep)
+            pipes.append(self.long_pipeline(long_rows, long_plan, run, desync))
         return pipes
 
     def finish(self, summary: GenerateSummary, tally, pipelines) -> None:

@@ -25,7 +25,7 @@ import logging
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import UsageError
 
@@ -143,6 +143,24 @@ class Plan:
 
     def __getitem__(self, role: str) -> ActorPlan:
         return self.actors[role]
+
+    def for_work(self, most: dict[str, int], keep: frozenset[str] = frozenset()) -> Plan:
+        """This plan for one pipeline of a run whose pipelines run one after the other: no
+        more actors of a role than the `most[role]` units of work that pipeline hands it (an
+        idle actor would only load its model); roles in `keep` (an explicit count) stay as
+        planned. Torch threads are split between the actors left."""
+        actors = {
+            role: a
+            if role in keep or role not in most
+            else replace(a, actors=max(1, min(a.actors, most[role])))
+            for role, a in self.actors.items()
+        }
+        threaded = sum(a.actors for a in actors.values() if a.cpu_share is not None)
+        actors = {
+            role: a if a.cpu_share is None else replace(a, cpu_share=threaded)
+            for role, a in actors.items()
+        }
+        return replace(self, actors=actors)
 
     def describe(self) -> dict:
         return {
