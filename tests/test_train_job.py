@@ -261,6 +261,25 @@ def test_private_cluster_runs_without_the_placement_group_cleaner():
     assert after == [name for name in before if name != "PlacementGroupCleanerCallback"]
 
 
+def test_own_local_cluster_runs_without_the_cleaner_and_the_preemption_watcher(baseline, cluster):
+    """The suite's cluster is this process's own one-node `ray.init()` (as a notebook's is):
+    a run on it started neither Ray Train helper (nothing outlives this process, no node can
+    be drained under it) and left the watcher's variable as it found it; the controller and
+    the workers did run there."""
+    import os
+
+    import ray
+
+    from selva_ray.runner.connect import connect
+    from selva_ray.train.job import PREEMPTION_WATCHER
+
+    assert connect(progress=False).ends_with_driver
+    names = {a["ActorClassName"] for a in ray._private.state.actors().values()}
+    assert {"TrainController", "RayTrainWorker"} <= names, names
+    assert not names & {"PlacementGroupCleaner", "PreemptionWatcher"}, names
+    assert PREEMPTION_WATCHER not in os.environ
+
+
 # ---- training runs ----------------------------------------------------------------------------
 
 

@@ -33,10 +33,14 @@ class ClusterUnreachableError(UsageError):
 @dataclass(frozen=True)
 class Connection:
     """How this process reached Ray: `private` (a cluster of its own), `existing` (an address),
-    or `attached` (Ray was already initialised by the caller)."""
+    or `attached` (Ray was already initialised by the caller). `ends_with_driver`: one node
+    that this process started and that stops with it (a private cluster, or the local
+    cluster of the caller's own `ray.init()`: a notebook's, a test's), so nothing outlives
+    the driver and no other node can be drained under the run."""
 
     kind: str
     address: str
+    ends_with_driver: bool = False
 
     def describe(self) -> dict:
         return {"kind": self.kind, "address": self.address}
@@ -71,6 +75,18 @@ def _probe(address: str, timeout_s: float) -> None:
         ) from None
 
 
+def _started_here() -> bool:
+    """Whether the Ray this process is attached to is a one-node local cluster that this
+    process's own `ray.init()` started (it stops with the process). Read from Ray's node
+    object; when that changes shape the answer is no, which only keeps Ray Train's helpers."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if not getattr(node, "ray_init_cluster", False):
+        return False
+    return sum(1 for n in ray.nodes() if n.get("Alive")) == 1
+
+
 def connect(
     address: str | None = None,
     *,
@@ -86,14 +102,15 @@ def connect(
     from ..runtime import node_cores
 
     if ray.is_initialized():
-        conn = Connection("attached", ray.get_runtime_context().gcs_address)
+        address = ray.get_runtime_context().gcs_address
+        conn = Connection("attached", address, ends_with_driver=_started_here())
     else:
         target = requested_address(address)
         quiet_ray_logs(local_cluster=target is None)
         if target is None:
             cpus = num_cpus or node_cores()
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
-            conn = Connection("private", ray.get_runtime_context().gcs_address)
+            conn = Connection("private", ray.get_runtime_context().gcs_address, True)
             log.info("started a private local Ray cluster (%d CPUs)", cpus)
         else:
             if target != "auto":

@@ -49,7 +49,7 @@ from .data import (
 )
 from .runlog import read_json, write_json
 
-PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # off on a private cluster
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"  # off where the cluster ends here
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "_meta.json"
@@ -214,7 +214,7 @@ def _run_train(config: TrainConfig, lease: ExitStack) -> TrainSummary:
         config.workers,
         config.steps,
     )
-    _fit(config, info, split, run_dir, plan, private=connection.kind == "private")
+    _fit(config, info, split, run_dir, plan, own_cluster=connection.ends_with_driver)
     return _summary(config, run_dir, t0)
 
 
@@ -257,7 +257,13 @@ def _dry_run(config: TrainConfig, info, run_dir: Path, t0: float):
 
 
 def _fit(
-    config: TrainConfig, info, split: dict, run_dir: Path, plan: TrainPlan, *, private: bool
+    config: TrainConfig,
+    info,
+    split: dict,
+    run_dir: Path,
+    plan: TrainPlan,
+    *,
+    own_cluster: bool,
 ) -> None:
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -301,13 +307,14 @@ def _fit(
         # Every worker reads both splits whole: batches are cut from a global permutation.
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
-    # One node that ends with this driver: no other node can be preempted under the run, so
-    # Ray Train's preemption watcher (an actor polling for drained nodes) has nothing to
-    # watch. Ray Train passes the variable from this driver to its controller, in `fit`; it
-    # is set for this run only (a user's own setting wins), so that a later run in this
-    # process on a cluster joined by address keeps the watcher.
-    watcher_off = private and PREEMPTION_WATCHER not in os.environ
-    if private:
+    # One node that ends with this driver (a private cluster, or the one the caller's own
+    # `ray.init()` started): no other node can be preempted under the run, so Ray Train's
+    # preemption watcher (an actor polling for drained nodes) has nothing to watch. Ray
+    # Train passes the variable from this driver to its controller, in `fit`; it is set for
+    # this run only (a user's own setting wins), so that a later run in this process on a
+    # cluster joined by address keeps the watcher.
+    watcher_off = own_cluster and PREEMPTION_WATCHER not in os.environ
+    if own_cluster:
         _without_pg_cleaner(trainer)
     if watcher_off:
         os.environ[PREEMPTION_WATCHER] = "0"
@@ -370,14 +377,15 @@ def _abort_on_signals(trainer, run_dir: Path) -> _Interrupted:
 
 
 def _without_pg_cleaner(trainer) -> None:
-    """Leave out Ray Train's PlacementGroupCleaner on the private cluster a command starts.
+    """Leave out Ray Train's PlacementGroupCleaner on a cluster that ends with this driver
+    (the private cluster a command starts, or the caller's own local `ray.init()`).
 
     The cleaner is a detached actor that removes the run's placement group once the Train
     controller is gone, asking Ray's state API whether it lives; the actor finds that API
     through address "auto", i.e. whatever Ray instance the host shows it, not necessarily
     the cluster it runs on. With another Ray on the host that printed a `ConnectionError:
     Found multiple active Ray instances` traceback in every run (or, with another cluster
-    registered by `ray start`, asked that cluster about our controller). A private cluster
+    registered by `ray start`, asked that cluster about our controller). Such a cluster
     ends with the driver and takes its placement groups with it, so there is nothing for the
     cleaner to do. Ray Train has no setting for it: its default callbacks are filtered, as
     `_abort_on_signals` takes its SIGINT hook. Clusters joined by address keep it."""
