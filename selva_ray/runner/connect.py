@@ -102,15 +102,16 @@ def connect(
     from ..runtime import node_cores
 
     if ray.is_initialized():
-        address = ray.get_runtime_context().gcs_address
-        conn = Connection("attached", address, ends_with_driver=_started_here())
+        gcs = ray.get_runtime_context().gcs_address
+        conn = Connection("attached", gcs, ends_with_driver=_started_here())
     else:
         target = requested_address(address)
         quiet_ray_logs(local_cluster=target is None)
         if target is None:
             cpus = num_cpus or node_cores()
             ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=True)
-            conn = Connection("private", ray.get_runtime_context().gcs_address, True)
+            gcs = ray.get_runtime_context().gcs_address
+            conn = Connection("private", gcs, ends_with_driver=True)
             log.info("started a private local Ray cluster (%d CPUs)", cpus)
         else:
             if target != "auto":
