@@ -129,12 +129,12 @@ def test_each_pipeline_of_a_run_starts_only_the_actors_its_work_needs():
     assert one["generator"].cpu_share == one["encoder"].cpu_share == 2
     assert one["desync"].cpu_share is None
     assert one["generator"].num_cpus == plan["generator"].num_cpus
-    kept = plan.for_work(long_units, frozenset({"generator"}))  # --actors 2 is kept as given
-    assert kept["generator"].actors == 2 and kept["encoder"].actors == 1
     assert plan.for_work(short_units).actors == plan.actors  # the plan was made for this one
-    assert job.explicit_roles() == frozenset()
-    asked = GenerateJob(GenerateConfig(input="in", output="out", actors=2, desync_actors=1))
-    assert asked.explicit_roles() == frozenset({"generator", "desync"})
+    roles[0] = ModelRole("generator", memory_gb=1.5, actors=2, threads=True, most=2)
+    asked = plan_models(roles, device="cpu", precision=None, view=view(4))
+    assert asked["generator"].asked and not asked["encoder"].asked
+    kept = asked.for_work(long_units)  # --actors 2 is kept as given
+    assert kept["generator"].actors == 2 and kept["encoder"].actors == 1
 
 
 def test_training_plan_fits_the_reader_or_names_what_fits():

@@ -247,16 +247,6 @@ class GenerateJob(ShardedJob):
         }
         return short_units, long_units
 
-    def explicit_roles(self) -> frozenset[str]:
-        """Roles whose actor count the user gave (kept as given in every pipeline)."""
-        config = self.config
-        given = {
-            "generator": config.actors,
-            "encoder": config.encoder_actors,
-            "desync": config.desync_actors,
-        }
-        return frozenset(role for role, n in given.items() if n is not None)
-
     def layout(self, plan: Plan | None) -> dict:
         settings = {
             **output_settings(self.config, self.spec, self.adapters, plan.precision),
@@ -363,13 +353,11 @@ class GenerateJob(ShardedJob):
         plan = self.make_plan(desync, units)
         self.final_plan = plan
         log.info("generate %s", plan.summary())
-        keep = self.explicit_roles()
         pipes = []
         if short:
-            pipes.append(self.short_pipeline(short, plan.for_work(short_units, keep), run, desync))
+            pipes.append(self.short_pipeline(short, plan.for_work(short_units), run, desync))
         if long_rows:
-            long_plan = plan.for_work(long_units, keep)
-            pipes.append(self.long_pipeline(long_rows, long_plan, run, desync))
+            pipes.append(self.long_pipeline(long_rows, plan.for_work(long_units), run, desync))
         return pipes
 
     def finish(self, summary: GenerateSummary, tally, pipelines) -> None:

@@ -123,6 +123,7 @@ class ActorPlan:
     device: str
     in_flight: int
     cpu_share: int | None  # model actors computing at once on a node (torch threads split)
+    asked: bool = False  # the user gave the count (`--actors`): kept as given
 
     def map_kwargs(self) -> dict:
         """Resources of the stage's `map_batches` call."""
@@ -144,14 +145,14 @@ class Plan:
     def __getitem__(self, role: str) -> ActorPlan:
         return self.actors[role]
 
-    def for_work(self, most: dict[str, int], keep: frozenset[str] = frozenset()) -> Plan:
+    def for_work(self, most: dict[str, int]) -> Plan:
         """This plan for one pipeline of a run whose pipelines run one after the other: no
         more actors of a role than the `most[role]` units of work that pipeline hands it (an
-        idle actor would only load its model); roles in `keep` (an explicit count) stay as
-        planned. Torch threads are split between the actors left."""
+        idle actor would only load its model); a count the user gave stays as given. Torch
+        threads are split between the actors left."""
         actors = {
             role: a
-            if role in keep or role not in most
+            if a.asked or role not in most
             else replace(a, actors=max(1, min(a.actors, most[role])))
             for role, a in self.actors.items()
         }
@@ -266,6 +267,7 @@ def plan_models(
             device=actor_device(device, use_gpu),
             in_flight=2 if use_gpu else 1,
             cpu_share=threaded if (r.threads and not use_gpu) else None,
+            asked=r.actors is not None,
         )
         if task_memory == memory:
             task_memory -= 1 << 20  # identical remote args would fuse the tasks into the actors
