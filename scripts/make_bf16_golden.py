@@ -22,7 +22,11 @@ features in bf16 (the demo's T5 runs in bf16), `prepend_sup_text_tokens`, then
 tokens (`mformer_t0`, `xattn_t0`, by forward hooks) are stored too.
 
 Only the outputs are written (as bf16, exactly as computed), with a `config` metadata field
-naming the commit, torch version, what was cast and the fp32 fixture they pair with.
+naming the commit, torch version, the CPU, what was cast and the fp32 fixture they pair with.
+They go to `<out>/<family>/`, the family of this CPU's bf16 kernels
+(`selva_ray.runtime.bf16_kernel_family`: amx_bf16, avx512_bf16 or emulated): the same bf16
+network computes different last bits on each, so the tests compare a machine with the outputs
+made on its own family. Run it once on a machine of each family the tests must pass on.
 
     PYTHONPATH=<omegaconf, if not installed> python scripts/make_bf16_golden.py \
         --official /tmp/selva-official --golden /work/shared/golden --out tests/golden_bf16
@@ -42,6 +46,7 @@ import argparse
 import hashlib
 import inspect
 import json
+import platform
 import subprocess
 import sys
 import types
@@ -50,6 +55,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from selva_ray.runtime import bf16_kernel_family
 
 EXPECTED_COMMIT = "70a8589d68f138bfdb5ebed64a948c40552a8d26"
 BF16 = torch.bfloat16
@@ -237,6 +244,19 @@ def write(dest: Path, outputs: dict[str, torch.Tensor], meta: dict) -> None:
     print(f"{dest}: {len(outputs)} outputs, {dest.stat().st_size:,} bytes")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else the machine type."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def provenance(src: Path, commit: str, module: str) -> dict:
     return {
         "source_fixture": src.name,
@@ -246,6 +266,8 @@ def provenance(src: Path, commit: str, module: str) -> dict:
         "module": module,
         "torch": torch.__version__,
         "device": "cpu",
+        "cpu": cpu_model(),
+        "bf16_kernels": bf16_kernel_family(),
         "threads": 1,
     }
 
@@ -305,11 +327,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # one thread: the most reproducible reduction order on CPU
     commit = official_commit(args.official)
-    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / bf16_kernel_family()
+    out.mkdir(parents=True, exist_ok=True)
     for name, make in MAKERS.items():
         if args.only not in (None, name):
             continue
-        if not make(args.official, args.golden, args.out, commit):
+        if not make(args.official, args.golden, out, commit):
             print(f"no {name}_*.safetensors in {args.golden}", file=sys.stderr)
             return 2
     return 0

@@ -50,6 +50,15 @@ def native_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
     return [f for f in NATIVE_BF16_FLAGS if f in found]
 
 
+def bf16_kernel_family(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """Which family of bf16 kernels oneDNN runs on this CPU: "amx_bf16" (AMX tiles),
+    "avx512_bf16" (AVX-512 BF16 dot products, no AMX) or "emulated" (neither). The same bf16
+    network gives results that differ in their last bits from one family to another, so
+    anything compared bit for bit with bf16 outputs is made per family."""
+    flags = native_bf16_flags(cpuinfo)
+    return flags[0] if flags else "emulated"
+
+
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True where bf16 matmuls run in hardware here (AMX or AVX-512 BF16) and torch's oneDNN
     can use them: there bf16 inference is about 3x fp32 (docs/benchmarks.md)."""

@@ -1,12 +1,15 @@
 """bf16 fidelity measured against the official code run in bf16 (issue #25).
 
-tests/golden_bf16/ holds what the official generator (jnwnlee/selva 70a8589) computes in bf16
-on the fp32 golden fixtures' weights and inputs, cast as its demo.py casts
-(scripts/make_bf16_golden.py). Three checks, figures in docs/benchmarks.md ("bf16 golden"):
+tests/golden_bf16/<family>/ holds what the official generator (jnwnlee/selva 70a8589) computes
+in bf16 on the fp32 golden fixtures' weights and inputs, cast as its demo.py casts
+(scripts/make_bf16_golden.py), once per family of CPU bf16 kernels (AMX, AVX-512 BF16): the
+official outputs themselves differ between families by more than the checks allow, so a machine
+is compared with its own family's. Three checks, figures in docs/benchmarks.md ("bf16 golden"):
 
 1. Same network: ours in bf16 with the official demo's three roundings (t and the timestep table
    in bf16, a bf16 Euler state) and the plain kernels (autograd on, so the CPU fast paths step
-   aside) reproduces every official bf16 output. Measured: bit for bit, at 1 and 2 threads.
+   aside) reproduces every official bf16 output. Measured: bit for bit, at 1 and 2 threads, on
+   avx512_bf16 (Zen 4) and on amx_bf16 (Sapphire Rapids), each against its own family's.
    Anything that changes one bf16 rounding shows: the fused fast paths alone move the flow by
    7.8e-3, our model in fp32 by 1.6e-2, a 1 % change of one weight by >= 9e-3.
 2. Our bf16 path as shipped (fast paths on, fp32 timestep table and Euler state) stays within
@@ -42,8 +45,9 @@ CONDS = ("cond_clip_f", "cond_sync_f", "cond_text_f", "cond_clip_f_c", "cond_tex
 FLOWS = ("flow", "flow_uncond_negtext")
 SAMPLES = ("sample_negtext", "sample_negtext_unnorm", "sample_emptystr")
 
-# 1. Same roundings, plain kernels: measured 0 (bit-equal) on avx512_bf16; 3e-3 leaves room
-#    for another CPU's bf16 GEMM (AMX, or bf16 emulated without native support), 2.6x below the
+# 1. Same roundings, plain kernels: measured 0 (bit-equal) against the official outputs of the
+#    CPU's own kernel family (across families the official outputs differ by up to 8.5e-3 on
+#    the flows, 1.8e-2 on the samples, so one set cannot serve both); 3e-3, 2.6x below the
 #    smallest real divergence measured (7.8e-3: our CPU fast paths alone).
 MATCHED_TOL = 3e-3
 # 2. Shipped bf16 path vs official bf16, relative L2; measured on the v1 fixture:
