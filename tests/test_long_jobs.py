@@ -313,3 +313,78 @@ def test_train_takes_each_window_as_a_sample(cluster, extracted):
     assert clips.ids == listing.usable and clips.latent.shape == (9, 250, 20)
     assert bool((clips.lengths == 250).all())
     assert (clips.latent[0] - clips.latent[-1]).abs().max() > 0.1  # its own audio each
+
+
+def _window_batch(indices: list[int], *, count: int = 3, bad: int | None = None) -> dict:
+    """A Ray Data batch of window rows of one video 'v' (features 2x4, sync length 2)."""
+    rows = [
+        {
+            "id": f"v#{k}",
+            "parent_id": "v",
+            "window_index": k,
+            "window_count": count,
+            "window_start": 7.0 * k,
+            "window_end": 7.0 * k + 8.0,
+            "start": 7.0 * k,
+            "parent_duration": 22.0,
+            "shard": 0,
+            "row": 0,
+            "source": "/videos/v.mp4",
+            "prompt": "rain",
+            "negative_prompt": "",
+            "seed": 42,
+            "input_hash": "h",
+            "name": "v",
+            "cfg": 4.5,
+            "steps": 2,
+            "decode_s": 0.5,
+            "features_s": float("nan"),
+            "status": "error" if k == bad else "ok",
+            "stage": "decode" if k == bad else None,
+            "error_type": "VideoError" if k == bad else None,
+            "message": "cannot decode" if k == bad else None,
+            "sync_f": np.full((2, 4), k, np.float32),
+            "sync_len": 2,
+        }
+        for k in indices
+    ]
+    return {key: np.array([r[key] for r in rows], dtype=object) for key in rows[0]}
+
+
+def test_the_window_assembler_emits_each_video_once_in_window_order():
+    """Windows arrive in any order and in any batches; the video leaves as one row when its
+    last window is in, its features stacked by index and each window's seed named."""
+    from selva_ray.generate.assemble import WindowAssembler
+
+    assembler = WindowAssembler(tensors=("sync_f",), lengths=("sync_len",))
+    assert dict(assembler(_window_batch([2, 0]))) == {}  # window 1 still missing
+    out = assembler(_window_batch([1]))
+    assert out["id"] == ["v"] and out["status"] == ["ok"]
+    assert out["start"] == [0.0] and out["duration"] == [22.0]
+    assert [float(w[0, 0]) for w in out["sync_f"][0]] == [0.0, 1.0, 2.0]
+    assert out["sync_len"][0].tolist() == [2, 2, 2]
+    assert out["decode_s"] == [1.5] and np.isnan(out["features_s"][0])
+    windows = json.loads(out["windows_json"][0])
+    assert [w["seed"] for w in windows] == [window_seed(42, k) for k in range(3)]
+    assert [w["t_features"] for w in windows] == [None] * 3
+    assert assembler.pending == {}
+
+    failed = WindowAssembler(tensors=("sync_f",), lengths=("sync_len",))(
+        _window_batch([0, 1, 2], bad=1)
+    )
+    assert failed["status"] == ["error"] and failed["stage"] == ["decode"]
+    assert failed["message"] == ["window 1 (7.000 s): cannot decode"]
+
+
+def test_the_window_assembler_worker_loads_no_torch():
+    """The assembler actor only routes rows: its module must not pull in torch (about 1.6 CPU-s
+    and 300 MB in each run's worker) nor the model code."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import selva_ray.generate.assemble; "
+        "print(sorted(m for m in ('torch', 'selva_core.long', 'ray') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr

@@ -20,7 +20,6 @@ frames there and the joined track is cut to the video's duration.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -30,6 +29,7 @@ from selva_core.seqconfig import SequenceConfig
 from selva_core.video.decode import DecodeConfig, DecodedClip, VideoReader
 
 from ..defaults import DEFAULT_OVERLAP, DEFAULT_WINDOW
+from ..seeds import window_seed
 
 _EPS = 1e-9
 
@@ -94,21 +94,6 @@ def plan_windows(
         starts.append(last)
     # rounded to the nanosecond: 6.976, not 6.976000000000001 (sample positions are unchanged)
     return [Window(i, round(s, 9), round(s + window, 9)) for i, s in enumerate(starts)]
-
-
-def window_seed(clip_seed: int, index: int) -> int:
-    """The sampling seed of window `index` of a clip seeded `clip_seed`.
-
-    Window 0 keeps the clip's seed (a video no longer than one window generates exactly as an
-    ordinary clip); the others take 63 bits of SHA-256 of "clip_seed:index", the same on
-    every run, machine and Python version (unlike `hash`), and unrelated across windows.
-    """
-    if index < 0:
-        raise ValueError(f"window index must be >= 0, got {index}")
-    if index == 0:
-        return int(clip_seed)
-    digest = hashlib.sha256(f"selva-window:{int(clip_seed)}:{int(index)}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") & (2**63 - 1)
 
 
 def iter_window_clips(

@@ -37,6 +37,7 @@ from ..stages.decode import decode_args
 from ..stages.desync import DesyncActor, actor_kwargs
 from ..stages.results import write_batch
 from .adapters import resolve_adapters
+from .assemble import WindowAssembler
 from .batching import (
     PLAN_FIELDS,
     batch_size_for,
@@ -83,13 +84,7 @@ from .stages import (
     load_features,
     write_outputs,
 )
-from .windows import (
-    WINDOW_PLAN_COLUMNS,
-    LongAudioGenerator,
-    WindowAssembler,
-    plan_long,
-    window_settings,
-)
+from .windows import WINDOW_PLAN_COLUMNS, LongAudioGenerator, plan_long, window_settings
 
 log = logging.getLogger(__name__)
 GiB = 1 << 30

@@ -37,6 +37,7 @@ from ..io.rows import (
     OK_RESULT,
     batch_rows,
     error_result,
+    finite_or_none,
     local_copy,
     plain,
     table_or_error_rows,
@@ -544,14 +545,6 @@ def _write_clip(out_dir: OutputDir, row: dict, track: TrackSettings) -> dict:
 
 # per-video columns of the results table (selva_ray.io.results_schema), long videos only
 LONG_RESULT_COLUMNS = ("windows", "join", "window_timings", "seam_worst", "seam_inner_max")
-
-
-def finite_or_none(value) -> float | None:
-    """A float, or None for a missing or NaN value."""
-    if value is None:
-        return None
-    value = float(value)
-    return None if value != value else value
 
 
 def long_result_fields(row: dict) -> dict:

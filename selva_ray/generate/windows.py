@@ -4,8 +4,9 @@ Design (Ray streaming kept end to end):
 
     window rows -> decode (CPU tasks, one window each) -> feature encoders (actors)   [catalog]
     window rows -> feature loader (CPU tasks reading extract's window rows)           [features]
-      -> WindowAssembler (one light actor: holds each video's window features until its last
-         window arrives, then emits the video as one row; rows stream through as they complete)
+      -> WindowAssembler (assemble.py; one light actor, no torch: holds each video's window
+         features until its last window arrives, then emits the video as one row; rows stream
+         through as they complete)
       -> LongAudioGenerator (generator actors: one call samples all windows of one video,
          `continue` in time order holding each window's overlap to the previous window's
          latent, `crossfade` as independent batches; decodes them and joins them into one
@@ -36,11 +37,11 @@ import torch
 from ..io.catalog import CatalogProblem
 from ..io.feature_schema import WINDOW_SCALARS
 from ..io.output_dir import OutputDir
-from ..io.rows import OK_RESULT, ROW_COLUMNS, batch_rows, error_result
+from ..io.rows import ROW_COLUMNS, batch_rows, error_result
 from ..io.windows import DEFAULT_OVERLAP, DEFAULT_WINDOW, WindowSettings, expand
 from ..stages.decode import WINDOW_COLUMNS
 from .config import JOIN_MODES, GenerateInputError
-from .stages import GEN_COLUMNS, NAN, STATUS_COLUMNS, AudioGenerator, finite_or_none
+from .stages import GEN_COLUMNS, NAN, STATUS_COLUMNS, AudioGenerator
 
 log = logging.getLogger(__name__)
 
@@ -125,83 +126,6 @@ def _stored_windows(rows: list[dict], uri: str, done: set[str]):
             continue
         long_rows.extend(members)
     return [r for r in plain if r["id"] not in done], long_rows, problems
-
-
-# ---- the assembler --------------------------------------------------------------------------
-
-
-class WindowAssembler:
-    """One actor: collect the window rows of each video; emit the video as one row (window
-    tensors stacked in index order) as soon as all its windows have arrived."""
-
-    def __init__(self, *, tensors: tuple[str, ...], lengths: tuple[str, ...]):
-        self.tensors, self.lengths = tuple(tensors), tuple(lengths)
-        self.pending: dict[str, dict[int, dict]] = defaultdict(dict)
-
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        out: dict[str, list] = defaultdict(list)
-        for row in batch_rows(batch):
-            parent = row["parent_id"]
-            self.pending[parent][int(row["window_index"])] = row
-            if len(self.pending[parent]) == int(row["window_count"]):
-                self._emit(out, [w for _, w in sorted(self.pending.pop(parent).items())])
-        return dict(out)
-
-    def _emit(self, out: dict[str, list], wins: list[dict]) -> None:
-        from selva_core.long import window_seed
-
-        first = wins[0]
-        status = dict(OK_RESULT)
-        bad = next((w for w in wins if w["status"] != "ok"), None)
-        if bad is not None:
-            status = {
-                "status": "error",
-                "stage": bad["stage"],
-                "error_type": bad["error_type"],
-                "message": f"window {bad['window_index']} ({bad['start']:.3f} s): {bad['message']}",
-            }
-        values = {
-            "id": first["parent_id"],
-            "shard": first["shard"],
-            "row": first.get("row"),
-            "source": first["source"],
-            "prompt": first["prompt"],
-            "negative_prompt": first["negative_prompt"],
-            "seed": int(first["seed"]),
-            "start": first["start"] - first["window_start"],
-            "duration": first["parent_duration"],
-            "input_hash": first.get("input_hash"),
-            "name": first.get("name"),
-            "cfg": first["cfg"],
-            "steps": first["steps"],
-            "decode_s": _sum(w.get("decode_s") for w in wins),
-            "features_s": _sum(w.get("features_s") for w in wins),
-            "windows_json": json.dumps(
-                [
-                    {
-                        "index": int(w["window_index"]),
-                        "start": float(w["window_start"]),
-                        "end": float(w["window_end"]),
-                        "seed": window_seed(int(w["seed"]), int(w["window_index"])),
-                        "t_decode": finite_or_none(w.get("decode_s")),
-                        "t_features": finite_or_none(w.get("features_s")),
-                    }
-                    for w in wins
-                ]
-            ),
-            **status,
-        }
-        for k, v in values.items():
-            out[k].append(v)
-        for name in self.tensors:
-            out[name].append(np.stack([np.asarray(w[name], np.float32) for w in wins]))
-        for name in self.lengths:
-            out[name].append(np.asarray([int(w[name] or 0) for w in wins], np.int64))
-
-
-def _sum(values) -> float:
-    nums = [v for v in (finite_or_none(x) for x in values) if v is not None]
-    return float(sum(nums)) if nums else NAN
 
 
 # ---- the generator ----------------------------------------------------------------------------
@@ -364,7 +288,6 @@ __all__ = [
     "DEFAULT_WINDOW",
     "JOIN_MODES",
     "LongAudioGenerator",
-    "WindowAssembler",
     "plan_long",
     "window_settings",
 ]

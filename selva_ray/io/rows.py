@@ -150,3 +150,11 @@ def local_copy(source: str):
                 tmp.write(chunk)
         tmp.flush()
         yield tmp.name
+
+
+def finite_or_none(value) -> float | None:
+    """A float, or None for a missing or NaN value."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if value != value else value
