@@ -345,8 +345,13 @@ def test_two_workers_equal_one_worker(baseline, two_workers):
     a_file = read_adapter(baseline / "adapter.safetensors")
     b_file = read_adapter(out / "adapter.safetensors")
     assert b_file.factors.keys() == a_file.factors.keys()
+    # Adam amplifies fp32 roundoff (the two runs sum their gradients in other orders): with
+    # losses equal to 1e-7, the layers' deltas measured 3.6e-6 to 7.4e-5 apart (relative L2)
+    # over runs, and one element of 6.6e-3 moved by 3.5e-5, so an element-wise bound fails by
+    # chance. An adapter two steps behind is 0.30-0.33 away; one step, about half that.
     for layer in a_file.factors:
-        assert torch.allclose(a_file.delta(layer), b_file.delta(layer), atol=1e-5), layer
+        a, b = a_file.delta(layer), b_file.delta(layer)
+        assert float((b - a).norm() / a.norm()) <= 1e-3, layer
 
 
 def test_interrupted_run_resumes_exactly(features, baseline, tmp_path_factory):
