@@ -348,7 +348,7 @@ def test_two_workers_equal_one_worker(baseline, two_workers):
     # Adam amplifies fp32 roundoff (the two runs sum their gradients in other orders): with
     # losses equal to 1e-7, the layers' deltas measured 3.6e-6 to 7.4e-5 apart (relative L2)
     # over runs, and one element of 6.6e-3 moved by 3.5e-5, so an element-wise bound fails by
-    # chance. An adapter two steps behind is 0.30-0.33 away; one step, about half that.
+    # chance. An adapter two steps behind (the step-6 checkpoint) is 0.30-0.33 away.
     for layer in a_file.factors:
         a, b = a_file.delta(layer), b_file.delta(layer)
         assert float((b - a).norm() / a.norm()) <= 1e-3, layer
