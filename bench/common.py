@@ -55,7 +55,9 @@ def setup_paths() -> None:
 # ---- the machine ----------------------------------------------------------------------------
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
+def cpuinfo() -> tuple[str, set[str]]:
+    """This CPU's model name and ISA flags (/proc/cpuinfo; off Linux the machine type and no
+    flags)."""
     model, flags = platform.processor() or platform.machine(), set()
     try:
         with open("/proc/cpuinfo") as fh:
@@ -91,7 +93,7 @@ def physical_cores() -> int:
 def machine_info() -> dict:
     import torch
 
-    model, flags = _cpuinfo()
+    model, flags = cpuinfo()
     return {
         "cpu": model,
         "logical_cpus": os.cpu_count(),

@@ -46,7 +46,6 @@ import argparse
 import hashlib
 import inspect
 import json
-import platform
 import subprocess
 import sys
 import types
@@ -57,6 +56,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from selva_ray.runtime import bf16_kernel_family
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+from common import cpuinfo  # noqa: E402  (bench/common.py: the machine description)
 
 EXPECTED_COMMIT = "70a8589d68f138bfdb5ebed64a948c40552a8d26"
 BF16 = torch.bfloat16
@@ -244,19 +246,6 @@ def write(dest: Path, outputs: dict[str, torch.Tensor], meta: dict) -> None:
     print(f"{dest}: {len(outputs)} outputs, {dest.stat().st_size:,} bytes")
 
 
-def cpu_model() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux), else the machine type."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    return value.strip()
-    except OSError:
-        pass
-    return platform.machine()
-
-
 def provenance(src: Path, commit: str, module: str) -> dict:
     return {
         "source_fixture": src.name,
@@ -266,7 +255,7 @@ def provenance(src: Path, commit: str, module: str) -> dict:
         "module": module,
         "torch": torch.__version__,
         "device": "cpu",
-        "cpu": cpu_model(),
+        "cpu": cpuinfo()[0],
         "bf16_kernels": bf16_kernel_family(),
         "threads": 1,
     }

@@ -201,12 +201,13 @@ def load_official_bf16(fp32_path: Path, regenerate: str) -> tuple[dict, dict[str
 
     family = bf16_kernel_family()
     folder = BF16_DIR / family
-    made = sorted(p.name for p in BF16_DIR.iterdir() if p.is_dir())
-    assert folder.is_dir(), (
-        f"no official bf16 fixtures for this CPU's bf16 kernels ({family}; made for: "
-        f"{', '.join(made)}): bf16 outputs differ between kernel families, so run {regenerate} "
-        "on a machine of this family"
-    )
+    if not folder.is_dir():
+        made = sorted(p.name for p in BF16_DIR.iterdir() if p.is_dir())
+        raise AssertionError(
+            f"no official bf16 fixtures for this CPU's bf16 kernels ({family}; made for: "
+            f"{', '.join(made)}): bf16 outputs differ between kernel families, so run "
+            f"{regenerate} on a machine of this family"
+        )
     path = folder / fp32_path.name.replace(".safetensors", "_bf16.safetensors")
     assert path.is_file(), f"no bf16 fixture {path} for {fp32_path.name}: run {regenerate}"
     with safe_open(str(path), "pt") as f:

@@ -38,6 +38,14 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, monkeypatch):
     assert runtime.native_bf16_flags(str(tmp_path / "missing")) == []
 
 
+def test_the_bf16_kernel_family_is_the_strongest_native_bf16_flag(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {})
+    amx = _cpuinfo(tmp_path, "amx_tile amx_bf16 avx512_bf16")
+    assert runtime.bf16_kernel_family(amx) == "amx_bf16"
+    assert runtime.bf16_kernel_family(_cpuinfo(tmp_path, "avx512f avx512_bf16")) == "avx512_bf16"
+    assert runtime.bf16_kernel_family(_cpuinfo(tmp_path, "avx2 avx512f")) == "emulated"
+
+
 def test_this_host_is_judged_by_its_own_flags():
     native = bool(_host_flags() & {"amx_bf16", "avx512_bf16"})
     if native:  # otherwise torch's probe may still see what /proc/cpuinfo hides (not Linux)
